@@ -1,0 +1,215 @@
+"""The contracts every plugin fulfils: teachers, students, heads and losses.
+
+Conventions shared by all of them:
+- Images are float tensors ``[B, 3, H, W]`` in ``[0, 1]``, RGB. Each model normalises with its own
+  mean/std; nothing upstream normalises for it.
+- Prompts are in pixel coordinates of the image as given to the model (see :class:`Prompts`).
+- Plugins are built by a classmethod ``build(params, ...)`` from their validated ``Params``; the
+  ``nn.Module`` constructors themselves take explicit keyword arguments, never a config object.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mergekit_vision.registry import PluginParams
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One named output a teacher produces and a head must reproduce.
+
+    ``shape`` names the dimensions, e.g. ``("B", 768)`` or ``("B", "N", "h", "w")``;
+    ``needs_prompts`` says the target is only defined for given prompts (SAM's mask logits).
+    """
+
+    shape: tuple[str | int, ...]
+    description: str = ""
+    needs_prompts: bool = False
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Prompts for promptable segmentation, ``B`` images with ``Np`` point and ``Nb`` box prompts each.
+
+    Coordinates are pixels ``(x, y)`` of the image as handed to the model, whose side is
+    ``image_size``. Outputs follow the order: all point prompts, then all box prompts.
+
+    Args:
+        points: ``[B, Np, P, 2]`` float, ``P`` clicks per prompt, or None.
+        point_labels: ``[B, Np, P]`` int (1 foreground, 0 background), or None.
+        boxes: ``[B, Nb, 4]`` float ``(x0, y0, x1, y1)``, or None.
+        image_size: side length in pixels of the (square) image the coordinates refer to.
+    """
+
+    image_size: int
+    points: Tensor | None = None
+    point_labels: Tensor | None = None
+    boxes: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        ref = self.points if self.points is not None else self.boxes
+        return 0 if ref is None else int(ref.shape[0])
+
+    @property
+    def count(self) -> int:
+        """Prompts per image (points and boxes together)."""
+        n = 0 if self.points is None else int(self.points.shape[1])
+        return n + (0 if self.boxes is None else int(self.boxes.shape[1]))
+
+    def to(self, device: torch.device | str) -> Prompts:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Prompts(self.image_size, move(self.points), move(self.point_labels), move(self.boxes))
+
+    def select(self, index: int) -> Prompts:
+        """The prompts of image ``index`` only, keeping a batch dimension of 1."""
+        pick = lambda t: None if t is None else t[index : index + 1]  # noqa: E731
+        return Prompts(self.image_size, pick(self.points), pick(self.point_labels), pick(self.boxes))
+
+
+def resize_and_normalise(
+    images: Tensor, *, size: int | None, mean: Sequence[float], std: Sequence[float]
+) -> Tensor:
+    """``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, size, size]`` normalised (``size=None`` keeps H, W)."""
+    if size is not None and tuple(images.shape[-2:]) != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean_t) / std_t
+
+
+class Teacher(nn.Module, ABC):
+    """A frozen foundation model that produces named distillation targets.
+
+    Subclasses set ``pixel_mean``/``pixel_std`` (in [0, 1] units) and ``input_size`` (the side the
+    teacher resizes every image to; ``None`` runs at the size given), declare their targets in
+    :meth:`target_specs`, and build from a local checkpoint in :meth:`build`.
+    """
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    input_size: int | None = None
+
+    @classmethod
+    @abstractmethod
+    def build(cls, params: Any, *, allow_random_init: bool = False) -> Teacher:
+        """Build from validated params; random weights only when ``allow_random_init``."""
+
+    @classmethod
+    def checkpoint_fields(cls, params: Any) -> dict[str, Path | None]:
+        """Recipe fields (relative to ``params``) that name files this teacher reads."""
+        return {}
+
+    @abstractmethod
+    def target_specs(self) -> dict[str, TargetSpec]:
+        """The named targets :meth:`forward` can produce."""
+
+    @abstractmethod
+    def forward(
+        self, images: Tensor, *, targets: Sequence[str], prompts: Prompts | None = None
+    ) -> dict[str, Tensor]:
+        """Compute the requested targets for ``images`` ``[B, 3, H, W]`` in [0, 1]."""
+
+    def component(self, name: str) -> nn.Module:
+        """A named sub-module other plugins may initialise from (e.g. ``"mask_decoder"``)."""
+        available = ", ".join(self.component_names()) or "(none)"
+        raise KeyError(f"{type(self).__name__} has no component {name!r}; it has: {available}")
+
+    def component_names(self) -> list[str]:
+        return []
+
+    def prepare(self, images: Tensor) -> Tensor:
+        return resize_and_normalise(
+            images, size=self.input_size, mean=self.pixel_mean, std=self.pixel_std
+        )
+
+    def freeze(self) -> Teacher:
+        self.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> Teacher:
+        # A teacher never leaves eval mode: its dropout and norms must stay deterministic.
+        return super().train(False)
+
+
+@dataclass
+class StudentFeatures:
+    """What a student backbone returns.
+
+    Args:
+        tokens: ``[B, h, w, C]`` output of the last transformer block (before any neck).
+        feature_map: ``[B, C_out, h, w]`` the backbone's final feature map (e.g. ViT-Det's neck).
+        intermediates: ``[B, h, w, C]`` per-block outputs, when requested.
+        image_size: side in pixels of the input images.
+    """
+
+    tokens: Tensor
+    feature_map: Tensor
+    image_size: int
+    intermediates: list[Tensor] = field(default_factory=list)
+
+
+class Student(nn.Module, ABC):
+    """The backbone being trained; accepts square inputs of any multiple of ``patch_size``."""
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    embed_dim: int
+    out_channels: int
+    patch_size: int
+    native_size: int
+
+    @classmethod
+    @abstractmethod
+    def build(cls, params: Any, *, teachers: dict[str, Teacher]) -> Student:
+        """Build (and initialise from a teacher, if the params say so)."""
+
+    @abstractmethod
+    def forward(self, images: Tensor, *, return_intermediates: bool = False) -> StudentFeatures:
+        """``images`` ``[B, 3, H, W]`` in [0, 1] (normalised inside)."""
+
+    @abstractmethod
+    def last_block(self) -> nn.Module:
+        """The last transformer block (heads may initialise from it)."""
+
+
+class Head(nn.Module, ABC):
+    """Maps student features to one teacher's targets (named like the teacher's targets)."""
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+
+    @classmethod
+    @abstractmethod
+    def build(cls, params: Any, *, student: Student, teachers: dict[str, Teacher]) -> Head:
+        """Build against the student's output shape and the teachers' target shapes."""
+
+    @abstractmethod
+    def forward(
+        self, features: StudentFeatures, *, prompts: Prompts | None = None
+    ) -> dict[str, Tensor]:
+        """Predictions keyed by target name."""
+
+
+class Loss(nn.Module, ABC):
+    """A distillation loss between a head's prediction and a teacher's target."""
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+
+    @classmethod
+    def build(cls, params: Any) -> Loss:
+        return cls(**params.model_dump())
+
+    @abstractmethod
+    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """A scalar loss (mean over the batch)."""
