@@ -68,12 +68,16 @@ class Prompts:
 
     def to(self, device: torch.device | str) -> Prompts:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Prompts(self.image_size, move(self.points), move(self.point_labels), move(self.boxes))
+        return Prompts(
+            self.image_size, move(self.points), move(self.point_labels), move(self.boxes)
+        )
 
     def select(self, index: int) -> Prompts:
         """The prompts of image ``index`` only, keeping a batch dimension of 1."""
         pick = lambda t: None if t is None else t[index : index + 1]  # noqa: E731
-        return Prompts(self.image_size, pick(self.points), pick(self.point_labels), pick(self.boxes))
+        return Prompts(
+            self.image_size, pick(self.points), pick(self.point_labels), pick(self.boxes)
+        )
 
 
 def resize_and_normalise(

@@ -113,6 +113,9 @@ class Registry(Generic[T]):
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
+        from mergekit_vision.plugins import load_builtins  # imported here: it imports us
+
+        load_builtins()
         for ep in metadata.entry_points(group=self.group):
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
             before = set(self._entries)

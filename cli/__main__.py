@@ -1,0 +1,3 @@
+from mergekit_vision.cli.main import entrypoint
+
+entrypoint()

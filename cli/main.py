@@ -1,0 +1,135 @@
+"""The ``vmerge`` command line: typer commands that call library functions, nothing more.
+
+Exit codes: 0 success, 2 a problem with the user's input (recipe, paths, checkpoints), 1 a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mergekit_vision.builder import BuildError
+from mergekit_vision.recipe import Recipe
+from mergekit_vision.recipe_io import RecipeError, dump_recipe, load_recipe
+from mergekit_vision.registry import ALL_REGISTRIES, UnknownPluginError
+
+app = typer.Typer(
+    name="vmerge",
+    help="Merge vision foundation models into one backbone by multi-teacher distillation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+USER_ERRORS = (RecipeError, BuildError, UnknownPluginError, FileExistsError, FileNotFoundError)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe value: dotted.key=value (YAML value)."),
+]
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
+
+
+def _user_error(err: Exception) -> None:
+    errors.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def guarded(fn: Callable[..., Any]) -> Any:
+    """Run a command body; user mistakes become a clear message and exit code 2, not a trace."""
+    try:
+        return fn()
+    except USER_ERRORS as err:
+        _user_error(err)
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    set_: SetOption = None,
+    output: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop (with a checkpoint) at step N.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the run folder's last checkpoint.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="One step per stage on synthetic images; weights optional.")
+    ] = False,
+) -> None:
+    """Train a merged model from RECIPE (checkpoints and metrics.jsonl in the run folder)."""
+    from mergekit_vision.run import run_recipe
+
+    result = guarded(
+        lambda: run_recipe(
+            recipe,
+            overrides=set_,
+            output=output,
+            max_steps=max_steps,
+            resume=resume,
+            dry_run=dry_run,
+        )
+    )
+    console.print(
+        f"[green]done[/]: step {result.state.global_step}, run folder {result.output_dir}"
+    )
+
+
+@app.command()
+def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
+    """Check RECIPE and print it fully resolved (exit 2 listing every problem)."""
+    resolved = guarded(lambda: load_recipe(recipe, set_))
+    console.print(dump_recipe(resolved), highlight=False, markup=False, end="")
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe's JSON Schema (for editor completion)."""
+    console.print_json(json.dumps(Recipe.model_json_schema()))
+
+
+@app.command()
+def plugins(
+    kind: Annotated[
+        str | None, typer.Argument(help="One kind: " + ", ".join(ALL_REGISTRIES))
+    ] = None,
+) -> None:
+    """List registered plugins (built-in and from installed packages)."""
+    if kind is not None and kind not in ALL_REGISTRIES:
+        _user_error(ValueError(f"unknown kind {kind!r}; kinds: {', '.join(ALL_REGISTRIES)}"))
+    table = Table("kind", "name", "source", "summary")
+    for registry in ALL_REGISTRIES.values():
+        if kind is None or registry.kind == kind:
+            for entry in registry:
+                table.add_row(registry.kind, entry.name, entry.source, entry.summary)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI in-process and return its exit code (what tests and ``python -m`` call)."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="vmerge", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Abort:
+        return 130
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())

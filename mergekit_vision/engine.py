@@ -1,0 +1,249 @@
+"""The training loop: stages of steps; each step runs the replay scheduler's task batches, one
+backward each, lets the conflict strategy combine the shared gradients, then one optimiser step.
+
+Everything a step needs is injected (replay scheduler, conflict strategy, optimiser, streams), so
+the loop itself stays short; the state needed to resume exactly is saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from mergekit_vision.builder import Components, params_of
+from mergekit_vision.checkpoint import find_last, load_checkpoint, save_checkpoint
+from mergekit_vision.conflict.base import ConflictStrategy
+from mergekit_vision.optim import build_optimizer, build_schedule
+from mergekit_vision.recipe import BACKBONE, StageSpec
+from mergekit_vision.registry import CONFLICT, REPLAY
+from mergekit_vision.replay.base import ReplayScheduler
+from mergekit_vision.streams import BatchStream
+from mergekit_vision.task_step import task_loss
+
+
+@dataclass
+class TrainState:
+    global_step: int = 0
+    stage_index: int = 0
+    step_in_stage: int = 0
+    streams: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class StageRun:
+    """What one stage trains with; rebuilt at each stage start (and on resume)."""
+
+    spec: StageSpec
+    steps: int
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    replay: ReplayScheduler
+    conflict: ConflictStrategy
+    shared: list[nn.Parameter]
+
+
+def stage_steps(components: Components, stage: StageSpec) -> int:
+    if stage.steps is not None:
+        return stage.steps
+    task = components.tasks[stage.tasks[0]]
+    if not hasattr(task.dataset, "__len__"):
+        raise ValueError(
+            f"stage {stage.name!r} is given in epochs but task {task.name!r} streams data of "
+            "unknown length; give 'steps' or the dataset's 'num_samples'"
+        )
+    return max(1, math.ceil(stage.epochs * len(task.dataset) / task.spec.batch_size))
+
+
+class Engine:
+    def __init__(self, components: Components, *, output_dir: Path, recipe_yaml: str):
+        self.c = components
+        self.recipe = components.recipe
+        self.output_dir = output_dir
+        self.recipe_yaml = recipe_yaml
+        self.metrics_path = output_dir / "metrics.jsonl"
+        self.checkpoints = output_dir / "checkpoints"
+        # Parameters a plugin froze by design (e.g. SAM's prompt encoder) stay frozen in every stage.
+        self._trainable_by_design = {id(p): p.requires_grad for p in self.c.model.parameters()}
+
+    def run(self, *, max_steps: int | None = None, resume: bool = False, progress: bool = True):
+        state, saved = self._initial_state(resume)
+        (self.output_dir / "recipe.resolved.yaml").write_text(self.recipe_yaml)
+        streams = self._open_streams(state)
+        budget = max_steps  # a global step number: "stop at step N", the same on every resume
+        total = sum(stage_steps(self.c, s) for s in self.recipe.stages)
+        with _progress(enabled=progress and self.recipe.logging.progress) as bar:
+            bar_task = bar.add_task("training", total=total, completed=state.global_step)
+            for index in range(state.stage_index, len(self.recipe.stages)):
+                stage = self._start_stage(index, saved if index == state.stage_index else None)
+                saved = None
+                while state.step_in_stage < stage.steps:
+                    if budget is not None and state.global_step >= budget:
+                        self._checkpoint(state, streams, stage)
+                        return state
+                    metrics = self._step(stage, state, streams)
+                    bar.update(bar_task, advance=1, description=_describe(metrics))
+                    self._after_step(stage, state, streams, metrics)
+                state.stage_index, state.step_in_stage = index + 1, 0
+            self._checkpoint(state, streams, None)
+        return state
+
+    def _step(self, stage: StageRun, state: TrainState, streams: dict) -> dict[str, Any]:
+        started = time.perf_counter()
+        model, device = self.c.model, self.c.device
+        stage.optimizer.zero_grad(set_to_none=True)
+        stage.conflict.begin_step(shared=stage.shared)
+        losses: dict[str, float] = {}
+        for order, draw in enumerate(stage.replay.draws(step=state.step_in_stage)):
+            task = self.c.tasks[draw.task]
+            generator = torch.Generator().manual_seed(
+                self.recipe.seed * 1_000_003 + state.global_step * 101 + order
+            )
+            loss = task_loss(
+                task,
+                streams[draw.task].next(),
+                model=model,
+                resolution=self._resolution(stage.spec, draw.task, state.step_in_stage),
+                generator=generator,
+                device=device,
+            )
+            (task.spec.weight * loss).backward()
+            stage.conflict.after_task_backward(task=draw.task, shared=stage.shared)
+            losses[draw.task] = float(loss.detach())
+        diagnostics = stage.conflict.finish_step(shared=stage.shared)
+        if self.recipe.optimizer.grad_clip is not None:
+            trainable = [p for g in stage.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(trainable, self.recipe.optimizer.grad_clip)
+        lr = stage.optimizer.param_groups[0]["lr"]
+        stage.optimizer.step()
+        stage.schedule.step()
+        stage.replay.observe(step=state.step_in_stage, losses=losses)
+        return {
+            "step": state.global_step + 1,
+            "stage": stage.spec.name,
+            **{f"loss/{name}": value for name, value in losses.items()},
+            "lr": lr,
+            "step_time": time.perf_counter() - started,
+            **diagnostics,
+        }
+
+    def _after_step(self, stage: StageRun, state: TrainState, streams: dict, metrics: dict) -> None:
+        state.global_step += 1
+        state.step_in_stage += 1
+        if state.global_step % self.recipe.logging.every == 0:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        if state.global_step % self.recipe.checkpointing.every == 0:
+            self._checkpoint(state, streams, stage)
+
+    def _resolution(self, stage: StageSpec, task: str, step: int) -> int:
+        chosen = stage.resolution.get(task, self.recipe.tasks[task].resolution)
+        sizes = chosen if isinstance(chosen, list) else [chosen]
+        return sizes[step % len(sizes)]
+
+    def _start_stage(self, index: int, saved: dict[str, Any] | None) -> StageRun:
+        spec = self.recipe.stages[index]
+        groups = self.c.model.parameter_groups()
+        for name, params in groups.items():
+            for p in params:
+                p.requires_grad_(self._trainable_by_design[id(p)] and name in spec.train)
+        steps = stage_steps(self.c, spec)
+        optimizer = build_optimizer(
+            {n: ps for n, ps in groups.items() if n in spec.train},
+            stage=spec,
+            spec=self.recipe.optimizer,
+        )
+        schedule = build_schedule(optimizer, spec=self.recipe.schedule, total_steps=steps)
+        batch_sizes = {t: self.recipe.tasks[t].batch_size for t in spec.tasks}
+        replay = REPLAY.get(spec.replay.type).build(
+            params_of(REPLAY, spec.replay), batch_sizes=batch_sizes
+        )
+        conflict = CONFLICT.get(spec.conflict.type).build(params_of(CONFLICT, spec.conflict))
+        if saved is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            replay.load_state_dict(saved["replay"])
+        shared = [p for p in groups[BACKBONE] if p.requires_grad]
+        return StageRun(spec, steps, optimizer, schedule, replay, conflict, shared)
+
+    def _open_streams(self, state: TrainState) -> dict[str, BatchStream]:
+        return {
+            name: BatchStream(
+                task.dataset,
+                batch_size=task.spec.batch_size,
+                seed=self.recipe.seed + index,
+                num_workers=task.spec.num_workers,
+                start=state.streams.get(name),
+            )
+            for index, (name, task) in enumerate(self.c.tasks.items())
+        }
+
+    def _initial_state(self, resume: bool) -> tuple[TrainState, dict[str, Any] | None]:
+        last = find_last(self.checkpoints)
+        if not resume:
+            if last is not None or self.metrics_path.exists():
+                raise FileExistsError(
+                    f"{self.output_dir} already holds a run; pass --resume to continue it, "
+                    "or choose another --output"
+                )
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            return TrainState(), None
+        if last is None:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint under {self.checkpoints}; start without --resume"
+            )
+        weights, saved = load_checkpoint(last)
+        self.c.model.load_state_dict(weights)
+        torch.set_rng_state(saved["rng"])
+        state = TrainState(**saved["state"])
+        self._truncate_metrics(state.global_step)
+        return state, saved.get("stage")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines a crashed run wrote after its last checkpoint."""
+        if not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines()
+        kept = [line for line in lines if line and json.loads(line)["step"] <= step]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def _checkpoint(self, state: TrainState, streams: dict, stage: StageRun | None) -> None:
+        state.streams = {name: stream.position() for name, stream in streams.items()}
+        saved = {"state": asdict(state), "rng": torch.get_rng_state(), "stage": None}
+        if stage is not None:
+            saved["stage"] = {
+                "optimizer": stage.optimizer.state_dict(),
+                "schedule": stage.schedule.state_dict(),
+                "replay": stage.replay.state_dict(),
+            }
+        save_checkpoint(
+            self.checkpoints,
+            step=state.global_step,
+            model=self.c.model,
+            state=saved,
+            recipe_yaml=self.recipe_yaml,
+            keep=self.recipe.checkpointing.keep,
+        )
+
+
+def _describe(metrics: dict[str, Any]) -> str:
+    losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
+    return f"{metrics['stage']} {losses}"
+
+
+def _progress(*, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )

@@ -1,0 +1,151 @@
+"""SAM-CLIP's CLIP head: a few transformer blocks, token pooling, LayerNorm and an MLP."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from mergekit_vision.contracts import Head, Prompts, Student, StudentFeatures, Teacher
+from mergekit_vision.registry import HEADS, PluginParams
+
+
+def target_width(teachers: dict[str, Teacher], teacher: str, target: str) -> int:
+    """The last dimension of ``teachers[teacher]``'s ``target`` (the width a head must output)."""
+    if teacher not in teachers:
+        raise ValueError(
+            f"head teacher {teacher!r} is not a teacher of this recipe; "
+            f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
+        )
+    specs = teachers[teacher].target_specs()
+    if target not in specs:
+        raise ValueError(
+            f"teacher {teacher!r} has no target {target!r}; its targets: {', '.join(sorted(specs))}"
+        )
+    width = specs[target].shape[-1] if specs[target].shape else None
+    if not isinstance(width, int):
+        raise ValueError(
+            f"target {target!r} of teacher {teacher!r} has shape {specs[target].shape}; "
+            "its last dimension must be a fixed int"
+        )
+    return width
+
+
+def reinitialise(module: nn.Module) -> nn.Module:
+    """Fresh weights for every sub-module of ``module`` (in place).
+
+    Modules with ``reset_parameters`` (Linear, LayerNorm, ...) reset themselves; parameters owned
+    directly by other modules are zeroed, which is how SAM initialises its relative position
+    tables (``rel_pos_zero_init``).
+    """
+    for sub in module.modules():
+        if hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+        else:
+            for parameter in sub.parameters(recurse=False):
+                nn.init.zeros_(parameter)
+    return module
+
+
+@HEADS.register("clip_head")
+class ClipHead(Head):
+    """SAM-CLIP's CLIP head (Wang et al., "SAM-CLIP: Merging Vision Foundation Models towards
+    Semantic and Spatial Understanding", arXiv 2310.15308).
+
+    ``num_blocks`` transformer blocks of the backbone's kind (initialised from its last block,
+    which the paper found trains faster than random init), then max-pooling over tokens (better
+    than average pooling in the paper), a LayerNorm and an MLP with two hidden layers into the
+    CLIP teacher's embedding space. The same LayerNorm + MLP applied per token gives per-patch
+    embeddings (:meth:`dense_embeddings`) for zero-shot segmentation. Outputs are not
+    L2-normalised; the cosine loss and zero-shot classifiers normalise.
+    """
+
+    class Params(PluginParams):
+        teacher: str
+        target: str = "image_embedding"
+        num_blocks: int = Field(3, ge=0)
+        init_from_last_block: bool = True
+        mlp_hidden_dim: int | None = Field(None, gt=0)
+        pooling: Literal["max", "mean"] = "max"
+
+    def __init__(
+        self,
+        *,
+        blocks: Sequence[nn.Module],
+        embed_dim: int,
+        out_dim: int,
+        target: str = "image_embedding",
+        mlp_hidden_dim: int | None = None,
+        pooling: Literal["max", "mean"] = "max",
+    ) -> None:
+        """
+        Args:
+            blocks: transformer blocks mapping ``[B, h, w, C]`` to ``[B, h, w, C]``.
+            embed_dim: the backbone's token width ``C``.
+            out_dim: the teacher's embedding width ``D``.
+            target: the teacher target this head reproduces (its output key).
+            mlp_hidden_dim: width of the MLP's two hidden layers (default ``C``).
+            pooling: how tokens are pooled into one image embedding.
+        """
+        super().__init__()
+        hidden = mlp_hidden_dim or embed_dim
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.mlp = nn.Sequential(
+            nn.Linear(embed_dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, out_dim),
+        )
+        self.target = target
+        self.pooling = pooling
+        self.out_dim = out_dim
+
+    @classmethod
+    def build(cls, params: Params, *, student: Student, teachers: dict[str, Teacher]) -> ClipHead:
+        out_dim = target_width(teachers, params.teacher, params.target)
+        last = student.last_block()
+        blocks = [copy.deepcopy(last) for _ in range(params.num_blocks)]
+        if not params.init_from_last_block:
+            blocks = [reinitialise(block) for block in blocks]
+        for block in blocks:
+            # The backbone may be frozen (stage I); the head always trains.
+            block.requires_grad_(True)
+        return cls(
+            blocks=blocks,
+            embed_dim=student.embed_dim,
+            out_dim=out_dim,
+            target=params.target,
+            mlp_hidden_dim=params.mlp_hidden_dim,
+            pooling=params.pooling,
+        )
+
+    def forward(
+        self, features: StudentFeatures, *, prompts: Prompts | None = None
+    ) -> dict[str, Tensor]:
+        """
+        Args:
+            features: the student's output; ``features.tokens`` is ``[B, h, w, C]``.
+            prompts: unused.
+
+        Returns:
+            ``{target: [B, D]}`` the pooled image embedding.
+        """
+        tokens = self.encode_tokens(features).flatten(1, 2)
+        pooled = tokens.amax(dim=1) if self.pooling == "max" else tokens.mean(dim=1)
+        return {self.target: self.mlp(self.norm(pooled))}
+
+    def dense_embeddings(self, features: StudentFeatures) -> Tensor:
+        """Per-patch embeddings ``[B, h, w, D]`` in the teacher's space (LN + MLP per token)."""
+        return self.mlp(self.norm(self.encode_tokens(features)))
+
+    def encode_tokens(self, features: StudentFeatures) -> Tensor:
+        """The head's blocks applied to ``features.tokens`` ``[B, h, w, C]`` (shape kept)."""
+        x = features.tokens
+        for block in self.blocks:
+            x = block(x)
+        return x

@@ -1,0 +1,40 @@
+"""The one list of built-in plugin modules.
+
+Registries import these lazily on first lookup, so ``import mergekit_vision`` stays light and every
+built-in is found in one place. Plugins of other packages come through entry points instead
+(see ``docs/writing-a-teacher.md``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BUILTIN_MODULES: tuple[str, ...] = (
+    # the zoo
+    "mergekit_vision.teachers.sam",
+    "mergekit_vision.teachers.open_clip",
+    "mergekit_vision.students.vitdet",
+    # the machinery
+    "mergekit_vision.heads.clip_head",
+    "mergekit_vision.heads.sam_head",
+    "mergekit_vision.losses.cosine",
+    "mergekit_vision.losses.focal_dice",
+    "mergekit_vision.replay.fixed_ratio",
+    "mergekit_vision.conflict.sum",
+    "mergekit_vision.data.image_folder",
+    "mergekit_vision.data.webdataset_shards",
+    "mergekit_vision.data.sa1b",
+    "mergekit_vision.data.coco",
+    "mergekit_vision.data.synthetic",
+)
+
+_loaded = False
+
+
+def load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)

@@ -1,0 +1,102 @@
+"""``vmerge run`` as a library call: recipe -> components -> engine -> checkpoints and metrics."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergekit_vision.builder import build_components, missing_paths, params_of
+from mergekit_vision.engine import Engine, TrainState
+from mergekit_vision.recipe import Recipe
+from mergekit_vision.recipe_io import (
+    Issue,
+    RecipeError,
+    dump_recipe,
+    load_recipe,
+    set_dotted,
+    validate_recipe,
+)
+from mergekit_vision.registry import TEACHERS
+
+
+class MissingPathsError(RecipeError):
+    """Checkpoint or data paths of a recipe that do not exist; raised before any work."""
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    state: TrainState
+    recipe: Recipe
+
+
+def dry_run_recipe(recipe: Recipe) -> Recipe:
+    """The recipe shrunk for ``--dry-run``: synthetic data, small batches, one step per stage.
+
+    The recipe's own ``dry_run.set`` overrides apply first (e.g. reduced resolutions); checkpoint
+    files that do not exist are dropped so the teachers start from random weights.
+    """
+    data = recipe.model_dump(mode="json")
+    for dotted, value in recipe.dry_run.set.items():
+        set_dotted(data, dotted, value)
+    for name, spec in recipe.teachers.items():
+        fields = TEACHERS.get(spec.type).checkpoint_fields(params_of(TEACHERS, spec))
+        for field, path in fields.items():
+            if path is not None and not Path(path).is_file():
+                warnings.warn(
+                    f"dry run: teachers.{name}.params.{field} {str(path)!r} does not exist; "
+                    "using random weights",
+                    stacklevel=2,
+                )
+                data["teachers"][name]["params"][field] = None
+    for task in data["tasks"].values():
+        task["data"] = {"type": "synthetic", "params": {"num_samples": recipe.dry_run.samples}}
+        task["batch_size"] = recipe.dry_run.batch_size
+        task["num_workers"] = 0
+    for stage in data["stages"]:
+        stage.update(steps=1, epochs=None)
+    data["logging"]["every"] = 1
+    data["checkpointing"]["every"] = 10**9
+    return validate_recipe(data, source=f"{recipe.name} (dry run)")
+
+
+def run_recipe(
+    recipe_path: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    output: Path | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    recipe = load_recipe(recipe_path, overrides)
+    if dry_run:
+        recipe = dry_run_recipe(recipe)
+        output = output or Path(tempfile.mkdtemp(prefix=f"vmerge-dry-run-{recipe.name}-"))
+    else:
+        problems = missing_paths(recipe)
+        if problems:
+            raise MissingPathsError(str(recipe_path), problems + [_how_to_fix(recipe_path)])
+        output = output or Path("runs") / recipe.name
+    if dry_run:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            components = build_components(recipe, allow_random_init=True)
+    else:
+        components = build_components(recipe)
+    output.mkdir(parents=True, exist_ok=True)
+    recipe_yaml = dump_recipe(recipe)
+    engine = Engine(components, output_dir=output, recipe_yaml=recipe_yaml)
+    state = engine.run(max_steps=max_steps, resume=resume, progress=progress)
+    return RunResult(output_dir=output, state=state, recipe=recipe)
+
+
+def _how_to_fix(recipe_path: str | Path) -> Issue:
+    return Issue(
+        "",
+        f"edit {recipe_path} or pass --set <path>=<value> with local files "
+        "(weights and data cannot be downloaded by vmerge); --dry-run runs without them",
+    )

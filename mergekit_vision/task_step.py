@@ -1,0 +1,69 @@
+"""One task's distillation loss on one batch: teacher target, student features, head, loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mergekit_vision.builder import BuiltTask, MergedModel
+from mergekit_vision.contracts import Prompts
+
+
+def prepare_images(
+    batch: dict[str, Any], *, resolution: int, device: torch.device
+) -> tuple[Tensor, list[Tensor] | None]:
+    """uint8 batch -> float images ``[B, 3, R, R]`` in [0, 1] and masks resized alike."""
+    images = batch["image"].to(device, non_blocking=True).float().div_(255.0)
+    masks = batch.get("masks")
+    if images.shape[-1] != resolution:
+        images = F.interpolate(
+            images, size=(resolution, resolution), mode="bilinear", antialias=True
+        )
+        if masks is not None:
+            masks = [_resize_masks(m, resolution) for m in masks]
+    return images, masks
+
+
+def _resize_masks(masks: Tensor, resolution: int) -> Tensor:
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, resolution, resolution))
+    return F.interpolate(masks[:, None].float(), size=(resolution, resolution))[:, 0] > 0.5
+
+
+@torch.no_grad()
+def sample_prompts(
+    task: BuiltTask, images: Tensor, masks: list[Tensor] | None, generator: torch.Generator
+) -> Prompts | None:
+    """Prompts from ground-truth masks, or from the teacher's own masks for random points."""
+    sampler = task.prompt_sampler
+    if sampler is None:
+        return None
+    size = images.shape[-1]
+    if task.prompt_source == "ground_truth" and masks is not None:
+        return sampler.from_masks(masks, image_size=size, generator=generator).to(images.device)
+    points = sampler.random_points(images.shape[0], image_size=size, generator=generator)
+    points = points.to(images.device)
+    logits = task.teacher(images, targets=[task.spec.target], prompts=points)[task.spec.target]
+    return sampler.boxes_from_teacher_masks(points, logits, generator=generator).to(images.device)
+
+
+def task_loss(
+    task: BuiltTask,
+    batch: dict[str, Any],
+    *,
+    model: MergedModel,
+    resolution: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Tensor:
+    """The (unweighted) distillation loss of ``task`` on ``batch``."""
+    images, masks = prepare_images(batch, resolution=resolution, device=device)
+    prompts = sample_prompts(task, images, masks, generator)
+    with torch.no_grad():
+        target = task.teacher(images, targets=[task.spec.target], prompts=prompts)
+    features = model.student(images)
+    prediction = model.heads[task.spec.head](features, prompts=prompts)
+    return task.loss(prediction[task.spec.target], target[task.spec.target])

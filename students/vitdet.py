@@ -1,0 +1,301 @@
+"""SAM's ViT-Det image encoder as the student backbone, at any input resolution.
+
+The student *is* a ``segment_anything`` :class:`ImageEncoderViT` (windowed attention with a few
+global blocks, decomposed relative position bias, absolute position embedding, conv neck), so its
+state dict has exactly the layout of SAM's ``image_encoder`` and exports back with a plain
+``load_state_dict``. What it adds is variable resolution: the absolute position embedding is
+resampled to the actual token grid (bicubic, as timm's ``resample_abs_pos_embed``), and the
+global blocks' relative position tables are resampled by segment_anything's own ``get_rel_pos``
+at run time (it linearly interpolates whenever ``2 * max(q, k) - 1`` differs from the table
+length); windowed blocks pad the grid to a multiple of the window, so any grid works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import model_validator
+from segment_anything.modeling.image_encoder import ImageEncoderViT
+from torch import Tensor, nn
+
+from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalise
+from mergekit_vision.registry import STUDENTS, PluginParams
+
+SAM_PIXEL_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
+SAM_PIXEL_STD = (58.395 / 255, 57.12 / 255, 57.375 / 255)
+
+# (embed_dim, depth, num_heads, global_attn_indexes), as segment_anything's build_sam.
+VARIANTS: dict[str, tuple[int, int, int, tuple[int, ...]]] = {
+    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+}
+_SAM_PREFIX = "image_encoder."
+
+
+def resample_pos_embed(pos_embed: Tensor, grid: Sequence[int]) -> Tensor:
+    """Resample an absolute position embedding to another token grid.
+
+    Bicubic with ``align_corners=False`` and antialiasing (timm's ``resample_abs_pos_embed``),
+    computed in float32 so bf16 parameters do not lose the interpolation.
+
+    Args:
+        pos_embed: ``[1, h, w, C]``.
+        grid: the target ``(h', w')``.
+
+    Returns:
+        ``[1, h', w', C]``; ``pos_embed`` itself when the grid already matches.
+    """
+    if tuple(pos_embed.shape[1:3]) == tuple(grid):
+        return pos_embed
+    nchw = pos_embed.float().permute(0, 3, 1, 2)
+    resized = F.interpolate(
+        nchw, size=tuple(grid), mode="bicubic", align_corners=False, antialias=True
+    )
+    return resized.permute(0, 2, 3, 1).to(pos_embed.dtype)
+
+
+def resample_rel_pos(table: Tensor, length: int) -> Tensor:
+    """``[L, C]`` relative position table -> ``[length, C]``, linearly, as ``get_rel_pos`` does."""
+    if table.shape[0] == length:
+        return table
+    resized = F.interpolate(table.float().T.unsqueeze(0), size=length, mode="linear")
+    return resized.squeeze(0).T.to(table.dtype)
+
+
+def vitdet_state_dict_from_sam_encoder(
+    state_dict: Mapping[str, Tensor],
+    *,
+    native_size: int,
+    patch_size: int,
+    global_attn_indexes: Sequence[int] = (),
+) -> dict[str, Tensor]:
+    """Convert a SAM image-encoder state dict into a :class:`ViTDetStudent` state dict.
+
+    Accepts the encoder's own state dict or a whole ``Sam`` one (keys ``image_encoder.*`` are
+    taken, the rest dropped). When the student's native grid differs from the source's, the
+    absolute position embedding is resampled, and so are the relative position tables of the
+    given global blocks (windowed blocks' tables depend on the window only).
+
+    Args:
+        state_dict: SAM image-encoder (or whole SAM) parameters.
+        native_size: the student's native input side in pixels.
+        patch_size: the student's patch size; must equal the source's.
+        global_attn_indexes: the student's global-attention block indexes.
+
+    Returns:
+        A new dict; the input is not modified.
+    """
+    if any(key.startswith(_SAM_PREFIX) for key in state_dict):
+        state_dict = {
+            key[len(_SAM_PREFIX) :]: value
+            for key, value in state_dict.items()
+            if key.startswith(_SAM_PREFIX)
+        }
+    converted = dict(state_dict)
+    proj = converted.get("patch_embed.proj.weight")
+    if proj is None:
+        raise ValueError("not a SAM image-encoder state dict: no 'patch_embed.proj.weight'")
+    if proj.shape[-1] != patch_size:
+        raise ValueError(
+            f"source patch size {proj.shape[-1]} != student patch_size {patch_size}; "
+            "patch embeddings are not resampled"
+        )
+    grid = native_size // patch_size
+    if "pos_embed" in converted:
+        converted["pos_embed"] = resample_pos_embed(converted["pos_embed"], (grid, grid))
+    for index in global_attn_indexes:
+        for axis in ("h", "w"):
+            key = f"blocks.{index}.attn.rel_pos_{axis}"
+            if key in converted:
+                converted[key] = resample_rel_pos(converted[key], 2 * grid - 1)
+    return converted
+
+
+def load_state_dict_file(path: Path) -> dict[str, Tensor]:
+    """Read a ``.safetensors`` file or a torch pickle of tensors (``weights_only``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"student checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@STUDENTS.register("vitdet")
+class ViTDetStudent(ImageEncoderViT, Student):
+    """SAM's ViT-Det image encoder (Li et al. 2022, arXiv 2203.16527), at any input size."""
+
+    pixel_mean = SAM_PIXEL_MEAN
+    pixel_std = SAM_PIXEL_STD
+
+    class Params(PluginParams):
+        variant: Literal["vit_b", "vit_l", "vit_h", "custom"] = "vit_b"
+        embed_dim: int | None = None
+        depth: int | None = None
+        num_heads: int | None = None
+        global_attn_indexes: tuple[int, ...] | None = None
+        patch_size: int = 16
+        window_size: int = 14
+        out_chans: int = 256
+        native_size: int = 1024
+        init_from: str | None = None
+        checkpoint: Path | None = None
+
+        @model_validator(mode="after")
+        def _check(self) -> ViTDetStudent.Params:
+            arch = self.architecture()  # raises for an incomplete custom variant
+            if arch["embed_dim"] % arch["num_heads"]:
+                raise ValueError("embed_dim must be a multiple of num_heads")
+            if any(not 0 <= i < arch["depth"] for i in arch["global_attn_indexes"]):
+                raise ValueError(f"global_attn_indexes must lie in [0, {arch['depth']})")
+            if self.native_size % self.patch_size:
+                raise ValueError("native_size must be a multiple of patch_size")
+            if self.init_from is not None and self.checkpoint is not None:
+                raise ValueError("give init_from or checkpoint, not both (one would overwrite)")
+            return self
+
+        def architecture(self) -> dict[str, Any]:
+            """The resolved constructor arguments of :class:`ViTDetStudent`."""
+            overrides = (self.embed_dim, self.depth, self.num_heads, self.global_attn_indexes)
+            if self.variant == "custom":
+                if any(value is None for value in overrides):
+                    raise ValueError(
+                        "variant 'custom' needs embed_dim, depth, num_heads, global_attn_indexes"
+                    )
+                preset = overrides
+            else:
+                preset = VARIANTS[self.variant]
+            embed_dim, depth, num_heads, global_idx = (
+                given if given is not None else default
+                for given, default in zip(overrides, preset, strict=True)
+            )
+            return dict(
+                embed_dim=embed_dim,
+                depth=depth,
+                num_heads=num_heads,
+                global_attn_indexes=tuple(global_idx),
+                patch_size=self.patch_size,
+                window_size=self.window_size,
+                out_chans=self.out_chans,
+                native_size=self.native_size,
+            )
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        global_attn_indexes: Sequence[int],
+        patch_size: int = 16,
+        window_size: int = 14,
+        out_chans: int = 256,
+        native_size: int = 1024,
+    ) -> None:
+        """
+        Args:
+            embed_dim: token width ``C``.
+            depth: number of transformer blocks.
+            num_heads: attention heads per block.
+            global_attn_indexes: blocks with global attention; the others use windows.
+            patch_size: patch side in pixels (the token stride).
+            window_size: window side in tokens of the windowed blocks.
+            out_chans: channels of the neck's output feature map.
+            native_size: input side the position embeddings are defined for.
+        """
+        super().__init__(
+            img_size=native_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=4.0,
+            out_chans=out_chans,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_abs_pos=True,
+            use_rel_pos=True,
+            rel_pos_zero_init=True,
+            window_size=window_size,
+            global_attn_indexes=tuple(global_attn_indexes),
+        )
+        self.embed_dim = embed_dim
+        self.out_channels = out_chans
+        self.patch_size = patch_size
+        self.native_size = native_size
+        self.global_attn_indexes = tuple(global_attn_indexes)
+
+    @classmethod
+    def build(cls, params: Params, *, teachers: dict[str, Teacher]) -> ViTDetStudent:
+        student = cls(**params.architecture())
+        if params.init_from is not None:
+            if params.init_from not in teachers:
+                raise ValueError(
+                    f"vitdet init_from {params.init_from!r} is not a teacher of this recipe; "
+                    f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
+                )
+            encoder = teachers[params.init_from].component("image_encoder")
+            student.load_sam_encoder(encoder.state_dict(), source=f"teacher {params.init_from!r}")
+        if params.checkpoint is not None:
+            state = load_state_dict_file(params.checkpoint)
+            student.load_sam_encoder(state, source=str(params.checkpoint))
+        return student
+
+    @classmethod
+    def checkpoint_fields(cls, params: Params) -> dict[str, Path | None]:
+        """Recipe fields that name files this student reads."""
+        return {"checkpoint": params.checkpoint}
+
+    def load_sam_encoder(self, state_dict: Mapping[str, Tensor], *, source: str) -> None:
+        """Load SAM image-encoder (or whole SAM, or own) weights, resampled to this student."""
+        converted = vitdet_state_dict_from_sam_encoder(
+            state_dict,
+            native_size=self.native_size,
+            patch_size=self.patch_size,
+            global_attn_indexes=self.global_attn_indexes,
+        )
+        try:
+            self.load_state_dict(converted, strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"cannot initialise the vitdet student from {source}; do variant and overrides "
+                f"match its architecture? {error}"
+            ) from error
+
+    def forward(self, images: Tensor, *, return_intermediates: bool = False) -> StudentFeatures:
+        """
+        Args:
+            images: ``[B, 3, H, W]`` in [0, 1], ``H`` and ``W`` multiples of ``patch_size``.
+            return_intermediates: also return every block's output.
+
+        Returns:
+            tokens ``[B, H/p, W/p, C]``, feature_map ``[B, out_channels, H/p, W/p]``, and
+            ``depth`` intermediates ``[B, H/p, W/p, C]`` when requested.
+        """
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
+            )
+        images = resize_and_normalise(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
+        x = self.patch_embed(images)
+        x = x + resample_pos_embed(self.pos_embed, x.shape[1:3])
+        intermediates: list[Tensor] = []
+        for block in self.blocks:
+            x = block(x)
+            if return_intermediates:
+                intermediates.append(x)
+        feature_map = self.neck(x.permute(0, 3, 1, 2))
+        return StudentFeatures(
+            tokens=x, feature_map=feature_map, image_size=int(height), intermediates=intermediates
+        )
+
+    def last_block(self) -> nn.Module:
+        return self.blocks[-1]

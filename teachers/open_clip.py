@@ -1,0 +1,349 @@
+"""The CLIP teacher: an open_clip model built by name (or from a config) and a local checkpoint.
+
+Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021
+(arXiv 2103.00020); open_clip's reproductions (Cherti et al., arXiv 2212.07143). Its image
+embedding is the CLIP-branch target of SAM-CLIP (Wang et al., arXiv 2310.15308), whose teacher is
+open_clip "ViT-L-14" trained on DataComp-1B (tag "datacomp_xl_s13b_b90k").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import open_clip.factory
+import torch
+from open_clip.model import resize_pos_embed, resize_text_pos_embed
+from open_clip.pretrained import get_pretrained_cfg
+from pydantic import model_validator
+from torch import Tensor, nn
+
+from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
+from mergekit_vision.registry import TEACHERS, PluginParams
+
+_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+
+
+class OpenClipParams(PluginParams):
+    """Which open_clip model, its weights, and how its embedding is returned.
+
+    ``model`` is an open_clip model name ("ViT-L-14"), or only a label when ``model_cfg`` (an
+    open_clip architecture dict: ``embed_dim``, ``vision_cfg``, ``text_cfg``) defines the model.
+    ``pretrained_tag`` names the tag the checkpoint was released under, to take its preprocessing
+    (mean/std) and to check its activation (QuickGELU or not); nothing is downloaded.
+    """
+
+    model: str
+    checkpoint: Path | None = None
+    model_cfg: dict[str, Any] | None = None
+    pretrained_tag: str | None = None
+    image_size: int | None = None
+    normalize: bool = True
+
+    @model_validator(mode="after")
+    def _check_model(self) -> OpenClipParams:
+        if self.model_cfg is not None:
+            missing = [k for k in _CONFIG_KEYS if k not in self.model_cfg]
+            if missing:
+                raise ValueError(f"model_cfg lacks {', '.join(missing)} (needs {_CONFIG_KEYS})")
+            if self.pretrained_tag is not None:
+                raise ValueError("pretrained_tag needs a built-in model name, not a model_cfg")
+        elif self.model not in open_clip.list_models():
+            raise ValueError(
+                f"unknown open_clip model {self.model!r}; give a model_cfg or one of "
+                f"{', '.join(_similar_models(self.model))}"
+            )
+        if self.pretrained_tag is not None and not get_pretrained_cfg(
+            self.model, self.pretrained_tag
+        ):
+            tags = open_clip.list_pretrained_tags_by_model(self.model)
+            raise ValueError(
+                f"open_clip model {self.model!r} has no tag {self.pretrained_tag!r}; "
+                f"its tags: {', '.join(tags) or '(none)'}"
+            )
+        return self
+
+
+def _similar_models(name: str) -> list[str]:
+    stem = re.split(r"[-/]", name)[0].lower()
+    return [m for m in open_clip.list_models() if m.lower().startswith(stem)][:12] or ["ViT-L-14"]
+
+
+def register_model_cfg(model_cfg: Mapping[str, Any]) -> str:
+    """Register a custom architecture with open_clip under a name derived from its contents."""
+    digest = hashlib.sha1(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:12]
+    # A neutral name: open_clip picks tokenizers by name substrings such as "siglip".
+    name = f"mergekit-custom-{digest}"
+    # add_model_config only reads JSON files; the dict registry behind it is the same one.
+    open_clip.factory._MODEL_CONFIGS[name] = deepcopy(dict(model_cfg))
+    return name
+
+
+def create_clip(params: OpenClipParams) -> tuple[nn.Module, str]:
+    """An untrained open_clip model for ``params`` and the name open_clip knows it by."""
+    name = params.model if params.model_cfg is None else register_model_cfg(params.model_cfg)
+    preprocess: dict[str, Any] = {}
+    if params.pretrained_tag is not None:
+        tag_cfg = get_pretrained_cfg(params.model, params.pretrained_tag)
+        model_gelu = bool(open_clip.get_model_config(name).get("quick_gelu", False))
+        if bool(tag_cfg.get("quick_gelu", False)) != model_gelu:
+            raise ValueError(
+                f"open_clip tag {params.pretrained_tag!r} was trained "
+                f"{'with' if tag_cfg.get('quick_gelu') else 'without'} QuickGELU but model "
+                f"{params.model!r} is built {'with' if model_gelu else 'without'} it; use the "
+                "model name with (or without) the '-quickgelu' suffix"
+            )
+        preprocess = {k: tuple(tag_cfg[k]) for k in ("mean", "std") if k in tag_cfg}
+    with _without_random_init_warning():
+        clip = open_clip.create_model(
+            name,
+            pretrained=None,
+            force_image_size=params.image_size,
+            force_preprocess_cfg=preprocess or None,
+        )
+    return clip.eval(), name
+
+
+@contextmanager
+def _without_random_init_warning() -> Iterator[None]:
+    """open_clip warns that an unloaded model is random; ours is loaded right after."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    logging.root.addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(drop)
+
+
+def open_clip_state_dict_from_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, Tensor]:
+    """open_clip's released or training checkpoints -> a plain ``CLIP`` state dict.
+
+    Accepts a plain state dict (``open_clip_pytorch_model.bin``, ``open_clip_model.safetensors``)
+    and a training checkpoint ``{"state_dict": ..., "epoch": ...}`` whose keys carry DDP's
+    ``module.`` prefix.
+    """
+    if isinstance(checkpoint.get("state_dict"), Mapping):
+        checkpoint = checkpoint["state_dict"]
+    if not all(isinstance(v, Tensor) for v in checkpoint.values()):
+        raise ValueError("not a state dict: some values are not tensors")
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def read_checkpoint_file(path: Path, *, what: str) -> Mapping[str, object]:
+    """A ``.safetensors`` or ``torch.save`` file (loaded with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded = load_file(str(path), device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch and safetensors raise many types for a bad file
+        raise ValueError(f"cannot read {what} checkpoint {path}: {error}") from error
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{what} checkpoint {path} holds a {type(loaded).__name__}, not a dict")
+    return loaded
+
+
+def incompatible_keys(model: nn.Module, weights: Mapping[str, Tensor], *, shown: int = 5) -> str:
+    """What a strict load would trip on (missing, unexpected, mis-shaped keys); "" if nothing."""
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in weights]
+    problems += [f"unexpected {k}" for k in weights if k not in expected]
+    problems += [
+        f"shape of {k}: file {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+        for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    more = f"; ... ({len(problems)} in all)" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
+
+
+def describe_open_clip_checkpoint(weights: Mapping[str, Tensor]) -> str:
+    """Which built-in open_clip models the weights fit, for error messages."""
+    if "visual.conv1.weight" not in weights or "visual.proj" not in weights:
+        return "it does not look like an open_clip ViT checkpoint (no visual.conv1 / visual.proj)"
+    width, _, patch, _ = weights["visual.conv1.weight"].shape
+    embed_dim = int(weights["visual.proj"].shape[1])
+    blocks = r"visual\.transformer\.resblocks\.(\d+)\."
+    layers = len({m.group(1) for k in weights if (m := re.match(blocks, k))})
+    found = (width, layers, patch, embed_dim)
+    matches = [
+        name
+        for name in open_clip.list_models()
+        if _vision_sizes(open_clip.get_model_config(name)) == found
+    ]
+    sizes = f"vision width {width}, {layers} layers, patch {patch}, embed_dim {embed_dim}"
+    if not matches:
+        return f"it holds a ViT with {sizes}, like no built-in open_clip model"
+    return f"it holds a ViT with {sizes}, like open_clip {', '.join(matches[:4])}"
+
+
+def _vision_sizes(config: Mapping[str, Any]) -> tuple[Any, ...]:
+    vision = config.get("vision_cfg", {})
+    keys = ("width", "layers", "patch_size")
+    return (*(vision.get(k) for k in keys), config.get("embed_dim"))
+
+
+def load_open_clip_checkpoint(clip: nn.Module, path: Path, *, model: str) -> None:
+    """Load an open_clip checkpoint file into ``clip`` strictly, with errors that help."""
+    raw = read_checkpoint_file(path, what="open_clip")
+    try:
+        weights = open_clip_state_dict_from_checkpoint(raw)
+    except ValueError as error:
+        raise ValueError(f"open_clip checkpoint {path} is not a state dict: {error}") from error
+    _fit_position_tables(weights, clip)
+    problems = incompatible_keys(clip, weights)
+    if problems:
+        raise ValueError(
+            f"open_clip checkpoint {path} does not fit model {model!r}: {problems}. "
+            f"{describe_open_clip_checkpoint(weights)}."
+        )
+    clip.load_state_dict(weights, strict=True)
+
+
+def _fit_position_tables(weights: dict[str, Tensor], clip: nn.Module) -> None:
+    """Resize position tables to another image size or context length, as open_clip does.
+
+    Only tables of the model's width are touched: other widths mean another model, which the
+    strict key check reports better than open_clip's resizers would (they assert on width).
+    """
+    own = clip.state_dict()
+    for key, resize in (
+        ("visual.positional_embedding", resize_pos_embed),
+        ("positional_embedding", resize_text_pos_embed),
+    ):
+        if key in weights and key in own and weights[key].shape[-1] == own[key].shape[-1]:
+            resize(weights, clip)
+
+
+class OpenClipTextEncoder(nn.Module):
+    """The text side of an open_clip model: token ids ``[T, L]`` -> embeddings ``[T, D]``.
+
+    It holds the whole model (open_clip's ``CLIP`` keeps its text tower in top-level attributes)
+    and runs only its text encoder.
+    """
+
+    def __init__(self, *, clip: nn.Module, normalize: bool = True):
+        super().__init__()
+        self.clip = clip
+        self.normalize = normalize
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.clip.encode_text(tokens, normalize=self.normalize)
+
+
+@TEACHERS.register("open_clip")
+class OpenClipTeacher(Teacher):
+    """An open_clip CLIP (e.g. ViT-L-14 DataComp): its image embedding, and text embeddings."""
+
+    Params = OpenClipParams
+
+    def __init__(
+        self,
+        *,
+        clip: nn.Module,
+        tokenizer: Callable[[list[str]], Tensor],
+        embed_dim: int,
+        normalize: bool = True,
+    ):
+        """
+        Args:
+            clip: an open_clip model (``encode_image``, ``encode_text``, ``visual``).
+            tokenizer: open_clip's tokenizer for the model: texts -> ``[T, L]`` token ids.
+            embed_dim: the shared image-text embedding width ``D``.
+            normalize: L2-normalise the image embedding target.
+        """
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self._embed_dim = embed_dim
+        self.normalize = normalize
+        preprocess = clip.visual.preprocess_cfg
+        self.pixel_mean = tuple(preprocess["mean"])
+        self.pixel_std = tuple(preprocess["std"])
+        size = clip.visual.image_size
+        self.input_size = int(size[0] if isinstance(size, Sequence) else size)
+
+    @classmethod
+    def build(cls, params: OpenClipParams, *, allow_random_init: bool = False) -> OpenClipTeacher:
+        clip, name = create_clip(params)
+        if params.checkpoint is not None:
+            load_open_clip_checkpoint(clip, params.checkpoint, model=params.model)
+        elif allow_random_init:
+            warnings.warn(f"open_clip teacher {params.model} has random weights", stacklevel=2)
+        else:
+            raise ValueError(
+                f"open_clip teacher {params.model!r} needs a checkpoint (e.g. "
+                "open_clip_pytorch_model.bin); random weights are only for tests and dry runs "
+                "(allow_random_init)"
+            )
+        teacher = cls(
+            clip=clip,
+            tokenizer=open_clip.get_tokenizer(name),
+            embed_dim=int(open_clip.get_model_config(name)["embed_dim"]),
+            normalize=params.normalize,
+        )
+        return teacher.freeze()
+
+    @classmethod
+    def checkpoint_fields(cls, params: OpenClipParams) -> dict[str, Path | None]:
+        return {"checkpoint": params.checkpoint}
+
+    @property
+    def embed_dim(self) -> int:
+        return self._embed_dim
+
+    def target_specs(self) -> dict[str, TargetSpec]:
+        norm = "L2-normalised " if self.normalize else ""
+        return {"image_embedding": TargetSpec(("B", self.embed_dim), f"{norm}image embedding")}
+
+    def component_names(self) -> list[str]:
+        return ["visual", "text"]
+
+    def component(self, name: str) -> nn.Module:
+        if name == "visual":
+            return self.clip.visual
+        if name == "text":
+            return OpenClipTextEncoder(clip=self.clip)
+        return super().component(name)
+
+    def forward(
+        self, images: Tensor, *, targets: Sequence[str], prompts: Prompts | None = None
+    ) -> dict[str, Tensor]:
+        """
+        Args:
+            images: ``[B, 3, H, W]`` in [0, 1], resized to the visual tower's size here.
+            targets: ``["image_embedding"]``.
+            prompts: unused (CLIP takes none).
+
+        Returns:
+            ``{"image_embedding": [B, D]}``.
+        """
+        unknown = sorted(set(targets) - {"image_embedding"})
+        if unknown:
+            raise ValueError(f"open_clip teacher has no target {unknown}; it has image_embedding")
+        embedding = self.clip.encode_image(self.prepare(images), normalize=self.normalize)
+        return {"image_embedding": embedding}
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """L2-normalised text embeddings ``[T, D]`` (e.g. class prompts for zero-shot labels)."""
+        device = next(self.clip.parameters()).device
+        tokens = self.tokenizer(texts).to(device)
+        return self.clip.encode_text(tokens, normalize=True)

@@ -1,0 +1,53 @@
+import json
+from pathlib import Path
+
+import yaml
+
+from mergekit_vision.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / "recipes" / "sam_clip.yaml"
+
+
+def test_validate_prints_resolved_recipe(capsys):
+    assert main(["validate", str(REFERENCE)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["name"] == "sam_clip"
+    assert printed["heads"]["clip_head"]["params"]["num_blocks"] == 3
+
+
+def test_validate_broken_recipe_exits_2_listing_problems(tmp_path, capsys):
+    data = yaml.safe_load(REFERENCE.read_text())
+    data["tasks"]["clip"]["head"] = "nope"
+    data["optimizer"]["typ"] = "sgd"
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s)" in err
+    assert "tasks.clip.head" in err and "optimizer.typ" in err
+    assert "Traceback" not in err
+
+
+def test_schema_is_json_schema(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "teachers" in schema["properties"] and "$defs" in schema
+
+
+def test_plugins_lists_every_kind(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for name in ("sam", "open_clip", "vitdet", "clip_head", "sam_head", "focal_dice", "sum"):
+        assert name in out
+    assert main(["plugins", "nonsense"]) == 2
+
+
+def test_run_with_missing_paths_stops_before_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(REFERENCE), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "teachers.sam.params.checkpoint" in err and "does not exist" in err
+    assert "tasks.sam.data.params.root" in err
+    assert "Traceback" not in err
+    assert not out.exists()

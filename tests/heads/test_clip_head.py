@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+from mergekit_vision.students.vitdet import ViTDetStudent
+from pydantic import ValidationError
+from torch import Tensor
+
+from mergekit_vision.contracts import Prompts, StudentFeatures, TargetSpec, Teacher
+from mergekit_vision.heads.clip_head import ClipHead
+
+
+class FakeClipTeacher(Teacher):
+    """Declares one embedding target; never run."""
+
+    def __init__(self, shape: tuple[str | int, ...] = ("B", 32)):
+        super().__init__()
+        self.shape = shape
+
+    @classmethod
+    def build(cls, params, *, allow_random_init=False):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def target_specs(self) -> dict[str, TargetSpec]:
+        return {"image_embedding": TargetSpec(self.shape)}
+
+    def forward(
+        self, images: Tensor, *, targets: Sequence[str], prompts: Prompts | None = None
+    ) -> dict[str, Tensor]:  # pragma: no cover - not used
+        return {}
+
+
+def tiny_student() -> ViTDetStudent:
+    torch.manual_seed(0)
+    student = ViTDetStudent(
+        embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=2, native_size=64
+    )
+    with torch.no_grad():  # non-zero relative position tables, so copies are checked
+        for parameter in student.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return student
+
+
+def build_head(student: ViTDetStudent, **params) -> ClipHead:
+    return ClipHead.build(
+        ClipHead.Params(teacher="clip", **params),
+        student=student,
+        teachers={"clip": FakeClipTeacher()},
+    )
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_shapes_of_pooled_and_dense_embeddings(size: int):
+    student = tiny_student()
+    head = build_head(student)
+    features = student(torch.rand(2, 3, size, size))
+    output = head(features)
+    assert list(output) == ["image_embedding"]
+    assert output["image_embedding"].shape == (2, 32)
+    assert head.dense_embeddings(features).shape == (2, size // 16, size // 16, 32)
+    output["image_embedding"].sum().backward()
+    assert head.blocks[0].attn.qkv.weight.grad is not None
+    assert student.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_blocks_are_independent_trainable_copies_of_the_last_block():
+    student = tiny_student().requires_grad_(False)  # stage I: frozen backbone
+    head = build_head(student)
+    last = student.last_block().state_dict()
+    assert len(head.blocks) == 3
+    for block in head.blocks:
+        assert type(block) is type(student.last_block())
+        assert all(torch.equal(last[k], v) for k, v in block.state_dict().items())
+        assert all(p.requires_grad for p in block.parameters())
+    with torch.no_grad():
+        head.blocks[0].attn.qkv.weight.zero_()
+    assert not torch.equal(student.last_block().attn.qkv.weight, head.blocks[0].attn.qkv.weight)
+    assert not torch.equal(head.blocks[1].attn.qkv.weight, head.blocks[0].attn.qkv.weight)
+
+
+def test_fresh_blocks_do_not_copy_weights():
+    student = tiny_student()
+    head = build_head(student, init_from_last_block=False, num_blocks=2)
+    assert len(head.blocks) == 2
+    last = student.last_block()
+    block = head.blocks[0]
+    assert not torch.equal(block.attn.qkv.weight, last.attn.qkv.weight)
+    assert torch.equal(block.norm1.weight, torch.ones(64))
+    assert torch.count_nonzero(block.attn.rel_pos_h) == 0  # SAM's zero init
+    assert block.attn.rel_pos_h.shape == last.attn.rel_pos_h.shape
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_pooled_equals_dense_over_a_single_token(pooling: str):
+    student = tiny_student()
+    head = build_head(student, pooling=pooling).eval()
+    features = StudentFeatures(
+        tokens=torch.randn(2, 1, 1, 64), feature_map=torch.zeros(2, 256, 1, 1), image_size=16
+    )
+    with torch.no_grad():
+        pooled = head(features)["image_embedding"]
+        dense = head.dense_embeddings(features)
+    torch.testing.assert_close(pooled, dense[:, 0, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_max_and_mean_pooling_follow_the_paper_order():
+    student = tiny_student()
+    head = build_head(student, pooling="max").eval()
+    features = StudentFeatures(
+        tokens=torch.randn(2, 3, 3, 64), feature_map=torch.zeros(2, 256, 3, 3), image_size=48
+    )
+    with torch.no_grad():
+        tokens = head.encode_tokens(features).flatten(1, 2)
+        expected_max = head.mlp(head.norm(tokens.amax(dim=1)))
+        assert torch.equal(head(features)["image_embedding"], expected_max)
+        head.pooling = "mean"
+        expected_mean = head.mlp(head.norm(tokens.mean(dim=1)))
+        assert torch.equal(head(features)["image_embedding"], expected_mean)
+    assert not torch.allclose(expected_max, expected_mean)
+
+
+def test_mlp_has_two_hidden_layers_of_the_chosen_width():
+    head = build_head(tiny_student(), mlp_hidden_dim=16, num_blocks=0)
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, 16), (16, 16), (16, 32)]
+    assert head.norm.normalized_shape == (64,)
+    default = build_head(tiny_student(), num_blocks=0)
+    assert default.mlp[0].out_features == 64
+
+
+def test_build_errors():
+    student = tiny_student()
+    teachers = {"clip": FakeClipTeacher(), "sam": FakeClipTeacher()}
+    with pytest.raises(ValueError, match="'clp' is not a teacher.*clip, sam"):
+        ClipHead.build(ClipHead.Params(teacher="clp"), student=student, teachers=teachers)
+    with pytest.raises(ValueError, match="no target 'text_embedding'.*image_embedding"):
+        ClipHead.build(
+            ClipHead.Params(teacher="clip", target="text_embedding"),
+            student=student,
+            teachers=teachers,
+        )
+    with pytest.raises(ValueError, match="last dimension must be a fixed int"):
+        ClipHead.build(
+            ClipHead.Params(teacher="clip"),
+            student=student,
+            teachers={"clip": FakeClipTeacher(("B", "D"))},
+        )
+    with pytest.raises(ValidationError):
+        ClipHead.Params(teacher="clip", pooling="avg")
