@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI in-process and return its exit code (what tests and ``python -m`` call)."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="vmerge", standalone_mode=False)
+        # Without standalone mode click returns the code of a typer.Exit instead of raising it.
+        code = command.main(args=argv, prog_name="vmerge", standalone_mode=False)
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as err:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except click.exceptions.Abort:
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def entrypoint() -> None:

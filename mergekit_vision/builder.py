@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from mergekit_vision.contracts import Head, Loss, Student, Teacher
-from mergekit_vision.prompts import PromptSampler
-from mergekit_vision.recipe import BACKBONE, PluginSpec, PromptSpec, Recipe, TaskSpec
+from mergekit_vision.prompts import PromptSampler, PromptSamplerParams
+from mergekit_vision.recipe import BACKBONE, PluginSpec, Recipe, TaskSpec
 from mergekit_vision.recipe_io import Issue
 from mergekit_vision.registry import DATASETS, HEADS, LOSSES, STUDENTS, TEACHERS, Registry
 
@@ -159,12 +159,8 @@ def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> Bu
     )
     sampler, source = None, "none"
     if targets[spec.target].needs_prompts:
-        prompts = spec.prompts or PromptSpec()
-        sampler = PromptSampler(
-            points_per_image=prompts.points_per_image,
-            boxes_per_image=prompts.boxes_per_image,
-            box_noise=prompts.box_noise,
-        )
+        prompts = spec.prompts or PromptSamplerParams()
+        sampler = PromptSampler.build(prompts)
         source = prompts.source
         if source == "ground_truth" and not dataset_cls.has_masks:
             raise ValueError(

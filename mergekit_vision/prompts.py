@@ -35,8 +35,8 @@ _FALLBACK_BOX_FRACTION = 0.1
 class PromptSamplerParams(PluginParams):
     """A SAM task's prompts; ``source: auto`` uses ground truth when the dataset has masks."""
 
-    points_per_image: int = Field(ge=0)
-    boxes_per_image: int = Field(ge=0)
+    points_per_image: int = Field(default=16, ge=0)
+    boxes_per_image: int = Field(default=16, ge=0)
     box_noise: float = Field(default=0.1, ge=0.0)
     source: Literal["auto", "ground_truth", "teacher"] = "auto"
 
@@ -100,15 +100,16 @@ class PromptSampler:
         self, masks: Tensor, image_size: int, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """Points ``[Np, 2]`` and un-jittered boxes ``[Nb, 4]`` for one image's ``[M, R, R]``."""
-        valid = masks[masks.flatten(1).any(dim=1)]
-        if valid.shape[0] == 0:
+        boxes, present = _mask_boxes(masks)
+        valid = torch.nonzero(present).squeeze(1)
+        if valid.numel() == 0:
             points = _uniform(generator, (self.points_per_image, 2)) * image_size
             return points, _random_boxes(self.boxes_per_image, image_size, generator)
         scale = image_size / masks.shape[-1]
-        picks = _cycle_choice(valid.shape[0], self.points_per_image, generator)
-        points = _points_inside(valid[picks], generator) * scale
-        picks = _cycle_choice(valid.shape[0], self.boxes_per_image, generator)
-        return points, _mask_boxes(valid[picks])[0] * scale
+        picks = valid[_cycle_choice(valid.numel(), self.points_per_image, generator)]
+        points = _points_inside(masks, picks=picks, boxes=boxes, generator=generator) * scale
+        picks = valid[_cycle_choice(valid.numel(), self.boxes_per_image, generator)]
+        return points, boxes[picks] * scale
 
     def random_points(
         self, batch_size: int, *, image_size: int, generator: torch.Generator
@@ -206,30 +207,41 @@ def _cycle_choice(available: int, needed: int, generator: torch.Generator) -> Te
     return torch.cat(order)[:needed] if order else torch.zeros(0, dtype=torch.long)
 
 
-def _points_inside(masks: Tensor, generator: torch.Generator) -> Tensor:
-    """One pixel-centre point ``(x, y)`` drawn uniformly inside each ``bool [N, R, R]`` mask."""
-    if masks.shape[0] == 0:
-        return torch.zeros(0, 2)
-    flat = masks.flatten(1).to(torch.int32)
-    cumulative = flat.cumsum(dim=1, dtype=torch.int32)
-    counts = cumulative[:, -1]
-    # The j-th foreground pixel (0-based) is the first position where the cumulative count is j+1.
-    rank = (_uniform(generator, tuple(counts.shape)) * counts).long().clamp_max(counts - 1)
-    index = torch.searchsorted(cumulative, (rank + 1).to(torch.int32).unsqueeze(1)).squeeze(1)
-    side = masks.shape[-1]
-    return torch.stack([index % side, index // side], dim=-1).float() + 0.5
+def _points_inside(
+    masks: Tensor, *, picks: Tensor, boxes: Tensor, generator: torch.Generator
+) -> Tensor:
+    """Pixel-centre points ``(x, y)`` ``[N, 2]``, one drawn uniformly inside each picked mask.
+
+    Args:
+        masks: ``bool [M, R, R]``.
+        picks: ``[N]`` indices of non-empty masks (repeats allowed).
+        boxes: ``[M, 4]`` the masks' tight boxes; only the box's pixels are scanned, which for
+            the small objects that dominate SA-1B is a fraction of the image.
+    """
+    ranks = _uniform(generator, (picks.numel(),))
+    points = []
+    for mask_index, u in zip(picks.tolist(), ranks.tolist(), strict=True):
+        x0, y0, x1, y1 = (int(v) for v in boxes[mask_index].tolist())
+        cumulative = masks[mask_index, y0:y1, x0:x1].flatten().cumsum(0, dtype=torch.int32)
+        count = int(cumulative[-1])
+        # The j-th foreground pixel (0-based) is the first whose cumulative count reaches j + 1.
+        rank = min(int(u * count), count - 1) + 1
+        index = int(torch.searchsorted(cumulative, torch.tensor([rank], dtype=torch.int32)))
+        points.append((x0 + index % (x1 - x0) + 0.5, y0 + index // (x1 - x0) + 0.5))
+    return torch.tensor(points, dtype=torch.float32).reshape(-1, 2)
 
 
 def _mask_boxes(masks: Tensor) -> tuple[Tensor, Tensor]:
     """Tight pixel-edge boxes ``(x0, y0, x1, y1)`` of ``bool [..., h, w]`` masks, and which are
     non-empty ``[...]`` (empty masks get all-zero boxes)."""
-    rows, cols = masks.any(dim=-1), masks.any(dim=-2)
+    as_bytes = masks.view(torch.uint8)  # max-reducing bytes is several times faster than any()
+    rows, cols = as_bytes.amax(dim=-1), as_bytes.amax(dim=-2)
     h, w = rows.shape[-1], cols.shape[-1]
-    y0 = rows.int().argmax(dim=-1)
-    y1 = h - rows.flip(-1).int().argmax(dim=-1)
-    x0 = cols.int().argmax(dim=-1)
-    x1 = w - cols.flip(-1).int().argmax(dim=-1)
-    present = rows.any(dim=-1)
+    y0 = rows.argmax(dim=-1)
+    y1 = h - rows.flip(-1).argmax(dim=-1)
+    x0 = cols.argmax(dim=-1)
+    x1 = w - cols.flip(-1).argmax(dim=-1)
+    present = rows.amax(dim=-1) > 0
     boxes = torch.stack([x0, y0, x1, y1], dim=-1).float()
     return boxes * present.unsqueeze(-1), present
 

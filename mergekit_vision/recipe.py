@@ -7,9 +7,12 @@ the recipe saved beside a run is fully resolved.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mergekit_vision.prompts import PromptSamplerParams
 
 BACKBONE = "backbone"  # the parameter-group name of the student backbone
 
@@ -25,15 +28,6 @@ class PluginSpec(Frozen):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class PromptSpec(Frozen):
-    """How SAM-style prompts are sampled for a promptable-segmentation task (SAM, sec. 3)."""
-
-    points_per_image: int = Field(16, ge=0)
-    boxes_per_image: int = Field(16, ge=0)
-    box_noise: float = Field(0.1, ge=0)
-    source: Literal["auto", "ground_truth", "teacher"] = "auto"
-
-
 class TaskSpec(Frozen):
     """One distillation task: a teacher's target reproduced by a head from the shared backbone."""
 
@@ -46,7 +40,7 @@ class TaskSpec(Frozen):
     resolution: int | list[int] = Field(description="side in px; a list cycles per step")
     resize: Literal["pad", "crop"] = "crop"
     weight: float = Field(1.0, ge=0, description="the task's loss weight (SAM-CLIP's lambda)")
-    prompts: PromptSpec | None = None
+    prompts: PromptSamplerParams | None = None
     max_masks: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
 
@@ -127,34 +121,52 @@ class Recipe(Frozen):
     dry_run: DryRunSpec = DryRunSpec()
 
     @model_validator(mode="after")
-    def _references_exist(self, info: ValidationInfo) -> Recipe:
-        problems = self.dangling_references()
-        collect = (info.context or {}).get("collect_references")
-        if collect is not None:  # the recipe loader reports each with its own path and line
-            collect.extend(problems)
-        elif problems:
+    def _references_exist(self) -> Recipe:
+        problems = dangling_references(self.model_dump())
+        if problems:
             raise ValueError("; ".join(f"{path}: {msg}" for path, msg in problems))
         return self
 
-    def dangling_references(self) -> list[tuple[str, str]]:
-        """(dotted path, message) for every name that points at nothing."""
-        out: list[tuple[str, str]] = []
 
-        def check(path: str, name: str, valid: list[str], what: str) -> None:
-            if name not in valid:
-                out.append((path, f"unknown {what} {name!r}; defined: {', '.join(valid)}"))
+def dangling_references(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dotted path, message) for every name in recipe data that points at nothing.
 
-        for tname, task in self.tasks.items():
-            check(f"tasks.{tname}.teacher", task.teacher, list(self.teachers), "teacher")
-            check(f"tasks.{tname}.head", task.head, list(self.heads), "head")
-        groups = [BACKBONE, *self.heads]
-        for i, stage in enumerate(self.stages):
-            for j, tname in enumerate(stage.tasks):
-                check(f"stages.{i}.tasks.{j}", tname, list(self.tasks), "task")
-            for j, group in enumerate(stage.train):
-                check(f"stages.{i}.train.{j}", group, groups, "parameter group")
-            for group in stage.lr_mult:
-                check(f"stages.{i}.lr_mult.{group}", group, groups, "parameter group")
-            for tname in stage.resolution:
-                check(f"stages.{i}.resolution.{tname}", tname, list(self.tasks), "task")
-        return out
+    Works on plain (even partly invalid) recipe data, so a loader can report these alongside
+    type errors elsewhere in the same recipe.
+    """
+    out: list[tuple[str, str]] = []
+
+    def names(key: str) -> list[str]:
+        value = data.get(key)
+        return list(value) if isinstance(value, dict) else []
+
+    def check(path: str, name: Any, valid: list[str], what: str) -> None:
+        if isinstance(name, str) and name not in valid:
+            out.append((path, f"unknown {what} {name!r}; defined: {', '.join(valid)}"))
+
+    teachers, heads, tasks = names("teachers"), names("heads"), names("tasks")
+    for tname, task in _mapping(data.get("tasks")).items():
+        task = _mapping(task)
+        check(f"tasks.{tname}.teacher", task.get("teacher"), teachers, "teacher")
+        check(f"tasks.{tname}.head", task.get("head"), heads, "head")
+    groups = [BACKBONE, *heads]
+    stages = data.get("stages")
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):
+        stage = _mapping(stage)
+        for j, tname in enumerate(_list(stage.get("tasks"))):
+            check(f"stages.{i}.tasks.{j}", tname, tasks, "task")
+        for j, group in enumerate(_list(stage.get("train"))):
+            check(f"stages.{i}.train.{j}", group, groups, "parameter group")
+        for group in _mapping(stage.get("lr_mult")):
+            check(f"stages.{i}.lr_mult.{group}", group, groups, "parameter group")
+        for tname in _mapping(stage.get("resolution")):
+            check(f"stages.{i}.resolution.{tname}", tname, tasks, "task")
+    return out
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []

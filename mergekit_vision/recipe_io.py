@@ -3,6 +3,7 @@ that reports every problem as (dotted path, YAML line, what was expected)."""
 
 from __future__ import annotations
 
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mergekit_vision.recipe import Recipe
+from mergekit_vision.recipe import Recipe, dangling_references
 from mergekit_vision.registry import ALL_REGISTRIES, UnknownPluginError
 
 
@@ -117,13 +118,15 @@ def validate_recipe(
     lines = lines or {}
     issues: list[Issue] = []
     resolved = _resolve_plugin_params(data, issues)
-    refs: list[tuple[str, str]] = []
+    refs = dangling_references(resolved)
+    issues += [Issue(path, msg) for path, msg in refs]
     recipe: Recipe | None = None
     try:
-        recipe = Recipe.model_validate(resolved, context={"collect_references": refs})
+        recipe = Recipe.model_validate(resolved)
     except ValidationError as err:
-        issues += [_issue_from_pydantic(e) for e in err.errors()]
-    issues += [Issue(path, msg) for path, msg in refs]
+        # The recipe-level reference check repeats ``refs`` as one message without paths.
+        errors = [e for e in err.errors() if e["loc"] or not refs]
+        issues += [_issue_from_pydantic(e) for e in errors]
     if issues or recipe is None:
         raise RecipeError(source, [_with_line(i, lines) for i in _dedupe(issues)])
     return recipe
@@ -246,6 +249,8 @@ def _step(node: Any, part: str) -> Any:
 
 def _unwrap(annotation: Any) -> Any:
     """The model inside ``X | None`` (or the annotation itself)."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if args and all(isinstance(a, type) for a in args):
         models = [a for a in args if issubclass(a, BaseModel)]

@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import model_validator
 from segment_anything.modeling.image_encoder import ImageEncoderViT
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalise
 from mergekit_vision.registry import STUDENTS, PluginParams
+from mergekit_vision.weights import read_checkpoint_file
 
 SAM_PIXEL_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
 SAM_PIXEL_STD = (58.395 / 255, 57.12 / 255, 57.375 / 255)
@@ -115,17 +115,6 @@ def vitdet_state_dict_from_sam_encoder(
             if key in converted:
                 converted[key] = resample_rel_pos(converted[key], 2 * grid - 1)
     return converted
-
-
-def load_state_dict_file(path: Path) -> dict[str, Tensor]:
-    """Read a ``.safetensors`` file or a torch pickle of tensors (``weights_only``)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"student checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @STUDENTS.register("vitdet")
@@ -244,7 +233,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
             encoder = teachers[params.init_from].component("image_encoder")
             student.load_sam_encoder(encoder.state_dict(), source=f"teacher {params.init_from!r}")
         if params.checkpoint is not None:
-            state = load_state_dict_file(params.checkpoint)
+            state = dict(read_checkpoint_file(params.checkpoint, what="student"))
             student.load_sam_encoder(state, source=str(params.checkpoint))
         return student
 

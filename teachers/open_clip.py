@@ -8,6 +8,7 @@ open_clip "ViT-L-14" trained on DataComp-1B (tag "datacomp_xl_s13b_b90k").
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -29,8 +30,10 @@ from torch import Tensor, nn
 
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
 from mergekit_vision.registry import TEACHERS, PluginParams
+from mergekit_vision.weights import incompatible_keys, read_checkpoint_file
 
 _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+_CUSTOM_PREFIX = "mergekit-custom-"
 
 
 class OpenClipParams(PluginParams):
@@ -74,15 +77,18 @@ class OpenClipParams(PluginParams):
 
 
 def _similar_models(name: str) -> list[str]:
-    stem = re.split(r"[-/]", name)[0].lower()
-    return [m for m in open_clip.list_models() if m.lower().startswith(stem)][:12] or ["ViT-L-14"]
+    return difflib.get_close_matches(name, _builtin_models(), n=8, cutoff=0.5) or ["ViT-L-14"]
+
+
+def _builtin_models() -> list[str]:
+    return [m for m in open_clip.list_models() if not m.startswith(_CUSTOM_PREFIX)]
 
 
 def register_model_cfg(model_cfg: Mapping[str, Any]) -> str:
     """Register a custom architecture with open_clip under a name derived from its contents."""
     digest = hashlib.sha1(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:12]
     # A neutral name: open_clip picks tokenizers by name substrings such as "siglip".
-    name = f"mergekit-custom-{digest}"
+    name = f"{_CUSTOM_PREFIX}{digest}"
     # add_model_config only reads JSON files; the dict registry behind it is the same one.
     open_clip.factory._MODEL_CONFIGS[name] = deepcopy(dict(model_cfg))
     return name
@@ -141,39 +147,6 @@ def open_clip_state_dict_from_checkpoint(checkpoint: Mapping[str, object]) -> di
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 
-def read_checkpoint_file(path: Path, *, what: str) -> Mapping[str, object]:
-    """A ``.safetensors`` or ``torch.save`` file (loaded with ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded = load_file(str(path), device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch and safetensors raise many types for a bad file
-        raise ValueError(f"cannot read {what} checkpoint {path}: {error}") from error
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{what} checkpoint {path} holds a {type(loaded).__name__}, not a dict")
-    return loaded
-
-
-def incompatible_keys(model: nn.Module, weights: Mapping[str, Tensor], *, shown: int = 5) -> str:
-    """What a strict load would trip on (missing, unexpected, mis-shaped keys); "" if nothing."""
-    expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in weights]
-    problems += [f"unexpected {k}" for k in weights if k not in expected]
-    problems += [
-        f"shape of {k}: file {tuple(v.shape)}, model {tuple(expected[k].shape)}"
-        for k, v in weights.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    more = f"; ... ({len(problems)} in all)" if len(problems) > shown else ""
-    return "; ".join(problems[:shown]) + more
-
-
 def describe_open_clip_checkpoint(weights: Mapping[str, Tensor]) -> str:
     """Which built-in open_clip models the weights fit, for error messages."""
     if "visual.conv1.weight" not in weights or "visual.proj" not in weights:
@@ -185,7 +158,7 @@ def describe_open_clip_checkpoint(weights: Mapping[str, Tensor]) -> str:
     found = (width, layers, patch, embed_dim)
     matches = [
         name
-        for name in open_clip.list_models()
+        for name in _builtin_models()
         if _vision_sizes(open_clip.get_model_config(name)) == found
     ]
     sizes = f"vision width {width}, {layers} layers, patch {patch}, embed_dim {embed_dim}"

@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import model_validator
 from segment_anything.modeling import (
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
 from mergekit_vision.registry import TEACHERS, PluginParams
 from mergekit_vision.sam_decoding import decode_masks
+from mergekit_vision.weights import incompatible_keys, read_checkpoint_file
 
 # Encoder sizes of the released checkpoints: (embed dim, depth, heads, global-attention blocks).
 SAM_VARIANTS: dict[str, tuple[int, int, int, tuple[int, ...]]] = {
@@ -222,39 +222,6 @@ def _resize_rel_pos(table: Tensor, length: int) -> Tensor:
     """The linear interpolation of segment_anything's ``get_rel_pos``, done once at load time."""
     resized = F.interpolate(table.float().T.unsqueeze(0), size=length, mode="linear")
     return resized[0].T.to(table.dtype)
-
-
-def read_checkpoint_file(path: Path, *, what: str) -> Mapping[str, object]:
-    """A ``.safetensors`` or ``torch.save`` file (loaded with ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded = load_file(str(path), device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch and safetensors raise many types for a bad file
-        raise ValueError(f"cannot read {what} checkpoint {path}: {error}") from error
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{what} checkpoint {path} holds a {type(loaded).__name__}, not a dict")
-    return loaded
-
-
-def incompatible_keys(model: nn.Module, weights: Mapping[str, Tensor], *, shown: int = 5) -> str:
-    """What a strict load would trip on (missing, unexpected, mis-shaped keys); "" if nothing."""
-    expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in weights]
-    problems += [f"unexpected {k}" for k in weights if k not in expected]
-    problems += [
-        f"shape of {k}: file {tuple(v.shape)}, model {tuple(expected[k].shape)}"
-        for k, v in weights.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    more = f"; ... ({len(problems)} in all)" if len(problems) > shown else ""
-    return "; ".join(problems[:shown]) + more
 
 
 def describe_sam_checkpoint(weights: Mapping[str, Tensor]) -> str:

@@ -91,8 +91,8 @@ def _gradient(size: int, generator: torch.Generator) -> Tensor:
     """A linear blend between two random colours along a random direction, ``[3, R, R]``."""
     start, end = torch.rand(2, 3, 1, 1, generator=generator)
     angle = float(torch.rand((), generator=generator)) * 2 * math.pi
-    ys, xs = _grid(size)
-    t = xs * math.cos(angle) + ys * math.sin(angle)
+    coords = _coords(size)
+    t = coords.view(1, -1) * math.cos(angle) + coords.view(-1, 1) * math.sin(angle)
     t = (t - t.min()) / (t.max() - t.min()).clamp_min(1e-6)
     return start + (end - start) * t
 
@@ -101,14 +101,15 @@ def _random_shape(size: int, generator: torch.Generator) -> Tensor:
     """A filled axis-aligned rectangle or ellipse, ``bool [R, R]``, 8-30% of the side in radius."""
     centre = torch.rand(2, generator=generator)
     half = 0.08 + 0.22 * torch.rand(2, generator=generator)
-    ys, xs = _grid(size)
-    dx, dy = (xs - centre[0]) / half[0], (ys - centre[1]) / half[1]
+    coords = _coords(size)
+    # Rows and columns broadcast to [R, R] only in the final comparison: cheap at 1024 px.
+    dx = ((coords - centre[0]) / half[0]).view(1, -1)
+    dy = ((coords - centre[1]) / half[1]).view(-1, 1)
     if float(torch.rand((), generator=generator)) < 0.5:
         return (dx.abs() <= 1) & (dy.abs() <= 1)
     return dx**2 + dy**2 <= 1
 
 
-def _grid(size: int) -> tuple[Tensor, Tensor]:
-    """Pixel-centre coordinates in [0, 1], each ``[R, R]`` (rows, then columns)."""
-    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    return torch.meshgrid(coords, coords, indexing="ij")
+def _coords(size: int) -> Tensor:
+    """Pixel-centre coordinates in [0, 1], ``[R]``."""
+    return (torch.arange(size, dtype=torch.float32) + 0.5) / size

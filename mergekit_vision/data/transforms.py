@@ -112,7 +112,9 @@ def resize_masks(masks: Tensor, *, resolution: int, mode: ResizeMode) -> Tensor:
 
 def drop_empty(masks: Tensor) -> Tensor:
     """Remove masks ``bool [M, R, R]`` that have no pixel left (tiny objects after downscaling)."""
-    return masks[masks.flatten(1).any(dim=1)] if masks.shape[0] else masks
+    if masks.shape[0] == 0:
+        return masks
+    return masks[masks.flatten(1).view(torch.uint8).amax(dim=1) > 0]  # bytes: faster than any()
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -139,3 +141,26 @@ def missing_path_error(
 ) -> FileNotFoundError:
     """The error every dataset plugin raises for a recipe path that does not exist."""
     return FileNotFoundError(f"datasets.{dataset}: {field} '{path}' {what}; {hint}")
+
+
+def resize_label_map(
+    labels: Tensor, *, resolution: int, mode: ResizeMode, fill: int = 255
+) -> Tensor:
+    """Apply :func:`resize_image`'s geometry to an integer label map ``[H, W]`` -> ``[R, R]``.
+
+    Nearest-exact sampling, as :func:`resize_masks`, so label ``k`` covers the same pixels as a
+    mask of class ``k`` would; the area added by ``"pad"`` gets ``fill`` (255, the usual ignore
+    index of semantic segmentation benchmarks such as Pascal VOC).
+    """
+    _check_mode(mode)
+    height, width = labels.shape[-2:]
+    size = _scaled_size(height, width, resolution=resolution, mode=mode)
+    if (height, width) != size:
+        labels = TF.resize(
+            labels.unsqueeze(0), list(size), interpolation=InterpolationMode.NEAREST_EXACT
+        ).squeeze(0)
+    if mode == "pad":
+        out = labels.new_full((resolution, resolution), fill)
+        out[: size[0], : size[1]] = labels
+        return out
+    return _fit(labels, resolution=resolution, mode=mode).contiguous()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mergekit_vision.teachers.open_clip  # noqa: F401  (registers "open_clip")
 import open_clip
 import pydantic
 import pytest
 import torch
+from safetensors.torch import save_file
+
+import mergekit_vision.teachers.open_clip  # noqa: F401  (registers "open_clip")
+from mergekit_vision.contracts import Teacher
 from mergekit_vision.teachers.open_clip import (
     OpenClipParams,
     OpenClipTeacher,
@@ -16,9 +19,6 @@ from mergekit_vision.teachers.open_clip import (
     open_clip_state_dict_from_checkpoint,
     register_model_cfg,
 )
-from safetensors.torch import save_file
-
-from mergekit_vision.contracts import Teacher
 
 TINY_CFG = {
     "embed_dim": 32,
@@ -105,6 +105,8 @@ def test_unnormalised_embedding_and_other_image_size(reference):
     assert out.shape == (2, 32)
     assert not torch.allclose(out.norm(dim=-1), torch.ones(2))
     assert teacher.target_specs()["image_embedding"].shape == ("B", 32)
+    with pytest.raises(ValueError, match=r"no target \['mask_logits'\]; it has image_embedding"):
+        teacher(torch.rand(1, 3, 48, 48), targets=["mask_logits"])
 
 
 def test_wrong_model_names_file_model_and_keys(reference):
@@ -163,9 +165,7 @@ def test_random_init_only_when_allowed():
 
 
 def test_params_validation():
-    with pytest.raises(
-        pydantic.ValidationError, match="unknown open_clip model 'ViT-L-15'.*ViT-L-14"
-    ):
+    with pytest.raises(pydantic.ValidationError, match="model 'ViT-L-15'; .* ViT-L-14"):
         OpenClipParams(model="ViT-L-15")
     with pytest.raises(pydantic.ValidationError, match="model_cfg lacks text_cfg"):
         OpenClipParams(model="x", model_cfg={"embed_dim": 8, "vision_cfg": {}})

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mergekit_vision.teachers.sam  # noqa: F401  (registers "sam")
 import pydantic
 import pytest
 import torch
+from safetensors.torch import save_file
+from segment_anything.modeling import Sam
+
+import mergekit_vision.teachers.sam  # noqa: F401  (registers "sam")
+from mergekit_vision.contracts import Prompts, Teacher
 from mergekit_vision.teachers.sam import (
     SamParams,
     SamTeacher,
@@ -15,10 +19,6 @@ from mergekit_vision.teachers.sam import (
     describe_sam_checkpoint,
     sam_state_dict_from_checkpoint,
 )
-from safetensors.torch import save_file
-from segment_anything.modeling import Sam
-
-from mergekit_vision.contracts import Prompts, Teacher
 
 TINY = dict(
     encoder_embed_dim=64,
@@ -202,6 +202,8 @@ def test_random_init_only_when_allowed():
         teacher.component("text")
     with pytest.raises(ValueError, match="'mask_logits' needs prompts"):
         teacher(torch.rand(1, 3, 128, 128), targets=["mask_logits"])
+    with pytest.raises(ValueError, match=r"no target \['image_embedding'\]"):
+        teacher(torch.rand(1, 3, 128, 128), targets=["image_embedding"])
 
 
 def test_lower_resolution_interpolates_positions_like_segment_anything(official):
