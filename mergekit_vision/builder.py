@@ -95,6 +95,7 @@ def missing_paths(recipe: Recipe) -> list[Issue]:
 
 def build_components(recipe: Recipe, *, allow_random_init: bool = False) -> Components:
     device = resolve_device(recipe.device)
+    torch.manual_seed(recipe.seed)  # freshly initialised weights (heads) depend on the seed only
     teachers: dict[str, Teacher] = {}
     for name, spec in recipe.teachers.items():
         with _blame(f"teachers.{name}"):

@@ -38,7 +38,7 @@ class TargetSpec:
 
 @dataclass(frozen=True)
 class Prompts:
-    """Prompts for promptable segmentation, ``B`` images with ``Np`` point and ``Nb`` box prompts each.
+    """Prompts for promptable segmentation: ``B`` images, ``Np`` point and ``Nb`` box prompts each.
 
     Coordinates are pixels ``(x, y)`` of the image as handed to the model, whose side is
     ``image_size``. Outputs follow the order: all point prompts, then all box prompts.
@@ -83,7 +83,7 @@ class Prompts:
 def resize_and_normalise(
     images: Tensor, *, size: int | None, mean: Sequence[float], std: Sequence[float]
 ) -> Tensor:
-    """``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, size, size]`` normalised (``size=None`` keeps H, W)."""
+    """``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, size, size]`` normalised (``None`` keeps H, W)."""
     if size is not None and tuple(images.shape[-2:]) != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
     mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)

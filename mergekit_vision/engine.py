@@ -70,7 +70,7 @@ class Engine:
         self.recipe_yaml = recipe_yaml
         self.metrics_path = output_dir / "metrics.jsonl"
         self.checkpoints = output_dir / "checkpoints"
-        # Parameters a plugin froze by design (e.g. SAM's prompt encoder) stay frozen in every stage.
+        # What a plugin froze by design (e.g. SAM's prompt encoder) stays frozen in every stage.
         self._trainable_by_design = {id(p): p.requires_grad for p in self.c.model.parameters()}
 
     def run(self, *, max_steps: int | None = None, resume: bool = False, progress: bool = True):

@@ -19,8 +19,18 @@ RECIPE = ROOT / "tests" / "recipes" / "outside_teacher.yaml"
 def installed_plugin(tmp_path, monkeypatch):
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(EXAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(EXAMPLE),
+        ],
         check=True,
     )
     monkeypatch.syspath_prepend(str(site))

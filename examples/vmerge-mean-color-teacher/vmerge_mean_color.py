@@ -34,7 +34,9 @@ class MeanColorTeacher(Teacher):
         super().__init__()
         self.grid = grid
         generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("projection", torch.randn(3 * grid * grid, embed_dim, generator=generator))
+        self.register_buffer(
+            "projection", torch.randn(3 * grid * grid, embed_dim, generator=generator)
+        )
 
     @classmethod
     def build(cls, params: Params, *, allow_random_init: bool = False) -> MeanColorTeacher:

@@ -4,12 +4,12 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-from mergekit_vision.students.vitdet import ViTDetStudent
 from pydantic import ValidationError
 from torch import Tensor
 
 from mergekit_vision.contracts import Prompts, StudentFeatures, TargetSpec, Teacher
 from mergekit_vision.heads.clip_head import ClipHead
+from mergekit_vision.students.vitdet import ViTDetStudent
 
 
 class FakeClipTeacher(Teacher):

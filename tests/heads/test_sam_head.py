@@ -4,12 +4,12 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-from mergekit_vision.students.vitdet import ViTDetStudent
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import Prompts, StudentFeatures, TargetSpec, Teacher
 from mergekit_vision.heads.sam_head import SamHead
+from mergekit_vision.students.vitdet import ViTDetStudent
 
 WIDTH = 32  # prompt / decoder width = student out_chans
 IMAGE = 64  # pixels; a 4x4 embedding grid at patch 16

@@ -6,13 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from mergekit_vision.students.vitdet import (
-    SAM_PIXEL_MEAN,
-    SAM_PIXEL_STD,
-    ViTDetStudent,
-    resample_pos_embed,
-    vitdet_state_dict_from_sam_encoder,
-)
 from pydantic import ValidationError
 from safetensors.torch import save_file
 from segment_anything.modeling import ImageEncoderViT
@@ -20,6 +13,13 @@ from timm.layers import resample_abs_pos_embed_nhwc
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher, resize_and_normalise
+from mergekit_vision.students.vitdet import (
+    SAM_PIXEL_MEAN,
+    SAM_PIXEL_STD,
+    ViTDetStudent,
+    resample_pos_embed,
+    vitdet_state_dict_from_sam_encoder,
+)
 
 TINY = dict(embed_dim=64, depth=4, num_heads=2, global_attn_indexes=(1, 3), window_size=4)
 
