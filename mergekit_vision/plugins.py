@@ -26,6 +26,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.data.sa1b",
     "mergekit_vision.data.coco",
     "mergekit_vision.data.synthetic",
+    "mergekit_vision.data.toy_world",
+    "mergekit_vision.data.voc",
+    "mergekit_vision.data.image_classes",
 )
 
 _loaded = False

@@ -46,12 +46,25 @@ class ImageDataset:
         return {}
 
 
+PER_MASK_KEYS = ("masks", "classes")  # one entry per mask: counts differ between images
+
+
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images ``[B, 3, R, R]``; keep masks as a list (their counts differ per image)."""
-    batch: dict[str, Any] = {
-        "image": torch.stack([s["image"] for s in samples]),
-        "key": [s.get("key", "") for s in samples],
-    }
-    if "masks" in samples[0]:
-        batch["masks"] = [s["masks"] for s in samples]
+    """Stack images ``[B, 3, R, R]`` and other same-shaped tensors (label maps); numbers become
+    a tensor; masks (their counts differ per image), strings and the rest stay lists."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        first = values[0]
+        if key not in PER_MASK_KEYS and isinstance(first, torch.Tensor) and _same_shape(values):
+            batch[key] = torch.stack(values)
+        elif isinstance(first, int | float) and not isinstance(first, bool):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    batch.setdefault("key", [""] * len(samples))
     return batch
+
+
+def _same_shape(values: list[Any]) -> bool:
+    return all(isinstance(v, torch.Tensor) and v.shape == values[0].shape for v in values)

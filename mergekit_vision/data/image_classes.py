@@ -69,7 +69,9 @@ class ImageClassesDataset(ImageDataset, Dataset):
             )
         folders = sorted(p.name for p in root.iterdir() if p.is_dir())
         if not folders:
-            raise ValueError(f"datasets.image_classes: root '{root}' has no class folders; {_LAYOUT}")
+            raise ValueError(
+                f"datasets.image_classes: root '{root}' has no class folders; {_LAYOUT}"
+            )
         files = [
             (Path(folder) / relative, label)
             for label, folder in enumerate(folders)

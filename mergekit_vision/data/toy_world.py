@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch.utils.data import Dataset
@@ -99,7 +100,8 @@ class ToyWorldDataset(ImageDataset, Dataset):
         )
         geometry = {"resolution": self.resolution, "mode": self.resize}
         masks = resize_masks(scene.masks, **geometry)
-        keep = masks.flatten(1).any(dim=1).nonzero().flatten().tolist()
+        # Downscaling can erase a small object; numpy because torch's bool any() is slow on CPU.
+        keep = np.flatnonzero(masks.numpy().reshape(len(masks), -1).any(axis=1)).tolist()
         chosen = choose_masks(
             len(keep), keep=self.max_masks, generator=sample_generator(self.seed, index)
         )

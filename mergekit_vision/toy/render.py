@@ -1,8 +1,8 @@
 """Vectorised rasterisation for the toy world: shapes, textures and cluttered backgrounds.
 
 Everything is a test on pixel-centre coordinates (numpy broadcasting), evaluated only inside an
-object's bounding window, so no drawing loop runs per pixel. Images here are ``float32 [S, S, 3]``
-in [0, 1], channels last, because painting a masked window is then one fancy-indexed assignment.
+object's bounding window, so no drawing loop runs per pixel. Images here are ``float32 [3, S, S]``
+in [0, 1].
 """
 
 from __future__ import annotations
@@ -123,26 +123,26 @@ def texture_shade(
 
 
 def paint_background(*, size: int, clutter: float, rng: np.random.Generator) -> np.ndarray:
-    """A low-saturation background, ``float32 [S, S, 3]``; busier as ``clutter`` goes 0 -> 1.
+    """A low-saturation background, ``float32 [3, S, S]``; busier as ``clutter`` goes 0 -> 1.
 
     At 0 it is one flat neutral colour. Clutter adds a gradient towards a second neutral colour,
     low-frequency blotches, and up to ``6 * clutter`` distractors: grey or brown blobs and thin
     lines. Distractors are drawn under the objects and belong to no class.
     """
     base = _neutral(rng)
-    canvas = np.empty((size, size, 3), dtype=np.float32)
-    canvas[:] = base
+    canvas = np.empty((3, size, size), dtype=np.float32)
+    canvas[:] = base[:, None, None]
     if clutter <= 0:
         return canvas
     angle = rng.uniform(0, 2 * math.pi)
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size
     ramp = coords[None, :] * math.cos(angle) + coords[:, None] * math.sin(angle)
     ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
-    canvas += (clutter * ramp)[..., None] * (_neutral(rng) - base)
+    canvas += (clutter * ramp)[None] * (_neutral(rng) - base)[:, None, None]
     weights = _bilinear_weights(size, _BLOTCH_GRID)
     grid = rng.uniform(-1, 1, size=(3, _BLOTCH_GRID, _BLOTCH_GRID)).astype(np.float32)
     blotches = weights @ grid @ weights.T  # [3, S, S]: separable bilinear upsampling
-    canvas += (0.15 * clutter) * blotches.transpose(1, 2, 0)
+    canvas += (0.15 * clutter) * blotches
     count = int(rng.integers(0, round(_MAX_DISTRACTORS * clutter) + 1))
     for _ in range(count):
         _paint_distractor(canvas, rng)
@@ -158,7 +158,7 @@ def _neutral(rng: np.random.Generator) -> np.ndarray:
 
 def _paint_distractor(canvas: np.ndarray, rng: np.random.Generator) -> None:
     """A grey/brown rotated ellipse or a thin line segment, in place."""
-    size = canvas.shape[0]
+    size = canvas.shape[-1]
     colour = _neutral(rng) if rng.uniform() < 0.5 else _brown(rng)
     cx, cy = rng.uniform(0, size, size=2)
     angle = rng.uniform(0, math.pi)
@@ -174,7 +174,7 @@ def _paint_distractor(canvas: np.ndarray, rng: np.random.Generator) -> None:
         along = xs * math.cos(angle) + ys * math.sin(angle)
         across = ys * math.cos(angle) - xs * math.sin(angle)
         inside = (np.abs(along) <= half_length) & (np.abs(across) <= rng.uniform(0.5, 1.0))
-    canvas[window][inside] = colour
+    canvas[:, window[0], window[1]][:, inside] = colour[:, None]
 
 
 def _brown(rng: np.random.Generator) -> np.ndarray:
