@@ -86,6 +86,21 @@ def run(
     )
 
 
+@app.command("eval")
+def eval_(
+    target: Annotated[Path, typer.Argument(help="A run folder, or a recipe (its runs/<name>).")],
+    set_: SetOption = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Where eval.json goes (default: run).")
+    ] = None,
+) -> None:
+    """Measure the teachers, the two-model pipeline and the merged model (eval.json, eval.png)."""
+    from mergekit_vision.evaluate import evaluate_run
+
+    results = guarded(lambda: evaluate_run(target, overrides=set_, output=output))
+    console.print(f"[green]wrote[/] {results['files']['json']}")
+
+
 @app.command()
 def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
     """Check RECIPE and print it fully resolved (exit 2 listing every problem)."""

@@ -105,6 +105,47 @@ class DryRunSpec(Frozen):
     samples: int = Field(8, ge=1)
 
 
+# A few of CLIP's ImageNet prompt templates (Radford et al. 2021); recipes may give all 80.
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a cropped photo of a {}.",
+    "a drawing of a {}.",
+)
+
+
+class EvalSpec(Frozen):
+    """What ``vmerge eval`` measures: which teachers and heads play which role, on which data.
+
+    ``classification`` (``image_classes`` layout) gives zero-shot top-1; ``instances`` (COCO JSON)
+    gives promptable-segmentation mIoU and mask AP; ``semantic`` (VOC layout) gives zero-shot
+    semantic segmentation, its first ``calibration_samples`` images choosing each model's
+    background threshold.
+    """
+
+    clip_teacher: str
+    sam_teacher: str
+    clip_head: str
+    sam_head: str
+    classification: PluginSpec | None = None
+    instances: PluginSpec | None = None
+    semantic: PluginSpec | None = None
+    resolution: int = Field(ge=8, description="main evaluation side in px")
+    extra_resolutions: list[int] = Field(default_factory=list)
+    batch_size: int = Field(16, ge=1)
+    max_prompts_per_image: int = Field(8, ge=1)
+    calibration_samples: int = Field(16, ge=0)
+    points_per_class: int = Field(3, ge=1, le=16)
+    pipeline_grid: int = Field(8, ge=2, description="SAM point grid of the two-model pipeline")
+    pictures: int = Field(4, ge=0)
+    templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES),
+        description="prompt templates for class names, e.g. 'a photo of a {}.'",
+    )
+
+
 class Recipe(Frozen):
     name: str
     seed: int = 0
@@ -119,6 +160,7 @@ class Recipe(Frozen):
     logging: LoggingSpec = LoggingSpec()
     checkpointing: CheckpointSpec = CheckpointSpec()
     dry_run: DryRunSpec = DryRunSpec()
+    eval: EvalSpec | None = None
 
     @model_validator(mode="after")
     def _references_exist(self) -> Recipe:
@@ -161,6 +203,11 @@ def dangling_references(data: Mapping[str, Any]) -> list[tuple[str, str]]:
             check(f"stages.{i}.lr_mult.{group}", group, groups, "parameter group")
         for tname in _mapping(stage.get("resolution")):
             check(f"stages.{i}.resolution.{tname}", tname, tasks, "task")
+    evaluation = _mapping(data.get("eval"))
+    for role in ("clip_teacher", "sam_teacher"):
+        check(f"eval.{role}", evaluation.get(role), teachers, "teacher")
+    for role in ("clip_head", "sam_head"):
+        check(f"eval.{role}", evaluation.get(role), heads, "head")
     return out
 
 

@@ -169,6 +169,10 @@ def plugin_spec_paths(data: dict[str, Any]) -> list[tuple[str, str, dict]]:
         if isinstance(stage, dict):
             add("replay", f"stages.{i}.replay", stage.get("replay", {"type": "fixed_ratio"}))
             add("conflict", f"stages.{i}.conflict", stage.get("conflict", {"type": "sum"}))
+    evaluation = data.get("eval")
+    if isinstance(evaluation, dict):
+        for role in ("classification", "instances", "semantic"):
+            add("datasets", f"eval.{role}", evaluation.get(role))
     return found
 
 

@@ -91,6 +91,12 @@ def run_recipe(
     recipe_yaml = dump_recipe(recipe)
     engine = Engine(components, output_dir=output, recipe_yaml=recipe_yaml)
     state = engine.run(max_steps=max_steps, resume=resume, progress=progress)
+    finished = state.stage_index >= len(recipe.stages)
+    if finished and recipe.eval is not None and not dry_run:
+        from mergekit_vision.evaluate import evaluate_components
+
+        components.model.eval()
+        evaluate_components(components, output_dir=output)
     return RunResult(output_dir=output, state=state, recipe=recipe)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import open_clip
 import open_clip.factory
 import torch
+import torch.nn.functional as F
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from open_clip.pretrained import get_pretrained_cfg
 from pydantic import model_validator
@@ -315,6 +316,32 @@ class OpenClipTeacher(Teacher):
         return {"image_embedding": embedding}
 
     @torch.no_grad()
+    @torch.no_grad()
+    def dense_embeddings(self, images: Tensor) -> Tensor:
+        """Per-patch embeddings ``[B, h, w, D]`` (L2-normalised) for dense zero-shot labels.
+
+        MaskCLIP (Zhou et al., ECCV 2022): the last block's query-key attention mixes every patch
+        with the class token's view, so each patch keeps only its own value path through that
+        block (value and output projections), then the final LayerNorm and projection.
+        """
+        visual = self.clip.visual
+        if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "transformer"):
+            raise NotImplementedError("dense embeddings need a plain ViT image tower")
+        tokens = visual._embeds(self.prepare(images))  # [B, 1 + h*w, C]
+        blocks = visual.transformer.resblocks
+        for block in blocks[:-1]:
+            tokens = block(tokens)
+        last = blocks[-1]
+        width = tokens.shape[-1]
+        values = F.linear(
+            last.ln_1(tokens[:, 1:]),
+            last.attn.in_proj_weight[2 * width :],
+            last.attn.in_proj_bias[2 * width :],
+        )
+        patches = visual.ln_post(last.attn.out_proj(values)) @ visual.proj
+        grid = int(round(patches.shape[1] ** 0.5))
+        return F.normalize(patches, dim=-1).reshape(images.shape[0], grid, grid, -1)
+
     def encode_text(self, texts: list[str]) -> Tensor:
         """L2-normalised text embeddings ``[T, D]`` (e.g. class prompts for zero-shot labels)."""
         device = next(self.clip.parameters()).device

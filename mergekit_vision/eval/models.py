@@ -1,0 +1,102 @@
+"""The models under evaluation, each seen through the abilities it has.
+
+- ``embed_images(images) -> [B, D]``: zero-shot classification (CLIP teacher, merged CLIP head);
+- ``embed_patches(images) -> [B, h, w, D]``: dense zero-shot segmentation (CLIP teacher through
+  MaskCLIP, merged CLIP head per token);
+- ``encode(images)`` then ``mask_logits(encoded, prompts) -> [B, N, h, w]``: promptable segmentation
+  (SAM teacher, merged SAM head).
+
+A model lacking an ability leaves the method out; :func:`abilities` says which it has.
+Images are ``[B, 3, R, R]`` in [0, 1]; prompts are in pixels of that image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mergekit_vision.builder import MergedModel
+from mergekit_vision.contracts import Prompts, Teacher
+from mergekit_vision.sam_decoding import decode_masks
+
+ABILITIES = ("embed_images", "embed_patches", "mask_logits")
+
+
+def abilities(model: Any) -> set[str]:
+    return {name for name in ABILITIES if callable(getattr(model, name, None))}
+
+
+class ClipTeacherEval:
+    """A CLIP-like teacher: image embeddings, MaskCLIP patch embeddings, text embeddings."""
+
+    def __init__(self, teacher: Teacher, *, target: str = "image_embedding"):
+        self.teacher, self.target = teacher, target
+
+    @torch.no_grad()
+    def embed_images(self, images: Tensor) -> Tensor:
+        out = self.teacher(images, targets=[self.target])[self.target]
+        return F.normalize(out.float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_patches(self, images: Tensor) -> Tensor:
+        return self.teacher.dense_embeddings(images)  # type: ignore[operator]
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> Tensor:
+        return self.teacher.encode_text(texts)  # type: ignore[operator]
+
+
+class SamTeacherEval:
+    """A SAM-like teacher: image embeddings once, then masks for any prompts."""
+
+    def __init__(self, teacher: Teacher):
+        self.teacher = teacher
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        return self.teacher(images, targets=["image_embeddings"])["image_embeddings"]
+
+    @torch.no_grad()
+    def mask_logits(self, encoded: Tensor, prompts: Prompts) -> Tensor:
+        logits, _ = decode_masks(
+            prompt_encoder=self.teacher.component("prompt_encoder"),
+            mask_decoder=self.teacher.component("mask_decoder"),
+            image_embeddings=encoded,
+            prompts=prompts,  # decode_masks normalises coordinates by prompts.image_size
+        )
+        return logits[:, :, 0]
+
+
+class MergedEval:
+    """The merged backbone with its CLIP head and SAM head."""
+
+    def __init__(self, model: MergedModel, *, clip_head: str, sam_head: str):
+        self.model = model.eval()
+        self.clip_head = model.heads[clip_head]
+        self.sam_head = model.heads[sam_head]
+
+    @torch.no_grad()
+    def embed_images(self, images: Tensor) -> Tensor:
+        features = self.model.student(images)
+        (pooled,) = self.clip_head(features).values()
+        return F.normalize(pooled.float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_patches(self, images: Tensor) -> Tensor:
+        return self.embed_patches_from(self.encode(images))
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Any:
+        return self.model.student(images)
+
+    @torch.no_grad()
+    def embed_patches_from(self, features: Any) -> Tensor:
+        return F.normalize(self.clip_head.dense_embeddings(features).float(), dim=-1)
+
+    @torch.no_grad()
+    def mask_logits(self, encoded: Any, prompts: Prompts) -> Tensor:
+        (logits,) = self.sam_head(encoded, prompts=prompts).values()
+        return logits[:, :, 0]

@@ -1,0 +1,222 @@
+"""The measurements: zero-shot classification, promptable segmentation (with COCO mask AP), and
+zero-shot semantic segmentation from patch embeddings, optionally refined by promptable masks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from mergekit_vision.contracts import Prompts
+from mergekit_vision.data.base import collate_samples
+from mergekit_vision.eval.metrics import (
+    ConfusionMatrix,
+    coco_mask_ap,
+    dense_semseg_from_embeddings,
+    mask_iou,
+    top1_accuracy,
+)
+
+LOGIT_SCALE = 100.0  # CLIP's learned temperature saturates at 100; used for class probabilities
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def batches(dataset: Dataset, *, batch_size: int, start: int = 0, stop: int | None = None):
+    """Batches of ``dataset[start:stop]`` with images as floats in [0, 1]."""
+    indices = list(range(start, len(dataset) if stop is None else min(stop, len(dataset))))
+    subset = torch.utils.data.Subset(dataset, indices)
+    for batch in DataLoader(subset, batch_size=batch_size, collate_fn=collate_samples):
+        batch["image"] = batch["image"].float() / 255.0
+        yield batch
+
+
+@torch.no_grad()
+def class_text_embeddings(text_model: Any, class_names: list[str], templates: list[str]) -> Tensor:
+    """``[K, D]``: each class's prompt embeddings averaged over templates (CLIP, Radford 2021)."""
+    rows = []
+    for name in class_names:
+        embedded = text_model.embed_texts([t.format(name) for t in templates])
+        rows.append(F.normalize(embedded.float().mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def zero_shot_top1(model: Any, dataset: Dataset, texts: Tensor, *, batch_size: int) -> float:
+    logits, labels = [], []
+    for batch in batches(dataset, batch_size=batch_size):
+        logits.append(model.embed_images(batch["image"]) @ texts.T)
+        labels.append(batch["label"])
+    return top1_accuracy(torch.cat(logits), torch.cat(labels))
+
+
+def interior_points(masks: Tensor) -> Tensor:
+    """``[M, 2]`` (x, y): for each mask ``bool [M, H, W]`` a pixel farthest from its boundary,
+    found by eroding until one step before empty (SAM's evaluation click, Kirillov et al. 2023)."""
+    current = masks.float()[:, None]
+    points = []
+    for index in range(masks.shape[0]):
+        mask = current[index : index + 1]
+        while True:
+            eroded = -F.max_pool2d(-mask, 3, stride=1, padding=1)
+            if eroded.sum() == 0:
+                break
+            mask = eroded
+        ys, xs = torch.nonzero(mask[0, 0], as_tuple=True)
+        middle = len(ys) // 2
+        points.append(torch.stack([xs[middle], ys[middle]]).float() + 0.5)
+    return torch.stack(points) if points else torch.zeros(0, 2)
+
+
+def _upsampled_masks(logits: Tensor, size: int) -> Tensor:
+    """``[N, h, w]`` mask logits -> ``[N, size, size]`` logits."""
+    return F.interpolate(logits[None].float(), size=(size, size), mode="bilinear")[0]
+
+
+@torch.no_grad()
+def promptable_segmentation(model: Any, dataset: Dataset, *, max_prompts: int) -> dict[str, float]:
+    """Single-point and box-prompted mask IoU against each instance, and box-prompted mask AP."""
+    point_ious, box_ious, gts, predictions, sizes = [], [], [], [], {}
+    for image_id, batch in enumerate(batches(dataset, batch_size=1)):
+        masks = batch["masks"][0][:max_prompts]
+        if masks.shape[0] == 0:
+            continue
+        size = batch["image"].shape[-1]
+        encoded = model.encode(batch["image"])
+        points = interior_points(masks)[None, :, None]
+        point_prompts = Prompts(size, points, torch.ones(points.shape[:3], dtype=torch.long))
+        predicted = _upsampled_masks(model.mask_logits(encoded, point_prompts)[0], size) > 0
+        point_ious.append(mask_iou(predicted, masks))
+        box_logits = _upsampled_masks(
+            model.mask_logits(encoded, Prompts(size, boxes=_boxes(masks)))[0], size
+        )
+        box_ious.append(mask_iou(box_logits > 0, masks))
+        sizes[image_id] = (size, size)
+        for mask, logit in zip(masks, box_logits, strict=True):
+            gts.append({"image_id": image_id, "category_id": 1, "mask": mask.numpy()})
+            positive = logit > 0
+            score = float(torch.sigmoid(logit[positive]).mean()) if positive.any() else 0.0
+            predictions.append(
+                {"image_id": image_id, "category_id": 1, "mask": positive.numpy(), "score": score}
+            )
+    ap = coco_mask_ap(gts, predictions, image_sizes=sizes)
+    return {
+        "prompt_seg_miou": float(torch.cat(point_ious).mean()),
+        "prompt_seg_miou_box": float(torch.cat(box_ious).mean()),
+        "mask_ap": ap["AP"],
+        "mask_ap50": ap["AP50"],
+    }
+
+
+def _boxes(masks: Tensor) -> Tensor:
+    """``[1, M, 4]`` xyxy pixel boxes of ``bool [M, H, W]`` masks."""
+    boxes = []
+    for mask in masks:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        boxes.append(torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float())
+    return torch.stack(boxes)[None]
+
+
+def semantic_segmentation(
+    segment: Any, dataset: Dataset, *, num_classes: int, calibration: int, batch_size: int
+) -> dict[str, float]:
+    """mIoU of ``segment(images, threshold) -> labels [B, R, R]`` (0 = background).
+
+    The background threshold is the one of :data:`THRESHOLDS` with the best mIoU on the first
+    ``calibration`` images; the mIoU reported is on the others.
+    """
+    threshold = 0.5
+    if calibration > 0:
+        scores = {
+            t: _miou(segment, dataset, t, num_classes, batch_size, 0, calibration)
+            for t in THRESHOLDS
+        }
+        threshold = max(scores, key=scores.get)
+    miou = _miou(segment, dataset, threshold, num_classes, batch_size, calibration, None)
+    return {"miou": miou, "threshold": threshold}
+
+
+def _miou(segment, dataset, threshold, num_classes, batch_size, start, stop) -> float:
+    confusion = ConfusionMatrix(num_classes=num_classes + 1, ignore_index=255)
+    for batch in batches(dataset, batch_size=batch_size, start=start, stop=stop):
+        confusion.update(segment(batch["image"], threshold), batch["semantic"])
+    return confusion.miou()
+
+
+def dense_labels(model: Any, images: Tensor, texts: Tensor, threshold: float) -> Tensor:
+    """Zero-shot labels from patch embeddings alone (MaskCLIP; SAM-CLIP's CLIP-head semseg)."""
+    labels, _ = dense_semseg_from_embeddings(
+        model.embed_patches(images),
+        texts,
+        size=images.shape[-1],
+        background_threshold=threshold,
+        temperature=LOGIT_SCALE,
+    )
+    return labels
+
+
+@torch.no_grad()
+def refined_labels(
+    model: Any, images: Tensor, texts: Tensor, threshold: float, *, points_per_class: int
+) -> Tensor:
+    """SAM-CLIP's zero-shot segmentation with both heads (arXiv 2310.15308, sec. 5.2): the CLIP
+    head's per-class masks give 1-3 points per class, the SAM head turns them into masks, and each
+    pixel takes the class with the highest mask logit (background where none is positive)."""
+    size = images.shape[-1]
+    features = model.encode(images)
+    coarse, logits = dense_semseg_from_embeddings(
+        model.embed_patches_from(features),
+        texts,
+        size=size,
+        background_threshold=threshold,
+        temperature=LOGIT_SCALE,
+    )
+    out = torch.zeros_like(coarse)
+    for index in range(images.shape[0]):
+        out[index] = _refine_one(model, features, index, coarse[index], points_per_class)
+    return out
+
+
+def _refine_one(model, features, index: int, coarse: Tensor, points_per_class: int) -> Tensor:
+    size = coarse.shape[-1]
+    classes, points = [], []
+    generator = torch.Generator().manual_seed(index)
+    for label in coarse.unique().tolist():
+        if label == 0:
+            continue
+        ys, xs = torch.nonzero(coarse == label, as_tuple=True)
+        picks = torch.randperm(len(ys), generator=generator)[:points_per_class]
+        for pick in picks.tolist():
+            classes.append(label)
+            points.append(torch.tensor([xs[pick] + 0.5, ys[pick] + 0.5]))
+    if not points:
+        return coarse
+    prompts = Prompts(
+        size, torch.stack(points)[None, :, None], torch.ones(1, len(points), 1, dtype=torch.long)
+    )
+    one = _select(features, index)
+    logits = _upsampled_masks(model.mask_logits(one, prompts)[0], size)  # [N, R, R]
+    labels = torch.tensor(classes)
+    best = torch.full((int(labels.max()) + 1, size, size), float("-inf"))
+    for label in labels.unique().tolist():
+        best[label] = logits[labels == label].max(0).values
+    score, winner = best.max(0)
+    return torch.where(score > 0, winner, torch.zeros_like(winner))
+
+
+def _select(features: Any, index: int) -> Any:
+    """One image's share of batched encoder outputs (a tensor or a dataclass of tensors)."""
+    if isinstance(features, Tensor):
+        return features[index : index + 1]
+    fields = {
+        k: (v[index : index + 1] if isinstance(v, Tensor) else v) for k, v in vars(features).items()
+    }
+    fields["intermediates"] = [t[index : index + 1] for t in fields.get("intermediates", [])]
+    return type(features)(**fields)
+
+
+def iter_pictures(dataset: Dataset, count: int) -> Iterator[dict[str, Any]]:
+    yield from batches(dataset, batch_size=max(count, 1), stop=count)

@@ -1,0 +1,100 @@
+"""`vmerge eval` on a tiny merge: every model gets the keys of the abilities it has, the
+picture grid is written, and the refinement and click helpers behave on constructed cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mergekit_vision.cli.main import main
+from mergekit_vision.contracts import Prompts
+from mergekit_vision.eval.tasks import interior_points, refined_labels
+from mergekit_vision.toy.export import export_all
+from mergekit_vision.toy.world import ToyWorldConfig
+
+
+@pytest.fixture(scope="module")
+def toy_eval_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("toy_eval")
+    export_all(out, config=ToyWorldConfig(image_size=64), num_samples=12, seed=7, num_per_class=1)
+    return out
+
+
+def test_eval_writes_every_models_abilities(toy_eval_data, tiny_recipe_args, tmp_path, capsys):
+    run = tmp_path / "run"
+    data = toy_eval_data
+    evaluation = [
+        "--set", "eval.clip_teacher=clip", "--set", "eval.sam_teacher=sam",
+        "--set", "eval.clip_head=clip_head", "--set", "eval.sam_head=sam_head",
+        "--set", "eval.resolution=64", "--set", "eval.extra_resolutions=[48]",
+        "--set", "eval.calibration_samples=4", "--set", "eval.pictures=2",
+        "--set", "eval.pipeline_grid=4",
+        "--set", f"eval.classification={{type: image_classes, params: {{root: {data}/image_classes}}}}",
+        "--set", f"eval.semantic={{type: voc, params: {{root: {data}/voc}}}}",
+        "--set", (f"eval.instances={{type: coco, params: {{images: {data}/coco/images, "
+                  f"annotations: {data}/coco/annotations/instances.json}}}}"),
+        "--set", "stages.0.steps=2", "--set", "stages.1.steps=2",
+    ]  # fmt: skip
+    assert main(["run", *tiny_recipe_args, *evaluation, "--output", str(run)]) == 0
+    results = json.loads((run / "eval.json").read_text())
+    models = results["models"]
+    assert set(models["clip_teacher"]) >= {"zeroshot_cls_top1", "semseg_miou"}
+    assert "prompt_seg_miou" not in models["clip_teacher"]
+    assert set(models["sam_teacher"]) >= {"prompt_seg_miou", "mask_ap"}
+    assert "zeroshot_cls_top1" not in models["sam_teacher"]
+    assert set(models["pipeline"]) >= {"semseg_miou", "seconds_per_image", "gflops_per_image"}
+    merged_keys = {"zeroshot_cls_top1", "prompt_seg_miou", "semseg_miou", "semseg_miou_refined"}
+    assert set(models["merged"]) >= merged_keys | {"mask_ap"}
+    assert set(models["merged"]["by_resolution"]) == {"64", "48"}
+    for model in models.values():
+        for key, value in model.items():
+            if key != "by_resolution":
+                assert 0 <= value, key
+    assert results["samples"]["semantic"] == 12 - 4
+    assert (run / "eval.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "semseg_miou_refined" in printed and "across resolutions" in printed
+
+    # evaluating the finished run again from its folder gives the same numbers
+    assert main(["eval", str(run), "--output", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "eval.json").read_text())
+    assert again["models"]["merged"]["prompt_seg_miou"] == pytest.approx(
+        models["merged"]["prompt_seg_miou"]
+    )
+
+
+def test_interior_point_is_deep_inside():
+    masks = torch.zeros(1, 9, 9, dtype=torch.bool)
+    masks[0, 1:8, 2:7] = True  # 7 rows x 5 columns: the centre (4, 4) is deepest
+    (point,) = interior_points(masks)
+    assert point.tolist() == [4.5, 4.5]
+
+
+class _Oracle:
+    """Patch embeddings say class 1 on the left half; masks are positive where x < 6."""
+
+    def encode(self, images):
+        return images
+
+    def embed_patches_from(self, features):
+        patches = torch.zeros(features.shape[0], 2, 2, 2)
+        patches[:, :, 0, 0] = 1.0  # left column -> class 0 text
+        patches[:, :, 1, 1] = 1.0  # right column -> class 1 text
+        return patches
+
+    def mask_logits(self, encoded, prompts: Prompts):
+        size = prompts.image_size
+        xs = torch.arange(size).float()
+        mask = torch.where(xs < 6, 5.0, -5.0).expand(size, size)
+        return mask.expand(1, prompts.count, size, size)
+
+
+def test_refinement_follows_the_promptable_masks():
+    texts = torch.eye(2)
+    labels = refined_labels(_Oracle(), torch.zeros(1, 3, 8, 8), texts, 0.5, points_per_class=2)
+    # coarse labels split at x=4; the refined masks (positive for x < 6) move the boundary
+    assert (labels[0, :, :6] > 0).all()
+    assert (labels[0, :, 6:] == 0).all()
