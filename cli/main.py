@@ -18,7 +18,7 @@ from rich.table import Table
 
 from mergekit_vision.builder import BuildError
 from mergekit_vision.recipe import Recipe
-from mergekit_vision.recipe_io import RecipeError, dump_recipe, load_recipe
+from mergekit_vision.recipe_io import Issue, RecipeError, dump_recipe, load_recipe
 from mergekit_vision.registry import ALL_REGISTRIES, UnknownPluginError
 
 app = typer.Typer(
@@ -129,6 +129,43 @@ def plugins(
             for entry in registry:
                 table.add_row(registry.kind, entry.name, entry.source, entry.summary)
     console.print(table)
+
+
+toy_app = typer.Typer(
+    help="The toy world: CPU-sized data and teachers for trying the merge without downloads.",
+    no_args_is_help=True,
+)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("teachers")
+def toy_teachers(recipe: RecipeArg, set_: SetOption = None) -> None:
+    """Export the recipe's toy data and train its toy teachers (cached; reused when unchanged)."""
+    from mergekit_vision.toy.prepare import prepare_toy
+
+    def prepare() -> None:
+        resolved = load_recipe(recipe, set_)
+        if resolved.toy is None:
+            raise RecipeError(str(recipe), [Issue("toy", "no 'toy' section to prepare")])
+        prepare_toy(resolved)
+
+    guarded(prepare)
+    console.print("[green]toy data and teachers ready[/]")
+
+
+@toy_app.command("data")
+def toy_data(recipe: RecipeArg, set_: SetOption = None) -> None:
+    """Export the recipe's toy data only (training and evaluation scenes in real formats)."""
+    from mergekit_vision.toy.prepare import prepare_toy
+
+    def prepare() -> None:
+        resolved = load_recipe(recipe, set_)
+        if resolved.toy is None:
+            raise RecipeError(str(recipe), [Issue("toy", "no 'toy' section to prepare")])
+        prepare_toy(resolved, teachers=False)
+
+    guarded(prepare)
+    console.print("[green]toy data ready[/]")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mergekit_vision.prompts import PromptSamplerParams
+from mergekit_vision.toy.prepare import ToySpec
 
 BACKBONE = "backbone"  # the parameter-group name of the student backbone
 
@@ -161,6 +162,9 @@ class Recipe(Frozen):
     checkpointing: CheckpointSpec = CheckpointSpec()
     dry_run: DryRunSpec = DryRunSpec()
     eval: EvalSpec | None = None
+    toy: ToySpec | None = Field(
+        None, description="toy-world data and teachers to prepare before the run (CPU demo)"
+    )
 
     @model_validator(mode="after")
     def _references_exist(self) -> Recipe:
@@ -208,6 +212,9 @@ def dangling_references(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         check(f"eval.{role}", evaluation.get(role), teachers, "teacher")
     for role in ("clip_head", "sam_head"):
         check(f"eval.{role}", evaluation.get(role), heads, "head")
+    toy = _mapping(data.get("toy"))
+    for role in ("sam_teacher", "clip_teacher"):
+        check(f"toy.{role}", toy.get(role), teachers, "teacher")
     return out
 
 

@@ -77,6 +77,10 @@ def run_recipe(
         recipe = dry_run_recipe(recipe)
         output = output or Path(tempfile.mkdtemp(prefix=f"vmerge-dry-run-{recipe.name}-"))
     else:
+        if recipe.toy is not None:
+            from mergekit_vision.toy.prepare import prepare_toy
+
+            prepare_toy(recipe, progress=progress)
         problems = missing_paths(recipe)
         if problems:
             raise MissingPathsError(str(recipe_path), problems + [_how_to_fix(recipe_path)])

@@ -1,0 +1,121 @@
+"""The toy world's part of a recipe: what data to export and how to train the toy teachers.
+
+A recipe with a ``toy:`` section is self-sufficient on a laptop: before anything else,
+:func:`prepare_toy` exports the training and evaluation scenes in the real formats the recipe's
+loaders read (skipped when an export with the same config is already on disk), and trains the toy
+teachers whose checkpoints are missing or were trained from another config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+from rich.console import Console
+
+from mergekit_vision.registry import TEACHERS, PluginParams
+from mergekit_vision.toy.export import export_all, export_coco, export_webdataset
+from mergekit_vision.toy.train_clip import ToyClipTraining
+from mergekit_vision.toy.train_sam import ToySamTraining
+from mergekit_vision.toy.world import ToyWorldConfig
+
+
+class ToySpec(PluginParams):
+    """Args:
+    world: the scene generator's settings (shared by teachers, merge data and evaluation).
+    data_dir: where exports go: ``<data_dir>/train`` (WebDataset + COCO) and ``<data_dir>/eval``
+        (every format).
+    train_seed, eval_seed: toy-world seeds of the merge's training scenes and of the evaluation
+        scenes; they must differ (teachers train on their own seeds, see their training params).
+    train_samples, eval_samples, eval_per_class: how many scenes to export.
+    sam_teacher, clip_teacher: the recipe's teacher names to train as toy teachers.
+    """
+
+    world: ToyWorldConfig = ToyWorldConfig()
+    data_dir: Path = Path("runs/toy-data")
+    train_seed: int = 2000
+    eval_seed: int = 5
+    train_samples: int = Field(3000, ge=1)
+    eval_samples: int = Field(150, ge=1)
+    eval_per_class: int = Field(10, ge=1)
+    sam_teacher: str = "sam"
+    clip_teacher: str = "clip"
+    sam_training: ToySamTraining = ToySamTraining()
+    clip_training: ToyClipTraining = ToyClipTraining()
+
+
+def prepare_toy(
+    recipe, *, progress: bool = True, console: Console | None = None, teachers: bool = True
+) -> None:
+    """Export the toy data and train the toy teachers a recipe needs (both cached on disk)."""
+    from mergekit_vision.builder import params_of
+    from mergekit_vision.recipe_io import Issue, RecipeError
+
+    toy: ToySpec = recipe.toy
+    if toy.train_seed == toy.eval_seed:
+        issue = Issue("toy.eval_seed", "must differ from toy.train_seed: evaluate on unseen scenes")
+        raise RecipeError(recipe.name, [issue])
+    console = console or Console(stderr=True)
+    export_toy_data(toy, console=console)
+    if not teachers:
+        return
+    from mergekit_vision.toy.teachers import ensure_toy_teachers
+
+    sam_params = params_of(TEACHERS, recipe.teachers[toy.sam_teacher])
+    clip_params = params_of(TEACHERS, recipe.teachers[toy.clip_teacher])
+    for name, params in ((toy.sam_teacher, sam_params), (toy.clip_teacher, clip_params)):
+        if params.checkpoint is None:
+            issue = Issue(f"teachers.{name}.params.checkpoint", "give the toy teacher's file path")
+            raise RecipeError(recipe.name, [issue])
+    ensure_toy_teachers(
+        sam_params=sam_params,
+        clip_params=clip_params,
+        sam_training=toy.sam_training,
+        clip_training=toy.clip_training,
+        world=toy.world,
+        sam_path=sam_params.checkpoint,
+        clip_path=clip_params.checkpoint,
+        progress=progress,
+    )
+
+
+def export_toy_data(toy: ToySpec, *, console: Console) -> None:
+    """Write ``train/`` and ``eval/`` under ``toy.data_dir`` unless already there."""
+    train, evaluation = toy.data_dir / "train", toy.data_dir / "eval"
+    world = toy.world
+    key = {"world": world.model_dump(mode="json"), "seed": toy.train_seed, "n": toy.train_samples}
+    if not _fresh(train, key):
+        console.print(f"exporting {toy.train_samples} toy training scenes to {train}")
+        count, seed = toy.train_samples, toy.train_seed
+        export_webdataset(train / "webdataset", config=world, num_samples=count, seed=seed)
+        export_coco(train / "coco", config=world, num_samples=count, seed=seed)
+        _stamp(train, key)
+    key = {"world": world.model_dump(mode="json"), "seed": toy.eval_seed, "n": toy.eval_samples,
+           "per_class": toy.eval_per_class}  # fmt: skip
+    if not _fresh(evaluation, key):
+        console.print(f"exporting {toy.eval_samples} toy evaluation scenes to {evaluation}")
+        export_all(
+            evaluation,
+            config=world,
+            num_samples=toy.eval_samples,
+            seed=toy.eval_seed,
+            num_per_class=toy.eval_per_class,
+        )
+        _stamp(evaluation, key)
+
+
+STAMP = "export.json"
+
+
+def _fresh(folder: Path, key: dict) -> bool:
+    stamp = folder / STAMP
+    return stamp.is_file() and json.loads(stamp.read_text()) == key
+
+
+def _stamp(folder: Path, key: dict) -> None:
+    """Written last: an export interrupted half-way is redone, never trusted."""
+    tmp = folder / (STAMP + ".tmp")
+    tmp.write_text(json.dumps(key))
+    tmp.replace(folder / STAMP)
+
