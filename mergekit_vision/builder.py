@@ -12,10 +12,19 @@ import torch
 from torch import nn
 
 from mergekit_vision.contracts import Head, Loss, Student, Teacher
+from mergekit_vision.normalization.base import TargetNormalizer
 from mergekit_vision.prompts import PromptSampler, PromptSamplerParams
 from mergekit_vision.recipe import BACKBONE, PluginSpec, Recipe, TaskSpec
 from mergekit_vision.recipe_io import Issue
-from mergekit_vision.registry import DATASETS, HEADS, LOSSES, STUDENTS, TEACHERS, Registry
+from mergekit_vision.registry import (
+    DATASETS,
+    HEADS,
+    LOSSES,
+    NORMALIZATION,
+    STUDENTS,
+    TEACHERS,
+    Registry,
+)
 
 
 class BuildError(ValueError):
@@ -29,10 +38,23 @@ class BuildError(ValueError):
 class MergedModel(nn.Module):
     """The trained artefact: one student backbone and one head per teacher target."""
 
-    def __init__(self, *, student: Student, heads: dict[str, Head]):
+    def __init__(
+        self,
+        *,
+        student: Student,
+        heads: dict[str, Head],
+        normalizers: dict[str, TargetNormalizer] | None = None,
+    ):
+        """
+        Args:
+            student: the backbone.
+            heads: one head per teacher target, by recipe name.
+            normalizers: per task, the teacher-target normalisation its head predicts in.
+        """
         super().__init__()
         self.student = student
         self.heads = nn.ModuleDict(heads)
+        self.normalizers = nn.ModuleDict(normalizers or {})
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups a stage can train: ``backbone`` and each head by name."""
@@ -48,6 +70,7 @@ class BuiltTask:
     teacher: Teacher
     loss: Loss
     dataset: Any
+    heldout: Any
     prompt_sampler: PromptSampler | None
     prompt_source: str
     has_masks: bool
@@ -113,11 +136,16 @@ def build_components(recipe: Recipe, *, allow_random_init: bool = False) -> Comp
             heads[name] = HEADS.get(spec.type).build(
                 params_of(HEADS, spec), student=student, teachers=teachers
             )
-    model = MergedModel(student=student, heads=heads).to(device)
     tasks = {}
     for name, spec in recipe.tasks.items():
         with _blame(f"tasks.{name}"):
             tasks[name] = _build_task(name, spec, recipe, teachers)
+    normalizers = {}
+    for name, spec in recipe.tasks.items():
+        if spec.normalize is not None:
+            with _blame(f"tasks.{name}.normalize"):
+                normalizers[name] = _build_normalizer(spec, teachers[spec.teacher])
+    model = MergedModel(student=student, heads=heads, normalizers=normalizers).to(device)
     return Components(recipe=recipe, teachers=teachers, model=model, tasks=tasks, device=device)
 
 
@@ -142,6 +170,25 @@ def task_load_resolution(recipe: Recipe, task_name: str) -> int:
     return max(sizes)
 
 
+def _build_normalizer(spec: TaskSpec, teacher: Teacher) -> TargetNormalizer:
+    width = teacher.target_specs()[spec.target].shape[-1]
+    if not isinstance(width, int):
+        raise ValueError(f"target {spec.target!r} has no fixed feature width to normalise")
+    assert spec.normalize is not None
+    cls = NORMALIZATION.get(spec.normalize.type)
+    return cls.build(params_of(NORMALIZATION, spec.normalize), dim=width)
+
+
+def _build_dataset(spec: PluginSpec, task: TaskSpec, recipe: Recipe, name: str) -> Any:
+    return DATASETS.get(spec.type).build(
+        params_of(DATASETS, spec),
+        resolution=task_load_resolution(recipe, name),
+        resize=task.resize,
+        seed=recipe.seed,
+        max_masks=task.max_masks,
+    )
+
+
 def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> BuiltTask:
     teacher = teachers[spec.teacher]
     targets = teacher.target_specs()
@@ -151,13 +198,8 @@ def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> Bu
             f"it produces: {', '.join(targets)}"
         )
     dataset_cls = DATASETS.get(spec.data.type)
-    dataset = dataset_cls.build(
-        params_of(DATASETS, spec.data),
-        resolution=task_load_resolution(recipe, name),
-        resize=spec.resize,
-        seed=recipe.seed,
-        max_masks=spec.max_masks,
-    )
+    dataset = _build_dataset(spec.data, spec, recipe, name)
+    heldout = None if spec.heldout is None else _build_dataset(spec.heldout, spec, recipe, name)
     sampler, source = None, "none"
     if targets[spec.target].needs_prompts:
         prompts = spec.prompts or PromptSamplerParams()
@@ -177,6 +219,7 @@ def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> Bu
         teacher=teacher,
         loss=loss,
         dataset=dataset,
+        heldout=heldout,
         prompt_sampler=sampler,
         prompt_source=source,
         has_masks=dataset_cls.has_masks,

@@ -8,7 +8,6 @@ the loop itself stays short; the state needed to resume exactly is saved in ever
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,15 +15,12 @@ from typing import Any
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch import nn
 
-from mergekit_vision.builder import Components, params_of
+from mergekit_vision.builder import Components
 from mergekit_vision.checkpoint import find_last, load_checkpoint, save_checkpoint
-from mergekit_vision.conflict.base import ConflictStrategy
-from mergekit_vision.optim import build_optimizer, build_schedule
-from mergekit_vision.recipe import BACKBONE, StageSpec
-from mergekit_vision.registry import CONFLICT, REPLAY
-from mergekit_vision.replay.base import ReplayScheduler
+from mergekit_vision.monitor import ForgettingMonitor
+from mergekit_vision.recipe import StageSpec
+from mergekit_vision.stage import StageRun, build_stage, stage_steps
 from mergekit_vision.streams import BatchStream
 from mergekit_vision.task_step import task_loss
 
@@ -37,31 +33,6 @@ class TrainState:
     streams: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-@dataclass
-class StageRun:
-    """What one stage trains with; rebuilt at each stage start (and on resume)."""
-
-    spec: StageSpec
-    steps: int
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LambdaLR
-    replay: ReplayScheduler
-    conflict: ConflictStrategy
-    shared: list[nn.Parameter]
-
-
-def stage_steps(components: Components, stage: StageSpec) -> int:
-    if stage.steps is not None:
-        return stage.steps
-    task = components.tasks[stage.tasks[0]]
-    if not hasattr(task.dataset, "__len__"):
-        raise ValueError(
-            f"stage {stage.name!r} is given in epochs but task {task.name!r} streams data of "
-            "unknown length; give 'steps' or the dataset's 'num_samples'"
-        )
-    return max(1, math.ceil(stage.epochs * len(task.dataset) / task.spec.batch_size))
-
-
 class Engine:
     def __init__(self, components: Components, *, output_dir: Path, recipe_yaml: str):
         self.c = components
@@ -72,6 +43,8 @@ class Engine:
         self.checkpoints = output_dir / "checkpoints"
         # What a plugin froze by design (e.g. SAM's prompt encoder) stays frozen in every stage.
         self._trainable_by_design = {id(p): p.requires_grad for p in self.c.model.parameters()}
+        self.monitor: ForgettingMonitor | None = None
+        self._saved_monitor: dict[str, Any] | None = None
 
     def run(self, *, max_steps: int | None = None, resume: bool = False, progress: bool = True):
         state, saved = self._initial_state(resume)
@@ -89,8 +62,12 @@ class Engine:
                         self._checkpoint(state, streams, stage)
                         return state
                     metrics = self._step(stage, state, streams)
+                    metrics.update(self._monitor(stage, state))
                     bar.update(bar_task, advance=1, description=_describe(metrics))
                     self._after_step(stage, state, streams, metrics)
+                    if "early_stop" in metrics:
+                        bar.update(bar_task, advance=stage.steps - state.step_in_stage)
+                        break
                 state.stage_index, state.step_in_stage = index + 1, 0
             self._checkpoint(state, streams, None)
         return state
@@ -114,9 +91,10 @@ class Engine:
                 generator=generator,
                 device=device,
             )
-            (task.spec.weight * loss).backward()
+            stage.weighting.weighted(task=draw.task, loss=loss).backward()
             stage.conflict.after_task_backward(task=draw.task, shared=stage.shared)
             losses[draw.task] = float(loss.detach())
+        task_gradients = stage.conflict.task_gradients() or None
         diagnostics = stage.conflict.finish_step(shared=stage.shared)
         if self.recipe.optimizer.grad_clip is not None:
             trainable = [p for g in stage.optimizer.param_groups for p in g["params"]]
@@ -125,14 +103,48 @@ class Engine:
         stage.optimizer.step()
         stage.schedule.step()
         stage.replay.observe(step=state.step_in_stage, losses=losses)
+        stage.weighting.observe(
+            step=state.step_in_stage, losses=losses, task_gradients=task_gradients
+        )
+        weights = stage.weighting.current_weights()
         return {
             "step": state.global_step + 1,
             "stage": stage.spec.name,
             **{f"loss/{name}": value for name, value in losses.items()},
             "lr": lr,
             "step_time": time.perf_counter() - started,
+            **{f"weight/{name}": w for name, w in weights.items() if len(weights) > 1},
             **diagnostics,
         }
+
+    def _monitor(self, stage: StageRun, state: TrainState) -> dict[str, Any]:
+        """Held-out losses when due; ``early_stop`` names the forgetting tasks ending the stage."""
+        spec = stage.spec.monitor
+        if spec is None or not self.monitor_for(stage).due(state.step_in_stage + 1):
+            return {}
+        monitor = self.monitor_for(stage)
+        losses = monitor.measure(
+            model=self.c.model,
+            tasks=stage.spec.tasks,
+            resolution_of=lambda task: self._resolution(stage.spec, task, 0),
+            device=self.c.device,
+        )
+        stage.replay.observe_heldout(step=state.step_in_stage, losses=losses)
+        out: dict[str, Any] = {f"heldout/{name}": value for name, value in losses.items()}
+        forgotten = monitor.forgetting(losses)
+        if forgotten and spec.early_stopping:
+            out["early_stop"] = ",".join(forgotten)
+        return out
+
+    def monitor_for(self, stage: StageRun) -> ForgettingMonitor:
+        if self.monitor is None or self.monitor.spec is not stage.spec.monitor:
+            assert stage.spec.monitor is not None
+            self.monitor = ForgettingMonitor(
+                spec=stage.spec.monitor, tasks=self.c.tasks, seed=self.recipe.seed
+            )
+            if self._saved_monitor is not None:
+                self.monitor.load_state_dict(self._saved_monitor)
+        return self.monitor
 
     def _after_step(self, stage: StageRun, state: TrainState, streams: dict, metrics: dict) -> None:
         state.global_step += 1
@@ -149,29 +161,14 @@ class Engine:
         return sizes[step % len(sizes)]
 
     def _start_stage(self, index: int, saved: dict[str, Any] | None) -> StageRun:
-        spec = self.recipe.stages[index]
-        groups = self.c.model.parameter_groups()
-        for name, params in groups.items():
-            for p in params:
-                p.requires_grad_(self._trainable_by_design[id(p)] and name in spec.train)
-        steps = stage_steps(self.c, spec)
-        optimizer = build_optimizer(
-            {n: ps for n, ps in groups.items() if n in spec.train},
-            stage=spec,
-            spec=self.recipe.optimizer,
+        stage = build_stage(
+            self.c, self.recipe.stages[index], trainable_by_design=self._trainable_by_design
         )
-        schedule = build_schedule(optimizer, spec=self.recipe.schedule, total_steps=steps)
-        batch_sizes = {t: self.recipe.tasks[t].batch_size for t in spec.tasks}
-        replay = REPLAY.get(spec.replay.type).build(
-            params_of(REPLAY, spec.replay), batch_sizes=batch_sizes
-        )
-        conflict = CONFLICT.get(spec.conflict.type).build(params_of(CONFLICT, spec.conflict))
+        self.monitor, self._saved_monitor = None, None
         if saved is not None:
-            optimizer.load_state_dict(saved["optimizer"])
-            schedule.load_state_dict(saved["schedule"])
-            replay.load_state_dict(saved["replay"])
-        shared = [p for p in groups[BACKBONE] if p.requires_grad]
-        return StageRun(spec, steps, optimizer, schedule, replay, conflict, shared)
+            stage.load_state_dict(saved)
+            self._saved_monitor = saved.get("monitor")
+        return stage
 
     def _open_streams(self, state: TrainState) -> dict[str, BatchStream]:
         return {
@@ -218,11 +215,9 @@ class Engine:
         state.streams = {name: stream.position() for name, stream in streams.items()}
         saved = {"state": asdict(state), "rng": torch.get_rng_state(), "stage": None}
         if stage is not None:
-            saved["stage"] = {
-                "optimizer": stage.optimizer.state_dict(),
-                "schedule": stage.schedule.state_dict(),
-                "replay": stage.replay.state_dict(),
-            }
+            saved["stage"] = stage.state_dict()
+            if self.monitor is not None:
+                saved["stage"]["monitor"] = self.monitor.state_dict()
         save_checkpoint(
             self.checkpoints,
             step=state.global_step,

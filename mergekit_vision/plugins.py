@@ -21,6 +21,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.losses.focal_dice",
     "mergekit_vision.replay.fixed_ratio",
     "mergekit_vision.conflict.sum",
+    "mergekit_vision.weighting.static",
     "mergekit_vision.data.image_folder",
     "mergekit_vision.data.webdataset_shards",
     "mergekit_vision.data.sa1b",

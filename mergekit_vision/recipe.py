@@ -44,9 +44,32 @@ class TaskSpec(Frozen):
     prompts: PromptSamplerParams | None = None
     max_masks: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
+    normalize: PluginSpec | None = Field(
+        None, description="teacher-target normalisation (standardize, phi_s)"
+    )
+    heldout: PluginSpec | None = Field(
+        None,
+        description="held-out data for the forgetting signal (default: the first "
+        "training batches, a fixed in-sample set)",
+    )
 
     def resolutions(self) -> list[int]:
         return self.resolution if isinstance(self.resolution, list) else [self.resolution]
+
+
+class MonitorSpec(Frozen):
+    """The forgetting signal: each task's held-out distillation loss every ``every`` steps.
+
+    SAM-CLIP stopped stage II early when COCO mask mAP got worse; here any task whose held-out
+    loss stays above ``(1 + tolerance)`` x its best for ``patience`` checks in a row ends the
+    stage (``early_stopping``), and replay schedulers see every reading.
+    """
+
+    every: int = Field(50, ge=1)
+    batches: int = Field(2, ge=1)
+    early_stopping: bool = False
+    patience: int = Field(3, ge=1)
+    tolerance: float = Field(0.05, ge=0)
 
 
 class StageSpec(Frozen):
@@ -64,6 +87,8 @@ class StageSpec(Frozen):
     )
     replay: PluginSpec = PluginSpec(type="fixed_ratio")
     conflict: PluginSpec = PluginSpec(type="sum")
+    weighting: PluginSpec = PluginSpec(type="static")
+    monitor: MonitorSpec | None = None
 
     @model_validator(mode="after")
     def _one_length(self) -> StageSpec:

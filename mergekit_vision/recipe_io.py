@@ -165,10 +165,13 @@ def plugin_spec_paths(data: dict[str, Any]) -> list[tuple[str, str, dict]]:
         if isinstance(task, dict):
             add("losses", f"tasks.{name}.loss", task.get("loss"))
             add("datasets", f"tasks.{name}.data", task.get("data"))
+            add("datasets", f"tasks.{name}.heldout", task.get("heldout"))
+            add("normalization", f"tasks.{name}.normalize", task.get("normalize"))
     for i, stage in enumerate(data.get("stages") or []):
         if isinstance(stage, dict):
             add("replay", f"stages.{i}.replay", stage.get("replay", {"type": "fixed_ratio"}))
             add("conflict", f"stages.{i}.conflict", stage.get("conflict", {"type": "sum"}))
+            add("weighting", f"stages.{i}.weighting", stage.get("weighting", {"type": "static"}))
     evaluation = data.get("eval")
     if isinstance(evaluation, dict):
         for role in ("classification", "instances", "semantic"):

@@ -139,7 +139,20 @@ LOSSES: Registry = Registry("losses")
 REPLAY: Registry = Registry("replay")
 CONFLICT: Registry = Registry("conflict")
 DATASETS: Registry = Registry("datasets")
+WEIGHTING: Registry = Registry("weighting")
+NORMALIZATION: Registry = Registry("normalization")
 
 ALL_REGISTRIES: dict[str, Registry] = {
-    r.kind: r for r in (TEACHERS, STUDENTS, HEADS, LOSSES, REPLAY, CONFLICT, DATASETS)
+    r.kind: r
+    for r in (
+        TEACHERS,
+        STUDENTS,
+        HEADS,
+        LOSSES,
+        REPLAY,
+        CONFLICT,
+        WEIGHTING,
+        NORMALIZATION,
+        DATASETS,
+    )
 }

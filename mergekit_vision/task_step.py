@@ -58,12 +58,23 @@ def task_loss(
     resolution: int,
     generator: torch.Generator,
     device: torch.device,
+    update_statistics: bool = True,
 ) -> Tensor:
-    """The (unweighted) distillation loss of ``task`` on ``batch``."""
+    """The (unweighted) distillation loss of ``task`` on ``batch``.
+
+    With a target normaliser the head learns the normalised target; its statistics are updated
+    from this batch while ``update_statistics`` and the normaliser is still estimating.
+    """
     images, masks = prepare_images(batch, resolution=resolution, device=device)
     prompts = sample_prompts(task, images, masks, generator)
+    name = task.spec.target
     with torch.no_grad():
-        target = task.teacher(images, targets=[task.spec.target], prompts=prompts)
+        target = task.teacher(images, targets=[name], prompts=prompts)[name]
+        if task.name in model.normalizers:
+            normalizer = model.normalizers[task.name]
+            if update_statistics and not normalizer.frozen:
+                normalizer.update(target)
+            target = normalizer(target)
     features = model.student(images)
     prediction = model.heads[task.spec.head](features, prompts=prompts)
-    return task.loss(prediction[task.spec.target], target[task.spec.target])
+    return task.loss(prediction[name], target)

@@ -24,6 +24,8 @@ class ConflictStrategy:
     def __init__(self, **kwargs: Any) -> None:
         self._rows: dict[str, Tensor] = {}
         self._running: Tensor | None = None
+        # The engine also asks for the snapshots when a loss weighting needs them (GradNorm).
+        self.record_task_gradients = self.needs_task_gradients
 
     @classmethod
     def build(cls, params: Any) -> ConflictStrategy:
@@ -33,7 +35,7 @@ class ConflictStrategy:
         self._rows, self._running = {}, None
 
     def after_task_backward(self, *, task: str, shared: list[nn.Parameter]) -> None:
-        if not self.needs_task_gradients:
+        if not self.record_task_gradients:
             return
         flat = _flat_grad(shared)
         previous = self._running if self._running is not None else torch.zeros_like(flat)
@@ -47,6 +49,10 @@ class ConflictStrategy:
         matrix = torch.stack(list(self._rows.values()))
         _write_flat_grad(shared, self.aggregate(matrix))
         return {}
+
+    def task_gradients(self) -> dict[str, Tensor]:
+        """This step's per-task gradients of the shared parameters, flattened ``[P]`` each."""
+        return dict(self._rows)
 
     def aggregate(self, matrix: Tensor) -> Tensor:
         """``[T, P]`` per-task gradients -> ``[P]`` update."""

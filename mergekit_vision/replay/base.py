@@ -39,6 +39,9 @@ class ReplayScheduler(ABC):
     def observe(self, *, step: int, losses: dict[str, float]) -> None:
         """Per-task losses of the step just taken (unweighted)."""
 
+    def observe_heldout(self, *, step: int, losses: dict[str, float]) -> None:
+        """Per-task held-out distillation losses (the forgetting signal), when measured."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
