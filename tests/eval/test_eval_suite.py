@@ -32,7 +32,8 @@ def test_eval_writes_every_models_abilities(toy_eval_data, tiny_recipe_args, tmp
         "--set", "eval.resolution=64", "--set", "eval.extra_resolutions=[48]",
         "--set", "eval.calibration_samples=4", "--set", "eval.pictures=2",
         "--set", "eval.pipeline_grid=4",
-        "--set", f"eval.classification={{type: image_classes, params: {{root: {data}/image_classes}}}}",
+        "--set", f"eval.classification={{type: image_classes, "
+                 f"params: {{root: {data}/image_classes}}}}",
         "--set", f"eval.semantic={{type: voc, params: {{root: {data}/voc}}}}",
         "--set", (f"eval.instances={{type: coco, params: {{images: {data}/coco/images, "
                   f"annotations: {data}/coco/annotations/instances.json}}}}"),
