@@ -102,6 +102,40 @@ def eval_(
 
 
 @app.command()
+def compare(
+    recipe: RecipeArg,
+    grid: Annotated[
+        list[str],
+        typer.Option(help="axis=v1,v2 (replay, conflict, weighting, or any dotted key)."),
+    ],
+    set_: SetOption = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Folder (default runs/<name>-compare).")
+    ] = None,
+) -> None:
+    """Train and evaluate every variant of a grid; write compare.csv, compare.md, pareto.png."""
+    from mergekit_vision.compare import compare as run_compare
+
+    def go() -> list[dict[str, Any]]:
+        folder = output or Path("runs") / f"{load_recipe(recipe, set_).name}-compare"
+        rows = run_compare(recipe, grid=grid, overrides=set_, output=folder)
+        console.print(f"[green]wrote[/] {folder / 'compare.md'} and {folder / 'pareto.png'}")
+        return rows
+
+    rows = guarded(go)
+    table = Table(*rows[0].keys(), title="vmerge compare")
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row.values()])
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@app.command()
 def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
     """Check RECIPE and print it fully resolved (exit 2 listing every problem)."""
     resolved = guarded(lambda: load_recipe(recipe, set_))
