@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mergekit_vision.prompts import PromptSamplerParams
-from mergekit_vision.toy.prepare import ToySpec
+from mergekit_vision.toy.spec import ToySpec
 
 BACKBONE = "backbone"  # the parameter-group name of the student backbone
 

@@ -1,0 +1,36 @@
+"""The ``toy:`` section of a recipe (see :mod:`mergekit_vision.toy.prepare`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from mergekit_vision.registry import PluginParams
+from mergekit_vision.toy.train_clip import ToyClipTraining
+from mergekit_vision.toy.train_sam import ToySamTraining
+from mergekit_vision.toy.world import ToyWorldConfig
+
+
+class ToySpec(PluginParams):
+    """Args:
+    world: the scene generator's settings (shared by teachers, merge data and evaluation).
+    data_dir: where exports go: ``<data_dir>/train`` (WebDataset + COCO) and ``<data_dir>/eval``
+        (every format).
+    train_seed, eval_seed: toy-world seeds of the merge's training scenes and of the evaluation
+        scenes; they must differ (teachers train on their own seeds, see their training params).
+    train_samples, eval_samples, eval_per_class: how many scenes to export.
+    sam_teacher, clip_teacher: the recipe's teacher names to train as toy teachers.
+    """
+
+    world: ToyWorldConfig = ToyWorldConfig()
+    data_dir: Path = Path("runs/toy-data")
+    train_seed: int = 2000
+    eval_seed: int = 5
+    train_samples: int = Field(3000, ge=1)
+    eval_samples: int = Field(150, ge=1)
+    eval_per_class: int = Field(10, ge=1)
+    sam_teacher: str = "sam"
+    clip_teacher: str = "clip"
+    sam_training: ToySamTraining = ToySamTraining()
+    clip_training: ToyClipTraining = ToyClipTraining()
