@@ -136,6 +136,33 @@ def _fmt(value: Any) -> str:
 
 
 @app.command()
+def bench(
+    recipe: RecipeArg,
+    conflict: Annotated[
+        str, typer.Option(help="Conflict strategies to time, comma-separated; first = baseline.")
+    ] = "sum,pcgrad,upgrad",
+    steps: Annotated[int, typer.Option(help="Timed steps per strategy (after 3 warm-up).")] = 20,
+    set_: SetOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """Time training steps of conflict strategies interleaved, as ratios to the first."""
+    from mergekit_vision.bench import bench_conflict
+
+    names = [c.strip() for c in conflict.split(",") if c.strip()]
+    result = guarded(lambda: bench_conflict(recipe, strategies=names, overrides=set_, steps=steps))
+    table = Table("strategy", "median step (s)", f"ratio to {names[0]}", title=result["stage"])
+    for name in names:
+        table.add_row(
+            name, f"{result['median_step_s'][name]:.3f}", f"{result['ratio_to_first'][name]:.3f}"
+        )
+    console.print(table)
+    if result["random_weights"]:
+        console.print("(teacher checkpoints missing: timed with random weights)")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+@app.command()
 def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
     """Check RECIPE and print it fully resolved (exit 2 listing every problem)."""
     resolved = guarded(lambda: load_recipe(recipe, set_))
