@@ -1,0 +1,95 @@
+"""What the toy teachers' training loops share: AdamW with warmup + cosine, a progress bar, and
+atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+
+def adamw_warmup_cosine(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    warmup: int,
+    steps: int,
+    betas: tuple[float, float] = (0.9, 0.999),
+    no_decay: tuple[nn.Parameter, ...] = (),
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (Loshchilov & Hutter, ICLR 2019) with linear warmup then cosine decay to 0.
+
+    As in CLIP and SAM, 1-D tensors (norms, biases, scalars) and the tensors in ``no_decay``
+    get no weight decay.
+    """
+    excluded = {id(p) for p in no_decay}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2 and id(p) not in excluded]
+    rest = [p for p in trainable if p.ndim < 2 or id(p) in excluded]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+        betas=betas,
+    )
+    warmup = min(warmup, max(steps - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class StepReporter(Protocol):
+    def __call__(self, *, loss: float, **metrics: float) -> None: ...
+
+
+@contextmanager
+def training_progress(*, total: int, description: str, enabled: bool) -> Iterator[StepReporter]:
+    """A rich progress bar over ``total`` steps; the yielded callable advances it by one step and
+    shows the latest loss (and any other metrics)."""
+    if not enabled:
+        yield lambda **_: None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(description, total=total, status="")
+
+        def advance(**metrics: float) -> None:
+            status = " ".join(f"{name} {value:.3f}" for name, value in metrics.items())
+            progress.update(task, advance=1, status=status)
+
+        yield advance
+
+
+def save_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place, so a crash
+    leaves either no file or the old one, never a partial checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(state_dict, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
