@@ -88,6 +88,7 @@ def save_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
     os.close(handle)
     try:
         torch.save(state_dict, temporary)
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

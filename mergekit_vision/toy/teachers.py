@@ -112,6 +112,7 @@ def write_json_atomically(record: dict[str, Any], path: Path) -> None:
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(record, stream, indent=2, sort_keys=True)
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -47,8 +47,9 @@ _MAX_LOGIT_SCALE = 100.0  # open_clip clamps exp(logit_scale) here
 
 
 class ToyClipTraining(PluginParams):
-    """How the toy CLIP teacher trains; the defaults reach zero-shot top-1 ~0.9 over the 24 toy
-    classes in ~3 minutes on 2 CPU cores (default toy world and architecture).
+    """How the toy CLIP teacher trains. With the default world and architecture
+    (:data:`~mergekit_vision.toy.teachers.TOY_CLIP`) the defaults reached zero-shot top-1 0.53
+    over the 24 classes (colour always right, shape the errors) in 260-430 s on 2 shared cores.
 
     Args:
         steps: optimiser steps.
