@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mergekit_vision.recipe import OptimizerSpec, ScheduleSpec, StageSpec
+if TYPE_CHECKING:  # types only: the toy trainers use this module without the recipe schema
+    from mergekit_vision.recipe import OptimizerSpec, ScheduleSpec, StageSpec
 
 
 def build_optimizer(
@@ -34,15 +36,32 @@ def build_optimizer(
 def build_schedule(
     optimizer: torch.optim.Optimizer, *, spec: ScheduleSpec, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = min(spec.warmup_steps, max(total_steps - 1, 0))
-
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if spec.type == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * cosine
+        return warmup_cosine(
+            step,
+            warmup=spec.warmup_steps,
+            total_steps=total_steps,
+            constant=spec.type == "constant",
+            min_lr_ratio=spec.min_lr_ratio,
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_cosine(
+    step: int,
+    *,
+    warmup: int,
+    total_steps: int,
+    constant: bool = False,
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """LR factor at ``step``: linear warmup, then cosine decay to ``min_lr_ratio`` (or flat)."""
+    warmup = min(warmup, max(total_steps - 1, 0))
+    if step < warmup:
+        return (step + 1) / warmup
+    if constant:
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return min_lr_ratio + (1 - min_lr_ratio) * cosine

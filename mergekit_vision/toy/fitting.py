@@ -3,7 +3,6 @@ atomic checkpoint writes."""
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ from typing import Protocol
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
+
+from mergekit_vision.optim import warmup_cosine
 
 
 def adamw_warmup_cosine(
@@ -40,15 +41,11 @@ def adamw_warmup_cosine(
         lr=lr,
         betas=betas,
     )
-    warmup = min(warmup, max(steps - 1, 0))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # The engine's own warmup + cosine-to-zero formula, so both trainings share one.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup=warmup, total_steps=steps)
+    )
+    return optimizer, schedule
 
 
 class StepReporter(Protocol):
