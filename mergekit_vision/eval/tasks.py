@@ -163,48 +163,60 @@ def refined_labels(
     model: Any, images: Tensor, texts: Tensor, threshold: float, *, points_per_class: int
 ) -> Tensor:
     """SAM-CLIP's zero-shot segmentation with both heads (arXiv 2310.15308, sec. 5.2): the CLIP
-    head's per-class masks give 1-3 points per class, the SAM head turns them into masks, and each
-    pixel takes the class with the highest mask logit (background where none is positive)."""
+    head's per-class masks give 1-3 points per class and the SAM head turns them into masks.
+
+    Each SAM mask then takes the class that the CLIP head's probabilities, averaged over the
+    mask's pixels, favour: a point's coarse class is only where the prompt came from, and an
+    object whose coarse mask is a patchwork of classes would otherwise be painted as one. Each
+    pixel takes the class of its highest-logit mask (background where none is positive).
+    """
     size = images.shape[-1]
     features = model.encode(images)
-    coarse, logits = dense_semseg_from_embeddings(
+    coarse, cosine = dense_semseg_from_embeddings(
         model.embed_patches_from(features),
         texts,
         size=size,
         background_threshold=threshold,
         temperature=LOGIT_SCALE,
     )
+    probs = (LOGIT_SCALE * cosine).softmax(dim=1)  # [B, K, R, R]
     out = torch.zeros_like(coarse)
     for index in range(images.shape[0]):
-        out[index] = _refine_one(model, features, index, coarse[index], points_per_class)
+        out[index] = _refine_one(
+            model, features, index, coarse[index], probs[index], points_per_class
+        )
     return out
 
 
-def _refine_one(model, features, index: int, coarse: Tensor, points_per_class: int) -> Tensor:
+def _refine_one(
+    model, features, index: int, coarse: Tensor, probs: Tensor, points_per_class: int
+) -> Tensor:
     size = coarse.shape[-1]
-    classes, points = [], []
-    generator = torch.Generator().manual_seed(index)
+    points = _class_points(coarse, points_per_class, seed=index)
+    if points is None:
+        return coarse
+    prompts = Prompts(size, points[None, :, None], torch.ones(1, len(points), 1, dtype=torch.long))
+    logits = _upsampled_masks(model.mask_logits(_select(features, index), prompts)[0], size)
+    masks = logits > 0  # [N, R, R]
+    area = masks.flatten(1).sum(1).clamp(min=1)
+    votes = torch.einsum("nhw,khw->nk", masks.float(), probs) / area[:, None]
+    labels = votes.argmax(dim=1) + 1  # [N], 1-based classes
+    score, winner = logits.max(dim=0)
+    return torch.where(score > 0, labels[winner], torch.zeros_like(winner))
+
+
+def _class_points(coarse: Tensor, points_per_class: int, *, seed: int) -> Tensor | None:
+    """``[N, 2]`` xy pixel-centre points, up to ``points_per_class`` drawn in each foreground
+    class's coarse mask (reproducibly from ``seed``), or None when there is no foreground."""
+    generator = torch.Generator().manual_seed(seed)
+    points = []
     for label in coarse.unique().tolist():
         if label == 0:
             continue
         ys, xs = torch.nonzero(coarse == label, as_tuple=True)
         picks = torch.randperm(len(ys), generator=generator)[:points_per_class]
-        for pick in picks.tolist():
-            classes.append(label)
-            points.append(torch.tensor([xs[pick] + 0.5, ys[pick] + 0.5]))
-    if not points:
-        return coarse
-    prompts = Prompts(
-        size, torch.stack(points)[None, :, None], torch.ones(1, len(points), 1, dtype=torch.long)
-    )
-    one = _select(features, index)
-    logits = _upsampled_masks(model.mask_logits(one, prompts)[0], size)  # [N, R, R]
-    labels = torch.tensor(classes)
-    best = torch.full((int(labels.max()) + 1, size, size), float("-inf"))
-    for label in labels.unique().tolist():
-        best[label] = logits[labels == label].max(0).values
-    score, winner = best.max(0)
-    return torch.where(score > 0, winner, torch.zeros_like(winner))
+        points.extend(torch.stack([xs[p] + 0.5, ys[p] + 0.5]) for p in picks.tolist())
+    return torch.stack(points).float() if points else None
 
 
 def _select(features: Any, index: int) -> Any:

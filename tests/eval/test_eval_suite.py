@@ -99,3 +99,25 @@ def test_refinement_follows_the_promptable_masks():
     # coarse labels split at x=4; the refined masks (positive for x < 6) move the boundary
     assert (labels[0, :, :6] > 0).all()
     assert (labels[0, :, 6:] == 0).all()
+
+
+class _ConfidentRightOracle(_Oracle):
+    """Every prompt's mask is x < 6, more confident the further right its point."""
+
+    def mask_logits(self, encoded, prompts: Prompts):
+        size = prompts.image_size
+        xs = torch.arange(size).float()
+        point_x = prompts.points[0, :, 0, 0]  # [N]
+        inside = torch.where(xs < 6, 1.0, -1.0)
+        return ((5.0 + point_x)[:, None, None] * inside.expand(size, size))[None]
+
+
+def test_refined_mask_takes_the_class_its_pixels_vote_for():
+    # Coarse: class 0 for x < 4, class 1 for x >= 4. The points of both classes return the same
+    # object (x < 6), 4 of whose 6 columns say class 0: the whole object is class 0, although
+    # the masks prompted from class 1's points have the larger logits.
+    texts = torch.eye(2)
+    model = _ConfidentRightOracle()
+    labels = refined_labels(model, torch.zeros(1, 3, 8, 8), texts, 0.5, points_per_class=2)
+    assert (labels[0, :, :6] == 1).all()
+    assert (labels[0, :, 6:] == 0).all()
