@@ -13,12 +13,18 @@ BUILTIN_MODULES: tuple[str, ...] = (
     # the zoo
     "mergekit_vision.teachers.sam",
     "mergekit_vision.teachers.open_clip",
+    "mergekit_vision.teachers.timm",
+    "mergekit_vision.teachers.hf",
     "mergekit_vision.students.vitdet",
+    "mergekit_vision.students.timm_vit",
     # the machinery
     "mergekit_vision.heads.clip_head",
     "mergekit_vision.heads.sam_head",
+    "mergekit_vision.heads.adaptor",
     "mergekit_vision.losses.cosine",
     "mergekit_vision.losses.focal_dice",
+    "mergekit_vision.losses.feature",
+    "mergekit_vision.losses.mse",
     "mergekit_vision.replay.fixed_ratio",
     "mergekit_vision.replay.alternating",
     "mergekit_vision.replay.proportional",

@@ -1,0 +1,230 @@
+"""The transformers teacher: an ``AutoModel`` vision model from a local ``save_pretrained`` folder.
+
+Targets follow AM-RADIO (Ranzinger et al., CVPR 2024, arXiv 2312.06709): the ``summary`` vector
+(the vision tower's pooled output: DINOv2's class token, SigLIP's attention-pooled embedding) and
+the ``spatial`` patch features. A model with a text tower (SigLIP, Zhai et al., "Sigmoid Loss for
+Language Image Pre-Training", ICCV 2023, arXiv 2303.15343; CLIP) also gives ``image_embedding``,
+its L2-normalised embedding in the shared image-text space, and :meth:`HfTeacher.encode_text`, so
+the evaluation suite uses it as a zero-shot classifier like the open_clip teacher. DINOv2 (Oquab
+et al., arXiv 2304.07193) is the reference vision-only model.
+
+Nothing is downloaded: the folder is read with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
+from mergekit_vision.registry import TEACHERS, PluginParams
+
+PROCESSOR_FILE = "preprocessor_config.json"
+
+
+class HfParams(PluginParams):
+    """Where the model is, and how images and texts reach it.
+
+    ``path`` is a ``save_pretrained`` folder (``config.json``, weights, optionally
+    ``preprocessor_config.json`` and tokenizer files). ``config`` (a transformers config dict with
+    ``model_type``) builds random weights for dry runs and tests only. ``mean``/``std`` and
+    ``image_size`` override the folder's image processor and config. ``text_padding`` and
+    ``text_length`` say how class prompts are tokenised (SigLIP was trained on texts padded to
+    64 tokens: ``max_length``).
+    """
+
+    path: Path | None = None
+    config: dict[str, Any] | None = None
+    image_size: int | None = Field(None, ge=8)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    text_padding: Literal["max_length", "longest"] = "max_length"
+    text_length: int | None = Field(None, ge=1, description="default: the text tower's maximum")
+
+    @model_validator(mode="after")
+    def _check(self) -> HfParams:
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("config needs a 'model_type' (e.g. 'dinov2', 'siglip')")
+        return self
+
+
+def _vision_config(config: Any) -> Any:
+    return getattr(config, "vision_config", None) or config
+
+
+def _pooled(output: Any) -> Tensor:
+    """transformers returns features as a tensor or (since v5) inside a ModelOutput."""
+    return output if isinstance(output, Tensor) else output.pooler_output
+
+
+def _processor_stats(path: Path | None) -> dict[str, Any]:
+    file = None if path is None else path / PROCESSOR_FILE
+    return json.loads(file.read_text()) if file is not None and file.is_file() else {}
+
+
+@TEACHERS.register("hf")
+class HfTeacher(Teacher):
+    """A transformers vision model (e.g. DINOv2, SigLIP): summary, spatial features, texts."""
+
+    Params = HfParams
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        input_size: int,
+        patch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        tokenizer: Any = None,
+        text_padding: str = "max_length",
+        text_length: int | None = None,
+    ):
+        """
+        Args:
+            model: a transformers model: a vision model, or one with ``vision_model`` and
+                ``get_image_features``/``get_text_features`` (a CLIP-like model).
+            input_size: the side images are resized to.
+            patch_size: the vision tower's patch size.
+            mean, std: input normalisation in [0, 1] units.
+            tokenizer: the model's tokenizer (texts -> ``input_ids``), for the text tower.
+            text_padding, text_length: how texts are padded.
+        """
+        super().__init__()
+        self.model = model.eval()
+        self.vision = getattr(model, "vision_model", model)
+        self.input_size, self.patch_size = int(input_size), int(patch_size)
+        self.pixel_mean = tuple(float(v) for v in mean)  # type: ignore[assignment]
+        self.pixel_std = tuple(float(v) for v in std)  # type: ignore[assignment]
+        self.tokenizer, self.text_padding, self.text_length = tokenizer, text_padding, text_length
+        self.has_text = callable(getattr(model, "get_text_features", None))
+        vision_config = _vision_config(model.config)
+        self.width = int(vision_config.hidden_size)
+        self.embed_dim = self.width
+        if self.has_text:
+            self.embed_dim = int(getattr(model.config, "projection_dim", None) or self.width)
+
+    @classmethod
+    def build(cls, params: HfParams, *, allow_random_init: bool = False) -> HfTeacher:
+        if params.path is not None:
+            model = AutoModel.from_pretrained(str(params.path), local_files_only=True)
+        elif allow_random_init and params.config is not None:
+            config = dict(params.config)
+            model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+            warnings.warn("hf teacher has random weights", stacklevel=2)
+        else:
+            raise ValueError(
+                "hf teacher needs 'path', a local save_pretrained folder; random weights (from "
+                "'config') are only for tests and dry runs (allow_random_init)"
+            )
+        vision_config = _vision_config(model.config)
+        stats = _processor_stats(params.path)
+        mean = params.mean or stats.get("image_mean")
+        std = params.std or stats.get("image_std")
+        if mean is None or std is None:
+            if not allow_random_init:
+                raise ValueError(
+                    f"hf teacher: no image mean/std: give 'mean' and 'std' or a {PROCESSOR_FILE}"
+                )
+            mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        tokenizer = None
+        if params.path is not None and callable(getattr(model, "get_text_features", None)):
+            tokenizer = AutoTokenizer.from_pretrained(str(params.path), local_files_only=True)
+        teacher = cls(
+            model=model,
+            input_size=params.image_size or int(vision_config.image_size),
+            patch_size=int(vision_config.patch_size),
+            mean=mean,
+            std=std,
+            tokenizer=tokenizer,
+            text_padding=params.text_padding,
+            text_length=params.text_length,
+        )
+        return teacher.freeze()
+
+    @classmethod
+    def checkpoint_fields(cls, params: HfParams) -> dict[str, Path | None]:
+        return {"path": None if params.path is None else params.path / "config.json"}
+
+    def target_specs(self) -> dict[str, TargetSpec]:
+        grid = self.input_size // self.patch_size
+        specs = {
+            "summary": TargetSpec(("B", self.width), "the vision tower's pooled output"),
+            "spatial": TargetSpec(("B", self.width, grid, grid), "final patch features"),
+        }
+        if self.has_text:
+            specs["image_embedding"] = TargetSpec(
+                ("B", self.embed_dim), "L2-normalised image embedding in the image-text space"
+            )
+        return specs
+
+    def component_names(self) -> list[str]:
+        return ["model", "vision"] + (["text"] if self.has_text else [])
+
+    def component(self, name: str) -> nn.Module:
+        if name == "model":
+            return self.model
+        if name == "vision":
+            return self.vision
+        if name == "text" and self.has_text:
+            return self.model.text_model
+        return super().component(name)
+
+    def forward(
+        self, images: Tensor, *, targets: Sequence[str], prompts: Prompts | None = None
+    ) -> dict[str, Tensor]:
+        """
+        Args:
+            images: ``[B, 3, H, W]`` in [0, 1], resized to ``input_size`` here.
+            targets: any of ``summary``, ``spatial`` and (with a text tower) ``image_embedding``.
+            prompts: unused.
+
+        Returns:
+            ``summary`` ``[B, C]``, ``spatial`` ``[B, C, h, w]``, ``image_embedding`` ``[B, D]``.
+        """
+        known = self.target_specs()
+        unknown = sorted(set(targets) - set(known))
+        if unknown:
+            raise ValueError(f"hf teacher has no target {unknown}; it has {', '.join(known)}")
+        pixels = self.prepare(images)
+        out: dict[str, Tensor] = {}
+        if "summary" in targets or "spatial" in targets:
+            vision = self.vision(pixel_values=pixels)
+            out["summary"] = vision.pooler_output
+            out["spatial"] = self._grid(vision.last_hidden_state, pixels.shape[-1])
+        if "image_embedding" in targets:
+            embedding = _pooled(self.model.get_image_features(pixel_values=pixels))
+            out["image_embedding"] = F.normalize(embedding, dim=-1)
+        return {name: out[name] for name in targets}
+
+    def _grid(self, hidden: Tensor, side: int) -> Tensor:
+        """``[B, P + h*w, C]`` -> ``[B, C, h, w]``: prefix tokens (class, registers) dropped."""
+        grid = side // self.patch_size
+        patches = hidden[:, hidden.shape[1] - grid * grid :]
+        return patches.transpose(1, 2).reshape(hidden.shape[0], -1, grid, grid)
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """L2-normalised text embeddings ``[T, D]`` (class prompts for zero-shot labels)."""
+        if not self.has_text or self.tokenizer is None:
+            raise ValueError("this hf teacher has no text tower and tokenizer to encode texts")
+        length = self.text_length or getattr(
+            self.model.config.text_config, "max_position_embeddings", None
+        )
+        tokens = self.tokenizer(
+            texts,
+            padding=self.text_padding,
+            max_length=length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        device = next(self.model.parameters()).device
+        embedded = self.model.get_text_features(input_ids=tokens["input_ids"].to(device))
+        return F.normalize(_pooled(embedded), dim=-1)
