@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mergekit_vision.builder import BuildError
+from mergekit_vision.export import ExportError
 from mergekit_vision.recipe import Recipe
 from mergekit_vision.recipe_io import Issue, RecipeError, dump_recipe, load_recipe
 from mergekit_vision.registry import ALL_REGISTRIES, UnknownPluginError
@@ -31,7 +32,14 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 
-USER_ERRORS = (RecipeError, BuildError, UnknownPluginError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (
+    RecipeError,
+    BuildError,
+    UnknownPluginError,
+    FileExistsError,
+    FileNotFoundError,
+    ExportError,
+)
 
 SetOption = Annotated[
     list[str] | None,
@@ -160,6 +168,113 @@ def bench(
         console.print("(teacher checkpoints missing: timed with random weights)")
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or one checkpoint folder).")],
+    format_: Annotated[
+        str, typer.Option("--format", help="sam, open_clip or safetensors (with a model card).")
+    ],
+    output: Annotated[
+        Path | None, typer.Option(help="Folder (default RUN_DIR/export/FORMAT).")
+    ] = None,
+) -> None:
+    """Export the merged model for segment_anything, open_clip, or as safetensors + model card."""
+    from mergekit_vision.export.formats import export_run
+
+    files = guarded(lambda: export_run(run_dir, format=format_, output=output))
+    for path in files:
+        console.print(f"[green]wrote[/] {path}")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or one checkpoint folder).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (any size, any format).")],
+    classes: Annotated[
+        str | None, typer.Option(help='Class names for semantic labels: "cat,dog,grass".')
+    ] = None,
+    points: Annotated[
+        list[str] | None, typer.Option("--points", help="A point prompt x,y (repeatable).")
+    ] = None,
+    boxes: Annotated[
+        list[str] | None, typer.Option("--boxes", help="A box prompt x0,y0,x1,y1 (repeatable).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Folder (default RUN_DIR/predict).")] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="Model input side (default: eval's).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Background threshold (default: eval's calibrated).")
+    ] = None,
+    refine: Annotated[
+        bool, typer.Option(help="Refine the CLIP head's labels with the SAM head.")
+    ] = True,
+) -> None:
+    """Segment IMAGES by class names and/or point and box prompts; write label and overlay PNGs."""
+    from mergekit_vision import predict as lib
+
+    def go() -> list[Any]:
+        return lib.predict(
+            run_dir,
+            images,
+            classes=lib.parse_classes(classes or ""),
+            points=[lib.parse_numbers(p, 2, "--points") for p in points or []],
+            boxes=[lib.parse_numbers(b, 4, "--boxes") for b in boxes or []],
+            output=output,
+            resolution=resolution,
+            threshold=threshold,
+            refine=refine,
+        )
+
+    for result in guarded(go):
+        for path in result.files.values():
+            console.print(f"[green]wrote[/] {path}")
+
+
+@app.command()
+def cache(
+    recipe: RecipeArg,
+    set_: SetOption = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write OUTPUT/<task> (default: each targets_cache).")
+    ] = None,
+    task: Annotated[
+        list[str] | None, typer.Option("--task", help="Cache this task (repeatable).")
+    ] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="Samples per shard file.")] = 256,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Teacher batch (default: the task's).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Target storage: float16 or bfloat16.")] = "float16",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a cache of other settings in the folder.")
+    ] = False,
+) -> None:
+    """Precompute teachers' targets per sample view into a resumable cache (docs/cache.md)."""
+    from mergekit_vision.cache.writer import DTYPES, cache_recipe
+
+    if dtype not in DTYPES:
+        _user_error(ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"))
+    reports = guarded(
+        lambda: cache_recipe(
+            recipe,
+            overrides=set_,
+            tasks=task,
+            output=output,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
+    )
+    for r in reports:
+        console.print(
+            f"[green]cached[/] {r.task}: {r.samples} samples in {r.folder} "
+            f"({r.shards_written} shards written, {r.shards_reused} kept, {r.seconds:.1f} s); "
+            f"train from it with tasks.{r.task}.targets_cache={r.folder}"
+        )
 
 
 @app.command()

@@ -26,7 +26,12 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from mergekit_vision.contracts import Prompts
-from mergekit_vision.data.transforms import _scaled_size, load_image, resize_image
+from mergekit_vision.data.transforms import (
+    UnreadableImageError,
+    _scaled_size,
+    load_image,
+    resize_image,
+)
 from mergekit_vision.eval.models import ClipTeacherEval, MergedEval
 from mergekit_vision.eval.pictures import label_colours
 from mergekit_vision.eval.tasks import class_text_embeddings, dense_labels, refined_labels
@@ -165,7 +170,10 @@ def predict(
 
 
 def _predict_one(predictor, path, texts, classes, points, boxes, output) -> Prediction:
-    image = load_image(path)
+    try:
+        image = load_image(path)
+    except UnreadableImageError as error:
+        raise PredictError(str(error)) from error
     height, width = image.shape[-2:]
     fitted, inner = predictor.fit(image)
     result = Prediction(image=path)
