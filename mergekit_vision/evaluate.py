@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from mergekit_vision.builder import Components, build_components
 from mergekit_vision.checkpoint import MODEL_FILE, find_last
+from mergekit_vision.eval.features import feature_retention_results, print_feature_table
 from mergekit_vision.eval.pictures import save_grid
 from mergekit_vision.eval.report import Evaluation, print_table, write_results
 from mergekit_vision.eval.tasks import dense_labels, iter_pictures, refined_labels
@@ -44,6 +45,7 @@ def evaluate_components(
 ) -> dict[str, Any]:
     evaluation = Evaluation(components)
     results = evaluation.run()
+    results.update(feature_retention_results(evaluation, components))
     output_dir.mkdir(parents=True, exist_ok=True)
     results["files"] = {"json": str(write_results(results, output_dir))}
     picture = save_pictures(evaluation, output_dir / "eval.png", results["models"])
@@ -51,6 +53,7 @@ def evaluate_components(
         results["files"]["picture"] = str(picture)
         write_results(results, output_dir)
     print_table(results, console)
+    print_feature_table(results, console)
     return results
 
 

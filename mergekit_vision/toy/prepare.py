@@ -33,6 +33,7 @@ def prepare_toy(
     export_toy_data(toy, console=console)
     if not teachers:
         return
+    write_feature_teachers(recipe, console=console)
     from mergekit_vision.toy.teachers import ensure_toy_teachers
 
     sam_params = params_of(TEACHERS, recipe.teachers[toy.sam_teacher])
@@ -51,6 +52,59 @@ def prepare_toy(
         clip_path=clip_params.checkpoint,
         progress=progress,
     )
+
+
+def write_feature_teachers(recipe, *, console: Console) -> None:
+    """Write the ``toy.feature_teachers`` (timm teachers) as untrained checkpoints.
+
+    No pretrained weights exist offline and no self-supervised training fits the toy budget, so a
+    toy feature teacher is timm's own random initialisation of the recipe's architecture, seeded
+    by ``toy.train_seed``: a fixed, image-dependent feature function for the merge to retain.
+    Written as ``.safetensors`` (or ``torch.save`` for other suffixes) with a sidecar of its
+    config; rewritten only when that config changes.
+    """
+    import timm
+    import torch
+
+    from mergekit_vision.builder import params_of
+    from mergekit_vision.recipe_io import Issue, RecipeError
+
+    toy: ToySpec = recipe.toy
+    for name in toy.feature_teachers:
+        spec = recipe.teachers.get(name)
+        where = f"toy.feature_teachers ({name})"
+        if spec is None or spec.type != "timm":
+            raise RecipeError(recipe.name, [Issue(where, "must name a 'timm' teacher")])
+        params = params_of(TEACHERS, spec)
+        if params.checkpoint is None:
+            issue = Issue(f"teachers.{name}.params.checkpoint", "give the toy teacher's file path")
+            raise RecipeError(recipe.name, [issue])
+        path = Path(params.checkpoint)
+        key = {"params": params.model_dump(mode="json", exclude={"checkpoint"}),
+               "seed": toy.train_seed}  # fmt: skip
+        sidecar = path.with_name(path.name + ".json")
+        if path.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == key:
+            continue
+        console.print(f"writing untrained toy feature teacher {name!r} to {path}")
+        torch.manual_seed(toy.train_seed)
+        model = timm.create_model(params.model, pretrained=False, **params.model_kwargs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp))
+        else:
+            torch.save(state, tmp)
+        tmp.replace(path)
+        _stamp_file(sidecar, key)
+
+
+def _stamp_file(path: Path, key: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(key))
+    tmp.replace(path)
 
 
 def export_toy_data(toy: ToySpec, *, console: Console) -> None:

@@ -21,6 +21,8 @@ class ToySpec(PluginParams):
         scenes; they must differ (teachers train on their own seeds, see their training params).
     train_samples, eval_samples, eval_per_class: how many scenes to export.
     sam_teacher, clip_teacher: the recipe's teacher names to train as toy teachers.
+    feature_teachers: the recipe's ``timm`` teachers written as untrained toy feature teachers
+        (timm's random initialisation, seeded by ``train_seed``, saved to their checkpoint path).
     """
 
     world: ToyWorldConfig = ToyWorldConfig()
@@ -32,5 +34,6 @@ class ToySpec(PluginParams):
     eval_per_class: int = Field(10, ge=1)
     sam_teacher: str = "sam"
     clip_teacher: str = "clip"
+    feature_teachers: list[str] = Field(default_factory=list)
     sam_training: ToySamTraining = ToySamTraining()
     clip_training: ToyClipTraining = ToyClipTraining()
