@@ -1,0 +1,152 @@
+"""vmerge predict on a toy-world scene and on a real photo: label PNGs are the model's argmax,
+prompted masks follow the prompts mapped onto the padded model input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from matplotlib import cbook
+from PIL import Image
+
+from mergekit_vision.cli.main import main
+from mergekit_vision.contracts import Prompts
+from mergekit_vision.data.transforms import load_image, resize_image
+from mergekit_vision.eval.metrics import dense_semseg_from_embeddings
+from mergekit_vision.eval.models import ClipTeacherEval, MergedEval
+from mergekit_vision.eval.tasks import class_text_embeddings, refined_labels
+from mergekit_vision.export.loading import load_run
+from mergekit_vision.predict import restore_labels
+from mergekit_vision.toy.world import ToyWorldConfig, class_names, generate_scene
+
+TINY_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny_sam_clip.yaml"
+TEMPLATES = ["a photo of a {}."]  # the tiny recipe has no eval section: predict's default
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_checkpoints) -> Path:
+    folder = tmp_path_factory.mktemp("predict") / "run"
+    args = [
+        "run", str(TINY_RECIPE),
+        "--set", f"teachers.sam.params.checkpoint={tiny_checkpoints['sam']}",
+        "--set", f"teachers.clip.params.checkpoint={tiny_checkpoints['clip']}",
+        "--output", str(folder), "--max-steps", "2",
+    ]  # fmt: skip
+    assert main(args) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def merged(run_dir):
+    run = load_run(run_dir)
+    model = MergedEval(run.model, clip_head="clip_head", sam_head="sam_head")
+    return model, ClipTeacherEval(run.teachers["clip"])
+
+
+@pytest.fixture(scope="module")
+def toy_image(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A toy-world scene cut to 128 x 96 (H x W), so predict has to pad; and its class names."""
+    config = ToyWorldConfig()
+    scene = generate_scene(config, seed=0, index=3)
+    path = tmp_path_factory.mktemp("images") / "scene.png"
+    Image.fromarray(scene.image[:, :, :96].permute(1, 2, 0).numpy()).save(path)
+    names = class_names(config)
+    present = sorted({names[int(c)] for c in scene.classes})
+    return path, present + [n for n in names if n not in present][:1]
+
+
+def fitted(path: Path) -> torch.Tensor:
+    return resize_image(load_image(path), resolution=64, mode="pad")[None].float() / 255
+
+
+def read_png(path: Path) -> np.ndarray:
+    picture = Image.open(path)
+    assert picture.mode == "P"
+    return np.asarray(picture)
+
+
+def test_toy_scene_label_png_is_the_argmax_of_the_clip_head_logits(
+    run_dir, merged, toy_image, tmp_path
+):
+    path, classes = toy_image
+    args = ["predict", str(run_dir), str(path), "--classes", ",".join(classes), "--no-refine",
+            "--threshold", "0.3", "--output", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    model, teacher = merged
+    texts = class_text_embeddings(teacher, classes, TEMPLATES)
+    _, logits = dense_semseg_from_embeddings(model.embed_patches(fitted(path)), texts, size=64)
+    probability, best = torch.softmax(100 * logits[0], dim=0).max(0)
+    expected = torch.where(probability >= 0.3, best + 1, 0)[:64, :48]  # 128 x 96 -> 64 x 48
+    expected = expected.repeat_interleave(2, 0).repeat_interleave(2, 1).numpy()
+    labels = read_png(tmp_path / "scene_semantic.png")
+    assert labels.shape == (128, 96)
+    assert len(np.unique(expected)) >= 2  # not a trivially uniform picture
+    np.testing.assert_array_equal(labels, expected)
+    overlay = Image.open(tmp_path / "scene_semantic_overlay.png")
+    assert overlay.width == 96 and overlay.height > 128  # the image, then its legend
+
+
+def test_toy_scene_prompt_masks_follow_the_prompts(run_dir, merged, toy_image, tmp_path):
+    path, _ = toy_image
+    args = ["predict", str(run_dir), str(path), "--points", "30,70", "--boxes", "10,10,60,100",
+            "--output", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    model, _ = merged
+    image = fitted(path)
+    prompts = Prompts(  # the 128 x 96 image is halved to fit 64 x 64
+        64,
+        torch.tensor([[[[15.0, 35.0]]]]),
+        torch.ones(1, 1, 1, dtype=torch.long),
+        torch.tensor([[[5.0, 5.0, 30.0, 50.0]]]),
+    )
+    logits = model.mask_logits(model.encode(image), prompts)[0]
+    logits = F.interpolate(logits[None], size=(64, 64), mode="bilinear")[:, :, :64, :48]
+    logits = F.interpolate(logits, size=(128, 96), mode="bilinear")[0]
+    expected = torch.where(logits.amax(0) > 0, logits.argmax(0) + 1, 0).numpy()
+    labels = read_png(tmp_path / "scene_prompts.png")
+    assert labels.shape == (128, 96)
+    assert (labels == expected).mean() > 0.999
+    assert Image.open(tmp_path / "scene_prompts_overlay.png").width == 96
+
+
+def test_real_photo_refined_labels_at_the_photo_size(run_dir, merged, tmp_path):
+    photo = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    classes = ["person", "flag", "sky"]
+    args = ["predict", str(run_dir), str(photo), "--classes", ",".join(classes),
+            "--threshold", "0.0", "--output", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    model, teacher = merged
+    texts = class_text_embeddings(teacher, classes, TEMPLATES)
+    labels = refined_labels(model, fitted(photo), texts, 0.0, points_per_class=3)[0]
+    expected = restore_labels(labels, (64, 55), (600, 512))  # 512 x 600 photo: 55 x 64 inside
+    png = read_png(tmp_path / "grace_hopper_semantic.png")
+    assert png.shape == (600, 512)
+    np.testing.assert_array_equal(png, expected)
+    assert (tmp_path / "grace_hopper_semantic_overlay.png").is_file()
+    assert (tmp_path / "predictions.json").is_file()
+
+
+def test_restore_labels_crops_the_padding_and_scales_back():
+    labels = torch.tensor([[1, 2, 9], [3, 4, 9], [9, 9, 9]])
+    restored = restore_labels(labels, (2, 2), (4, 4))
+    np.testing.assert_array_equal(
+        restored, [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "nothing to predict"),
+        (["--points", "200,10"], "outside the 96x128 image"),
+        (["--boxes", "1,2,3"], "expected 4 comma-separated numbers"),
+        (["--classes", "cat,cat"], "class names repeat"),
+    ],
+)
+def test_user_errors_exit_2(run_dir, toy_image, tmp_path, capsys, extra, message):
+    path, _ = toy_image
+    assert main(["predict", str(run_dir), str(path), "--output", str(tmp_path), *extra]) == 2
+    assert message in capsys.readouterr().err
