@@ -146,3 +146,34 @@ def test_export_run_defaults_to_the_run_folder(tiny_run_dir):
     files = export_run(tiny_run_dir, format="sam")
     assert files[0] == tiny_run_dir / "export" / "sam" / "sam.pth"
     assert files[0].is_file()
+
+
+@pytest.mark.slow
+def test_vit_b_student_exports_to_sam_model_registry(tiny_run, tmp_path):
+    from mergekit_vision.heads.sam_head import SamHead
+    from mergekit_vision.students.vitdet import ViTDetStudent
+    from mergekit_vision.teachers.sam import build_sam_model
+
+    student = ViTDetStudent.build(ViTDetStudent.Params(variant="vit_b"), teachers={})
+    dim, depth, heads, global_blocks = SAM_VARIANTS["vit_b"]
+    sam = build_sam_model(
+        encoder_embed_dim=dim,
+        encoder_depth=depth,
+        encoder_num_heads=heads,
+        encoder_global_attn_indexes=global_blocks,
+    )
+    head = SamHead(prompt_encoder=sam.prompt_encoder, mask_decoder=sam.mask_decoder)
+    run = LoadedRun(
+        run_dir=tmp_path,
+        checkpoint=tmp_path,
+        recipe=tiny_run.recipe,
+        model=MergedModel(student=student, heads={"sam": head}),
+        teachers={},
+        random_teachers=set(),
+    )
+    export_sam(run, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "sam_config.json").read_text())
+    assert config["registry"] == "vit_b"
+    loaded = load_exported_sam(tmp_path / "out")  # through sam_model_registry["vit_b"]
+    assert torch.equal(loaded.image_encoder.pos_embed, student.pos_embed)
+    assert torch.equal(loaded.mask_decoder.iou_token.weight, head.mask_decoder.iou_token.weight)
