@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mergekit_vision.contracts import Head, Loss, Student, Teacher
+from mergekit_vision.data.views import with_views
 from mergekit_vision.normalization.base import TargetNormalizer
 from mergekit_vision.prompts import PromptSampler, PromptSamplerParams
 from mergekit_vision.recipe import BACKBONE, PluginSpec, Recipe, TaskSpec
@@ -74,6 +75,8 @@ class BuiltTask:
     prompt_sampler: PromptSampler | None
     prompt_source: str
     has_masks: bool
+    # Read in place of the teacher for keyed views when set (a cache.reader.CachedTargets).
+    targets: Any = None
 
 
 @dataclass
@@ -199,6 +202,11 @@ def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> Bu
         )
     dataset_cls = DATASETS.get(spec.data.type)
     dataset = _build_dataset(spec.data, spec, recipe, name)
+    views = spec.sample_views()
+    if views is not None:
+        dataset = with_views(
+            dataset, views=views, augment=spec.augment, seed=recipe.seed, task=name
+        )
     heldout = None if spec.heldout is None else _build_dataset(spec.heldout, spec, recipe, name)
     sampler, source = None, "none"
     if targets[spec.target].needs_prompts:
@@ -213,6 +221,11 @@ def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> Bu
         if source == "auto":
             source = "ground_truth" if dataset_cls.has_masks else "teacher"
     loss = LOSSES.get(spec.loss.type).build(params_of(LOSSES, spec.loss))
+    targets = None
+    if spec.targets_cache is not None:
+        from mergekit_vision.cache.reader import CachedTargets  # late: it uses this module
+
+        targets = CachedTargets.open(recipe, name, dataset=dataset)
     return BuiltTask(
         name=name,
         spec=spec,
@@ -223,4 +236,5 @@ def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> Bu
         prompt_sampler=sampler,
         prompt_source=source,
         has_masks=dataset_cls.has_masks,
+        targets=targets,
     )

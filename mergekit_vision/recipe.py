@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mergekit_vision.data.views import AugmentSpec
 from mergekit_vision.prompts import PromptSamplerParams
 from mergekit_vision.toy.spec import ToySpec
 
@@ -52,9 +53,23 @@ class TaskSpec(Frozen):
         description="held-out data for the forgetting signal (default: the first "
         "training batches, a fixed in-sample set)",
     )
+    views: int | None = Field(
+        None, ge=1, description="augmentation views per sample, view = epoch mod views"
+    )
+    augment: AugmentSpec | None = None
+    targets_cache: str | None = Field(
+        None, description="folder written by `vmerge cache`: targets read instead of the teacher"
+    )
 
     def resolutions(self) -> list[int]:
         return self.resolution if isinstance(self.resolution, list) else [self.resolution]
+
+    def sample_views(self) -> int | None:
+        """Views per sample when samples are keyed views (any of ``views``, ``augment``,
+        ``targets_cache``; see docs/cache.md), else None."""
+        if self.views is None and self.augment is None and self.targets_cache is None:
+            return None
+        return self.views or 1
 
 
 class MonitorSpec(Frozen):

@@ -20,15 +20,17 @@ from mergekit_vision.data.base import collate_samples
 class _PermutationSampler(Sampler[int]):
     """Indices of epochs ``epoch, epoch+1, ...``, each a seeded permutation, from ``offset`` on."""
 
-    def __init__(self, length: int, *, seed: int, epoch: int, offset: int):
+    def __init__(self, length: int, *, seed: int, epoch: int, offset: int, by_epoch: bool = False):
         self.length, self.seed, self.epoch, self.offset = length, seed, epoch, offset
+        self.by_epoch = by_epoch  # yield (epoch, index): keyed views (data/views.py) need the epoch
 
     def __iter__(self) -> Iterator[int]:
         epoch, offset = self.epoch, self.offset
         while True:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(self.length, generator=generator).tolist()
-            yield from order[offset:]
+            tail = order[offset:]
+            yield from (((epoch, i) for i in tail) if self.by_epoch else tail)
             epoch, offset = epoch + 1, 0
 
     def __len__(self) -> int:  # endless; DataLoader only needs a number
@@ -94,5 +96,6 @@ class BatchStream:
             seed=self.seed,
             epoch=self.epoch,
             offset=self.offset,  # type: ignore[arg-type]
+            by_epoch=getattr(self.dataset, "indexed_by_epoch", False),
         )
         return iter(DataLoader(self.dataset, sampler=sampler, drop_last=True, **common))

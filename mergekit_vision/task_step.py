@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mergekit_vision.builder import BuiltTask, MergedModel
+from mergekit_vision.cache.keyed import keyed_prompts
 from mergekit_vision.contracts import Prompts
 
 
@@ -35,12 +36,25 @@ def _resize_masks(masks: Tensor, resolution: int) -> Tensor:
 
 @torch.no_grad()
 def sample_prompts(
-    task: BuiltTask, images: Tensor, masks: list[Tensor] | None, generator: torch.Generator
+    task: BuiltTask,
+    images: Tensor,
+    masks: list[Tensor] | None,
+    generator: torch.Generator,
+    *,
+    batch: dict[str, Any] | None = None,
 ) -> Prompts | None:
-    """Prompts from ground-truth masks, or from the teacher's own masks for random points."""
+    """Prompts from ground-truth masks, or from the teacher's own masks for random points.
+
+    A batch of keyed views (``"view_seed"``, see docs/cache.md) draws each image's prompts from
+    its own seed instead of ``generator``, or reads them from the task's targets cache.
+    """
     sampler = task.prompt_sampler
     if sampler is None:
         return None
+    if batch is not None and "view_seed" in batch:
+        if task.targets is not None:
+            return task.targets.prompts(batch, images)
+        return keyed_prompts(task, images, masks, batch["view_seed"].tolist())
     size = images.shape[-1]
     if task.prompt_source == "ground_truth" and masks is not None:
         return sampler.from_masks(masks, image_size=size, generator=generator).to(images.device)
@@ -66,10 +80,13 @@ def task_loss(
     from this batch while ``update_statistics`` and the normaliser is still estimating.
     """
     images, masks = prepare_images(batch, resolution=resolution, device=device)
-    prompts = sample_prompts(task, images, masks, generator)
+    prompts = sample_prompts(task, images, masks, generator, batch=batch)
     name = task.spec.target
     with torch.no_grad():
-        target = task.teacher(images, targets=[name], prompts=prompts)[name]
+        if task.targets is not None and "view" in batch:  # keyed views: read from the cache
+            target = task.targets.target(batch, images)
+        else:
+            target = task.teacher(images, targets=[name], prompts=prompts)[name]
         if task.name in model.normalizers:
             normalizer = model.normalizers[task.name]
             if update_statistics and not normalizer.frozen:
