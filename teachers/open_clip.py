@@ -320,13 +320,20 @@ class OpenClipTeacher(Teacher):
     def dense_embeddings(self, images: Tensor) -> Tensor:
         """Per-patch embeddings ``[B, h, w, D]`` (L2-normalised) for dense zero-shot labels.
 
-        MaskCLIP (Zhou et al., ECCV 2022): the last block's query-key attention mixes every patch
-        with the class token's view, so each patch keeps only its own value path through that
-        block (value and output projections), then the final LayerNorm and projection.
+        MaskCLIP (Zhou et al., "Extract Free Dense Labels from CLIP", ECCV 2022): the last
+        attention (a ViT's last block, a ResNet's attention pool) mixes every location with the
+        global query, so each location keeps only its own value path through it (value and
+        output projections), then what follows (a ViT's final LayerNorm and projection).
         """
+        from open_clip.modified_resnet import ModifiedResNet
+
         visual = self.clip.visual
+        if isinstance(visual, ModifiedResNet):
+            return _resnet_dense(visual, self.prepare(images))
         if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "transformer"):
-            raise NotImplementedError("dense embeddings need a plain ViT image tower")
+            raise NotImplementedError(
+                "dense embeddings need a plain ViT or a ModifiedResNet image tower"
+            )
         tokens = visual._embeds(self.prepare(images))  # [B, 1 + h*w, C]
         blocks = visual.transformer.resblocks
         for block in blocks[:-1]:
@@ -347,3 +354,20 @@ class OpenClipTeacher(Teacher):
         device = next(self.clip.parameters()).device
         tokens = self.tokenizer(texts).to(device)
         return self.clip.encode_text(tokens, normalize=True)
+
+
+def _resnet_dense(visual: nn.Module, pixels: Tensor) -> Tensor:
+    """MaskCLIP on a ``ModifiedResNet``: each final feature-map location through the attention
+    pool's value and output projections (no positional term: it is part of the query-key path).
+
+    Args:
+        visual: open_clip's ``ModifiedResNet``.
+        pixels: ``[B, 3, R, R]`` prepared images.
+
+    Returns:
+        ``[B, h, w, D]`` L2-normalised, ``h = w = R / 32``.
+    """
+    features = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(pixels)))))
+    pool = visual.attnpool
+    dense = pool.c_proj(pool.v_proj(features.permute(0, 2, 3, 1)))
+    return F.normalize(dense, dim=-1)

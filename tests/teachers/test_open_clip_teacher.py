@@ -188,3 +188,36 @@ def test_vit_l_14_size():
     assert 300e6 <= visual <= 306e6
     assert teacher.input_size == 224 and teacher.embed_dim == 768
     assert teacher.pixel_mean == OPENAI_MEAN
+
+
+RESNET_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8},
+    "text_cfg": TINY_CFG["text_cfg"],
+}
+
+
+@pytest.mark.parametrize("cfg, grid", [(TINY_CFG, 4), (RESNET_CFG, 2)])
+def test_dense_embeddings_shape_and_norm(cfg, grid):
+    torch.manual_seed(0)
+    params = OpenClipParams(model=f"dense-{grid}", model_cfg=cfg)
+    teacher = OpenClipTeacher.build(params, allow_random_init=True).eval()
+    dense = teacher.dense_embeddings(torch.rand(2, 3, 48, 48))
+    assert dense.shape == (2, grid, grid, 32)
+    assert torch.allclose(dense.norm(dim=-1), torch.ones(2, grid, grid), atol=1e-5)
+
+
+def test_resnet_dense_embedding_of_a_one_location_grid_is_the_image_embedding():
+    # With a 1 x 1 final feature map and no positional term, the attention pool attends over two
+    # equal tokens (the mean and the one location): its output is the value path MaskCLIP keeps.
+    torch.manual_seed(0)
+    cfg = {**RESNET_CFG, "vision_cfg": {**RESNET_CFG["vision_cfg"], "image_size": 32}}
+    params = OpenClipParams(model="dense-rn-1", model_cfg=cfg)
+    teacher = OpenClipTeacher.build(params, allow_random_init=True).eval()
+    with torch.no_grad():
+        teacher.clip.visual.attnpool.positional_embedding.zero_()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        dense = teacher.dense_embeddings(images)[:, 0, 0]
+        pooled = teacher(images, targets=["image_embedding"])["image_embedding"]
+    assert torch.allclose(dense, torch.nn.functional.normalize(pooled, dim=-1), atol=1e-5)
