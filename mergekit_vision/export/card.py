@@ -77,6 +77,13 @@ def model_card(recipe: Recipe, metrics: dict[str, Any] | None) -> str:
         "",
         *_metric_lines(metrics),
         "",
+        *_loading_lines(),
+    ]
+    return "\n".join(lines)
+
+
+def _loading_lines() -> list[str]:
+    return [
         "## Files and loading",
         "",
         f"- `{MODEL_FILE}`: every weight of the merged model (student `student.*`, heads "
@@ -92,7 +99,6 @@ def model_card(recipe: Recipe, metrics: dict[str, Any] | None) -> str:
         "(see docs/export.md of mergekit-vision).",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _plugin(spec: Any) -> str:
