@@ -151,7 +151,6 @@ def predict(
         Path(run_dir), resolution=resolution, threshold=threshold, refine=refine
     )
     output = Path(output or Path(run_dir) / "predict")
-    output.mkdir(parents=True, exist_ok=True)
     texts = predictor.text_embeddings(classes) if classes else None
     results = []
     for path in images:
@@ -176,6 +175,10 @@ def _predict_one(predictor, path, texts, classes, points, boxes, output) -> Pred
         raise PredictError(str(error)) from error
     height, width = image.shape[-2:]
     fitted, inner = predictor.fit(image)
+    prompts = None
+    if points or boxes:
+        prompts = to_prompts(points, boxes, (height, width), inner, predictor.resolution)
+    output.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     result = Prediction(image=path)
     rgb = image.permute(1, 2, 0).numpy()
     if texts is not None:
@@ -186,8 +189,7 @@ def _predict_one(predictor, path, texts, classes, points, boxes, output) -> Pred
         result.files["semantic_overlay"] = _save(
             overlay, output / f"{path.stem}_semantic_overlay.png"
         )
-    if points or boxes:
-        prompts = to_prompts(points, boxes, (height, width), inner, predictor.resolution)
+    if prompts is not None:
         logits = restore_logits(predictor.mask_logits(fitted, prompts), inner, (height, width))
         result.masks = (logits > 0).numpy()
         winner = torch.where(logits.amax(0) > 0, logits.argmax(0) + 1, 0).to(torch.uint8).numpy()

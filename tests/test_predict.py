@@ -148,5 +148,16 @@ def test_restore_labels_crops_the_padding_and_scales_back():
 )
 def test_user_errors_exit_2(run_dir, toy_image, tmp_path, capsys, extra, message):
     path, _ = toy_image
-    assert main(["predict", str(run_dir), str(path), "--output", str(tmp_path), *extra]) == 2
+    out = tmp_path / "out"
+    assert main(["predict", str(run_dir), str(path), "--output", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
+    assert not out.exists()  # a failed call leaves nothing behind
+
+
+def test_unreadable_image_exits_2_without_output(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    assert main(["predict", str(run_dir), str(bad), "--points", "1,1", "--output", str(out)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert not out.exists()
