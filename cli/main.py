@@ -152,6 +152,10 @@ def bench(
     steps: Annotated[int, typer.Option(help="Timed steps per strategy (after 3 warm-up).")] = 20,
     set_: SetOption = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    cached_targets: Annotated[
+        str | None,
+        typer.Option(help="Also time TASK online vs from its targets cache (images/s)."),
+    ] = None,
 ) -> None:
     """Time training steps of conflict strategies interleaved, as ratios to the first."""
     from mergekit_vision.bench import bench_conflict
@@ -166,8 +170,26 @@ def bench(
     console.print(table)
     if result["random_weights"]:
         console.print("(teacher checkpoints missing: timed with random weights)")
+    if cached_targets is not None:
+        result["cached_targets"] = _bench_cached_targets(recipe, cached_targets, set_, steps)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
+
+
+def _bench_cached_targets(recipe: Path, task: str, set_: list[str] | None, steps: int) -> dict:
+    from mergekit_vision.cache.bench import bench_cached_targets
+
+    result = guarded(lambda: bench_cached_targets(recipe, task=task, overrides=set_, steps=steps))
+    table = Table(
+        "stage", "online img/s", "cached img/s", "speed-up", title=f"task {task}: targets"
+    )
+    for stage, row in result["stages"].items():
+        ips = row["images_per_s"]
+        table.add_row(
+            stage, f"{ips['online']:.1f}", f"{ips['cached']:.1f}", f"{row['speedup']:.2f}x"
+        )
+    console.print(table)
+    return result
 
 
 @app.command()
