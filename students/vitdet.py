@@ -17,13 +17,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import torch.nn.functional as F
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from segment_anything.modeling.image_encoder import ImageEncoderViT
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalise
 from mergekit_vision.registry import STUDENTS, PluginParams
+from mergekit_vision.students.vitdet_attention import block_forward_sdpa
 from mergekit_vision.weights import read_checkpoint_file
 
 SAM_PIXEL_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
@@ -136,6 +139,12 @@ class ViTDetStudent(ImageEncoderViT, Student):
         native_size: int = 1024
         init_from: str | None = None
         checkpoint: Path | None = None
+        attention: Literal["sdpa", "original"] = Field(
+            "sdpa",
+            description="'sdpa': scaled_dot_product_attention with the relative position bias "
+            "as its mask, no projections on window padding; 'original': segment_anything's "
+            "Block.forward (same function and weights)",
+        )
 
         @model_validator(mode="after")
         def _check(self) -> ViTDetStudent.Params:
@@ -174,6 +183,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
                 window_size=self.window_size,
                 out_chans=self.out_chans,
                 native_size=self.native_size,
+                attention=self.attention,
             )
 
     def __init__(
@@ -187,6 +197,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
         window_size: int = 14,
         out_chans: int = 256,
         native_size: int = 1024,
+        attention: Literal["sdpa", "original"] = "sdpa",
     ) -> None:
         """
         Args:
@@ -198,6 +209,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
             window_size: window side in tokens of the windowed blocks.
             out_chans: channels of the neck's output feature map.
             native_size: input side the position embeddings are defined for.
+            attention: how blocks run (see ``Params.attention``); weights are the same.
         """
         super().__init__(
             img_size=native_size,
@@ -220,6 +232,9 @@ class ViTDetStudent(ImageEncoderViT, Student):
         self.patch_size = patch_size
         self.native_size = native_size
         self.global_attn_indexes = tuple(global_attn_indexes)
+        self.attention = attention
+        # Recompute each block's activations in backward (set by the recipe's performance spec).
+        self.activation_checkpointing = False
 
     @classmethod
     def build(cls, params: Params, *, teachers: dict[str, Teacher]) -> ViTDetStudent:
@@ -278,7 +293,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
         x = x + resample_pos_embed(self.pos_embed, x.shape[1:3])
         intermediates: list[Tensor] = []
         for block in self.blocks:
-            x = block(x)
+            x = self._run_block(block, x)
             if return_intermediates:
                 intermediates.append(x)
         feature_map = self.neck(x.permute(0, 3, 1, 2))
@@ -286,5 +301,15 @@ class ViTDetStudent(ImageEncoderViT, Student):
             tokens=x, feature_map=feature_map, image_size=int(height), intermediates=intermediates
         )
 
+    def _run_block(self, block: nn.Module, x: Tensor) -> Tensor:
+        run = block_forward_sdpa if self.attention == "sdpa" else _block_call
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(run, block, x, use_reentrant=False)
+        return run(block, x)
+
     def last_block(self) -> nn.Module:
         return self.blocks[-1]
+
+
+def _block_call(block: nn.Module, x: Tensor) -> Tensor:
+    return block(x)
