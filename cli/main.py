@@ -89,9 +89,10 @@ def run(
             dry_run=dry_run,
         )
     )
-    console.print(
-        f"[green]done[/]: step {result.state.global_step}, run folder {result.output_dir}"
-    )
+    if result.main_process:  # under torchrun, rank 0 reports for all
+        console.print(
+            f"[green]done[/]: step {result.state.global_step}, run folder {result.output_dir}"
+        )
 
 
 @app.command("eval")

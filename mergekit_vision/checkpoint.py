@@ -25,14 +25,25 @@ RECIPE_FILE = "recipe.resolved.yaml"
 
 
 def save_checkpoint(
-    root: Path, *, step: int, model: nn.Module, state: dict[str, Any], recipe_yaml: str, keep: int
+    root: Path,
+    *,
+    step: int,
+    model: nn.Module | dict[str, torch.Tensor],
+    state: dict[str, Any],
+    recipe_yaml: str,
+    keep: int,
 ) -> Path:
-    """Write ``root/step-<step>`` and refresh ``root/last``; prune old step folders."""
+    """Write ``root/step-<step>`` and refresh ``root/last``; prune old step folders.
+
+    ``model`` is the module or its full state dict (gathered from shards under FSDP): a checkpoint
+    never depends on how many processes wrote it.
+    """
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     save_file(tensors, str(tmp / MODEL_FILE), metadata={"step": str(step)})
     torch.save(state, tmp / STATE_FILE)
     (tmp / RECIPE_FILE).write_text(recipe_yaml)

@@ -3,6 +3,12 @@ backward each, lets the conflict strategy combine the shared gradients, then one
 
 Everything a step needs is injected (replay scheduler, conflict strategy, optimiser, streams), so
 the loop itself stays short; the state needed to resume exactly is saved in every checkpoint.
+
+Under ``torchrun`` every rank runs this same loop on its share of each batch (see
+:mod:`mergekit_vision.distributed`): each task's gradient is averaged over the ranks before the
+conflict strategy sees it, losses are averaged before strategies observe them, and only rank 0
+writes metrics, progress and checkpoints. With ``accumulate: k`` each task runs k micro-batches
+per step, their mean loss's gradient being one per-task row.
 """
 
 from __future__ import annotations
@@ -18,8 +24,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from mergekit_vision.builder import Components
 from mergekit_vision.checkpoint import find_last, load_checkpoint, save_checkpoint
+from mergekit_vision.distributed import (
+    Parallel,
+    World,
+    barrier,
+    full_model_state,
+    mean_over_ranks,
+)
 from mergekit_vision.monitor import ForgettingMonitor
 from mergekit_vision.recipe import StageSpec
+from mergekit_vision.registry import CONFLICT, WEIGHTING
 from mergekit_vision.stage import StageRun, build_stage, stage_steps
 from mergekit_vision.streams import BatchStream
 from mergekit_vision.task_step import task_loss
@@ -34,25 +48,39 @@ class TrainState:
 
 
 class Engine:
-    def __init__(self, components: Components, *, output_dir: Path, recipe_yaml: str):
+    def __init__(
+        self,
+        components: Components,
+        *,
+        output_dir: Path,
+        recipe_yaml: str,
+        world: World | None = None,
+    ):
         self.c = components
+        self.world = world or World()
+        self.parallel: Parallel | None = None
         self.recipe = components.recipe
         self.output_dir = output_dir
         self.recipe_yaml = recipe_yaml
         self.metrics_path = output_dir / "metrics.jsonl"
         self.checkpoints = output_dir / "checkpoints"
         # What a plugin froze by design (e.g. SAM's prompt encoder) stays frozen in every stage.
-        self._trainable_by_design = {id(p): p.requires_grad for p in self.c.model.parameters()}
+        self._trainable_names = {n: p.requires_grad for n, p in self.c.model.named_parameters()}
         self.monitor: ForgettingMonitor | None = None
         self._saved_monitor: dict[str, Any] | None = None
 
     def run(self, *, max_steps: int | None = None, resume: bool = False, progress: bool = True):
+        self._check_parallel_support()
         state, saved = self._initial_state(resume)
-        (self.output_dir / "recipe.resolved.yaml").write_text(self.recipe_yaml)
+        barrier(self.world)  # every rank has read the run folder before rank 0 writes to it
+        self._parallelise()
+        if self.world.is_main:
+            (self.output_dir / "recipe.resolved.yaml").write_text(self.recipe_yaml)
         streams = self._open_streams(state)
         budget = max_steps  # a global step number: "stop at step N", the same on every resume
         total = sum(stage_steps(self.c, s) for s in self.recipe.stages)
-        with _progress(enabled=progress and self.recipe.logging.progress) as bar:
+        shown = progress and self.recipe.logging.progress and self.world.is_main
+        with _progress(enabled=shown) as bar:
             bar_task = bar.add_task("training", total=total, completed=state.global_step)
             for index in range(state.stage_index, len(self.recipe.stages)):
                 stage = self._start_stage(index, saved if index == state.stage_index else None)
@@ -74,26 +102,16 @@ class Engine:
 
     def _step(self, stage: StageRun, state: TrainState, streams: dict) -> dict[str, Any]:
         started = time.perf_counter()
-        model, device = self.c.model, self.c.device
         stage.optimizer.zero_grad(set_to_none=True)
         stage.conflict.begin_step(shared=stage.shared)
-        losses: dict[str, float] = {}
+        local: dict[str, float] = {}
         for order, draw in enumerate(stage.replay.draws(step=state.step_in_stage)):
-            task = self.c.tasks[draw.task]
-            generator = torch.Generator().manual_seed(
-                self.recipe.seed * 1_000_003 + state.global_step * 101 + order
-            )
-            loss = task_loss(
-                task,
-                streams[draw.task].next(),
-                model=model,
-                resolution=self._resolution(stage.spec, draw.task, state.step_in_stage),
-                generator=generator,
-                device=device,
-            )
-            stage.weighting.weighted(task=draw.task, loss=loss).backward()
+            local[draw.task] = self._task_backward(stage, state, streams, draw.task, order)
+            # The last micro-batch's backward averaged this task's gradient over the ranks.
             stage.conflict.after_task_backward(task=draw.task, shared=stage.shared)
-            losses[draw.task] = float(loss.detach())
+        assert self.parallel is not None
+        self.parallel.sync_extra(list(stage.weighting.parameters()))
+        losses = mean_over_ranks(local, self.world)  # strategies' state stays identical
         task_gradients = stage.conflict.task_gradients() or None
         diagnostics = stage.conflict.finish_step(shared=stage.shared)
         if self.recipe.optimizer.grad_clip is not None:
@@ -117,6 +135,40 @@ class Engine:
             **diagnostics,
         }
 
+    def _task_backward(
+        self, stage: StageRun, state: TrainState, streams: dict, name: str, order: int
+    ) -> float:
+        """``accumulate`` micro-batches of task ``name``, one backward each, gradients summed
+        (of the mean loss); only the last backward synchronises the ranks. Returns the mean loss.
+        """
+        assert self.parallel is not None
+        task, k = self.c.tasks[name], stage.spec.accumulate
+        forward = self.parallel.forward_fn()
+        total = 0.0
+        for micro in range(k):
+            # Seeds differ per rank so prompts differ across a rank's share; rank 0 keeps the
+            # single-process seed.
+            generator = torch.Generator().manual_seed(
+                self.recipe.seed * 1_000_003
+                + state.global_step * 101
+                + order
+                + micro * 7_919
+                + self.world.rank * 104_729
+            )
+            with self.parallel.sync(micro == k - 1):
+                loss = task_loss(
+                    task,
+                    streams[name].next(),
+                    model=self.c.model,
+                    resolution=self._resolution(stage.spec, name, state.step_in_stage),
+                    generator=generator,
+                    device=self.c.device,
+                    forward=forward,
+                )
+                (stage.weighting.weighted(task=name, loss=loss) / k).backward()
+            total += float(loss.detach())
+        return total / k
+
     def _monitor(self, stage: StageRun, state: TrainState) -> dict[str, Any]:
         """Held-out losses when due; ``early_stop`` names the forgetting tasks ending the stage."""
         spec = stage.spec.monitor
@@ -129,6 +181,8 @@ class Engine:
             resolution_of=lambda task: self._resolution(stage.spec, task, 0),
             device=self.c.device,
         )
+        assert self.parallel is not None
+        self.parallel.reshard()
         stage.replay.observe_heldout(step=state.step_in_stage, losses=losses)
         out: dict[str, Any] = {f"heldout/{name}": value for name, value in losses.items()}
         forgotten = monitor.forgetting(losses)
@@ -149,7 +203,7 @@ class Engine:
     def _after_step(self, stage: StageRun, state: TrainState, streams: dict, metrics: dict) -> None:
         state.global_step += 1
         state.step_in_stage += 1
-        if state.global_step % self.recipe.logging.every == 0:
+        if state.global_step % self.recipe.logging.every == 0 and self.world.is_main:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
         if state.global_step % self.recipe.checkpointing.every == 0:
@@ -161,9 +215,12 @@ class Engine:
         return sizes[step % len(sizes)]
 
     def _start_stage(self, index: int, saved: dict[str, Any] | None) -> StageRun:
-        stage = build_stage(
-            self.c, self.recipe.stages[index], trainable_by_design=self._trainable_by_design
-        )
+        assert self.parallel is not None
+        self.parallel.reshard()
+        # Sharding swapped the parameter objects: frozen-by-design is keyed by name.
+        by_design = {id(p): self._trainable_names[n] for n, p in self.c.model.named_parameters()}
+        stage = build_stage(self.c, self.recipe.stages[index], trainable_by_design=by_design)
+        self.parallel.start_stage()
         self.monitor, self._saved_monitor = None, None
         if saved is not None:
             stage.load_state_dict(saved)
@@ -178,6 +235,8 @@ class Engine:
                 seed=self.recipe.seed + index,
                 num_workers=task.spec.num_workers,
                 start=state.streams.get(name),
+                rank=self.world.rank,
+                world_size=self.world.size,
             )
             for index, (name, task) in enumerate(self.c.tasks.items())
         }
@@ -190,7 +249,8 @@ class Engine:
                     f"{self.output_dir} already holds a run; pass --resume to continue it, "
                     "or choose another --output"
                 )
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self.world.is_main:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
             return TrainState(), None
         if last is None:
             raise FileNotFoundError(
@@ -200,8 +260,33 @@ class Engine:
         self.c.model.load_state_dict(weights)
         torch.set_rng_state(saved["rng"])
         state = TrainState(**saved["state"])
-        self._truncate_metrics(state.global_step)
+        if self.world.is_main:
+            self._truncate_metrics(state.global_step)
         return state, saved.get("stage")
+
+    def _parallelise(self) -> None:
+        """Wrap or shard the model, after the resumed weights are in (a checkpoint holds the full
+        model)."""
+        self.parallel = Parallel(
+            self.c.model,
+            world=self.world,
+            strategy=self.recipe.distributed.strategy,
+            device=self.c.device,
+        )
+
+    def _check_parallel_support(self) -> None:
+        if not (self.world.distributed and self.recipe.distributed.strategy == "fsdp"):
+            return
+        for stage in self.recipe.stages:
+            if (
+                CONFLICT.get(stage.conflict.type).needs_task_gradients
+                or WEIGHTING.get(stage.weighting.type).needs_task_gradients
+            ):
+                raise ValueError(
+                    f"stages {stage.name!r}: conflict {stage.conflict.type!r} / weighting "
+                    f"{stage.weighting.type!r} need whole per-task gradients, which FSDP shards; "
+                    "use distributed.strategy ddp with them"
+                )
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines a crashed run wrote after its last checkpoint."""
@@ -212,20 +297,27 @@ class Engine:
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
     def _checkpoint(self, state: TrainState, streams: dict, stage: StageRun | None) -> None:
+        """Every rank gathers (FSDP shards are collective); rank 0 writes the single-process
+        format; the others wait so nobody reads a half-written run folder."""
         state.streams = {name: stream.position() for name, stream in streams.items()}
         saved = {"state": asdict(state), "rng": torch.get_rng_state(), "stage": None}
         if stage is not None:
             saved["stage"] = stage.state_dict()
             if self.monitor is not None:
                 saved["stage"]["monitor"] = self.monitor.state_dict()
-        save_checkpoint(
-            self.checkpoints,
-            step=state.global_step,
-            model=self.c.model,
-            state=saved,
-            recipe_yaml=self.recipe_yaml,
-            keep=self.recipe.checkpointing.keep,
-        )
+        assert self.parallel is not None
+        self.parallel.reshard()
+        weights = full_model_state(self.c.model)
+        if self.world.is_main:
+            save_checkpoint(
+                self.checkpoints,
+                step=state.global_step,
+                model=weights,
+                state=saved,
+                recipe_yaml=self.recipe_yaml,
+                keep=self.recipe.checkpointing.keep,
+            )
+        barrier(self.world)
 
 
 def _describe(metrics: dict[str, Any]) -> str:

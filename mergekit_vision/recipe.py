@@ -104,6 +104,9 @@ class StageSpec(Frozen):
     conflict: PluginSpec = PluginSpec(type="sum")
     weighting: PluginSpec = PluginSpec(type="static")
     monitor: MonitorSpec | None = None
+    accumulate: int = Field(
+        1, ge=1, description="micro-batches summed per task into one optimiser step"
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> StageSpec:
@@ -136,6 +139,17 @@ class LoggingSpec(Frozen):
 class CheckpointSpec(Frozen):
     every: int = Field(500, ge=1)
     keep: int = Field(3, ge=1, description="step-<N> folders kept besides 'last'")
+
+
+class DistributedSpec(Frozen):
+    """How a run under ``torchrun`` splits the work (one process alone ignores it).
+
+    ``ddp`` replicates the model and averages gradients; ``fsdp`` shards parameters, gradients
+    and optimiser state (FSDP2, ``torch.distributed.fsdp.fully_shard``). Task batch sizes are
+    per rank: N ranks see N x ``batch_size`` samples per task and step.
+    """
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 class DryRunSpec(Frozen):
@@ -201,6 +215,7 @@ class Recipe(Frozen):
     logging: LoggingSpec = LoggingSpec()
     checkpointing: CheckpointSpec = CheckpointSpec()
     dry_run: DryRunSpec = DryRunSpec()
+    distributed: DistributedSpec = DistributedSpec()
     eval: EvalSpec | None = None
     toy: ToySpec | None = Field(
         None, description="toy-world data and teachers to prepare before the run (CPU demo)"

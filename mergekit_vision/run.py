@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergekit_vision.builder import build_components, missing_paths, params_of
+from mergekit_vision.distributed import World, barrier, close_world, init_world
 from mergekit_vision.engine import Engine, TrainState
 from mergekit_vision.recipe import Recipe
 from mergekit_vision.recipe_io import (
@@ -30,6 +31,7 @@ class RunResult:
     output_dir: Path
     state: TrainState
     recipe: Recipe
+    main_process: bool = True  # rank 0 under torchrun (the one that reports)
 
 
 def dry_run_recipe(recipe: Recipe) -> Recipe:
@@ -72,15 +74,48 @@ def run_recipe(
     dry_run: bool = False,
     progress: bool = True,
 ) -> RunResult:
+    """Train ``recipe_path``; under ``torchrun`` every rank calls this (see docs/distributed.md).
+
+    A process group this call opens is closed when it returns.
+    """
     recipe = load_recipe(recipe_path, overrides)
+    opened = not _group_open()
+    world = init_world(device=recipe.device)
+    try:
+        return _run(recipe, recipe_path, world, output, max_steps, resume, dry_run, progress)
+    finally:
+        if opened:
+            close_world()
+
+
+def _group_open() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _run(
+    recipe: Recipe,
+    recipe_path: str | Path,
+    world: World,
+    output: Path | None,
+    max_steps: int | None,
+    resume: bool,
+    dry_run: bool,
+    progress: bool,
+) -> RunResult:
     if dry_run:
         recipe = dry_run_recipe(recipe)
+        if output is None and world.distributed:
+            raise ValueError("--dry-run under torchrun: give --output (shared by the ranks)")
         output = output or Path(tempfile.mkdtemp(prefix=f"vmerge-dry-run-{recipe.name}-"))
     else:
         if recipe.toy is not None:
             from mergekit_vision.toy.prepare import prepare_toy
 
-            prepare_toy(recipe, progress=progress)
+            if world.is_main:  # one process writes the shared toy data and teachers
+                prepare_toy(recipe, progress=progress)
+            barrier(world)
         problems = missing_paths(recipe)
         if problems:
             raise MissingPathsError(str(recipe_path), problems + [_how_to_fix(recipe_path)])
@@ -93,15 +128,21 @@ def run_recipe(
         components = build_components(recipe)
     output.mkdir(parents=True, exist_ok=True)
     recipe_yaml = dump_recipe(recipe)
-    engine = Engine(components, output_dir=output, recipe_yaml=recipe_yaml)
+    engine = Engine(components, output_dir=output, recipe_yaml=recipe_yaml, world=world)
     state = engine.run(max_steps=max_steps, resume=resume, progress=progress)
     finished = state.stage_index >= len(recipe.stages)
-    if finished and recipe.eval is not None and not dry_run:
+    if finished and recipe.eval is not None and not dry_run and world.distributed:
+        if world.is_main:
+            warnings.warn(
+                f"evaluation skipped under torchrun: run `vmerge eval {output}` in one process",
+                stacklevel=2,
+            )
+    elif finished and recipe.eval is not None and not dry_run:
         from mergekit_vision.evaluate import evaluate_components
 
         components.model.eval()
         evaluate_components(components, output_dir=output)
-    return RunResult(output_dir=output, state=state, recipe=recipe)
+    return RunResult(output_dir=output, state=state, recipe=recipe, main_process=world.is_main)
 
 
 def _how_to_fix(recipe_path: str | Path) -> Issue:

@@ -12,6 +12,7 @@ from torch import nn
 
 from mergekit_vision.builder import Components, params_of
 from mergekit_vision.conflict.base import ConflictStrategy
+from mergekit_vision.distributed import full_optimizer_state, load_optimizer_state
 from mergekit_vision.optim import build_optimizer, build_schedule
 from mergekit_vision.recipe import BACKBONE, StageSpec
 from mergekit_vision.registry import CONFLICT, REPLAY, WEIGHTING
@@ -34,7 +35,7 @@ class StageRun:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": full_optimizer_state(self.optimizer),  # sharded state gathered
             "schedule": self.schedule.state_dict(),
             "replay": self.replay.state_dict(),
             "weighting": self.weighting.state_dict(),
@@ -42,7 +43,7 @@ class StageRun:
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(self.optimizer, saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         self.replay.load_state_dict(saved["replay"])
         self.weighting.load_state_dict(saved["weighting"])

@@ -3,6 +3,11 @@
 Map-style datasets are read in a seeded permutation per epoch, so a stream is fully described by
 (epoch, offset): resuming recreates the exact same next batch. Iterable datasets (WebDataset
 shards) are replayed from their deterministic order and the consumed samples skipped.
+
+Under data parallelism every rank walks the same global order and keeps every ``world_size``-th
+sample from its ``rank`` on: a step's batches on N ranks together hold exactly the samples one
+process would batch with N x ``batch_size``. The position counts global samples, identical on every
+rank, so a checkpoint resumes at any world size.
 """
 
 from __future__ import annotations
@@ -18,13 +23,28 @@ from mergekit_vision.data.base import collate_samples
 
 
 class _PermutationSampler(Sampler[int]):
-    """Indices of epochs ``epoch, epoch+1, ...``, each a seeded permutation, from ``offset`` on."""
+    """Indices of epochs ``epoch, epoch+1, ...``, each a seeded permutation, from ``offset`` on;
+    of that endless sequence a rank keeps items ``rank, rank + world_size, ...``."""
 
-    def __init__(self, length: int, *, seed: int, epoch: int, offset: int, by_epoch: bool = False):
+    def __init__(
+        self,
+        length: int,
+        *,
+        seed: int,
+        epoch: int,
+        offset: int,
+        rank: int = 0,
+        world_size: int = 1,
+        by_epoch: bool = False,
+    ):
         self.length, self.seed, self.epoch, self.offset = length, seed, epoch, offset
+        self.rank, self.world_size = rank, world_size
         self.by_epoch = by_epoch  # yield (epoch, index): keyed views (data/views.py) need the epoch
 
     def __iter__(self) -> Iterator[int]:
+        return itertools.islice(self._global(), self.rank, None, self.world_size)
+
+    def _global(self) -> Iterator[int]:
         epoch, offset = self.epoch, self.offset
         while True:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -48,9 +68,13 @@ class BatchStream:
         seed: int,
         num_workers: int = 0,
         start: dict[str, int] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        """``batch_size`` is this rank's; ``start`` counts global samples (see the module)."""
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.num_workers = num_workers
+        self.rank, self.world_size = rank, world_size
         start = start or {"epoch": 0, "offset": 0}
         self.epoch, self.offset = int(start["epoch"]), int(start["offset"])
         self._iterator: Iterator[dict[str, Any]] | None = None
@@ -67,7 +91,7 @@ class BatchStream:
         except StopIteration:  # an iterable dataset ran out: next epoch
             self.epoch, self.offset, self._iterator = self.epoch + 1, 0, None
             return self.next()
-        self._advance(len(batch["image"]))
+        self._advance(len(batch["image"]) * self.world_size)
         return batch
 
     def _advance(self, n: int) -> None:
@@ -88,14 +112,32 @@ class BatchStream:
         if isinstance(self.dataset, IterableDataset):
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.epoch)
-            loader = DataLoader(self.dataset, **common)
-            skip = self.offset // self.batch_size
-            return itertools.islice(iter(loader), skip, None)
+            if self.world_size == 1:
+                loader = DataLoader(self.dataset, **common)
+                return itertools.islice(iter(loader), self.offset // self.batch_size, None)
+            # Every rank reads the whole stream and keeps its own samples: the same global order
+            # at any world size (reading cost grows with ranks; shard by node for large runs).
+            shard = _StridedIterable(
+                self.dataset, start=self.offset, rank=self.rank, world_size=self.world_size
+            )
+            return iter(DataLoader(shard, **common))
         sampler = _PermutationSampler(
-            len(self.dataset),
+            len(self.dataset),  # type: ignore[arg-type]
             seed=self.seed,
             epoch=self.epoch,
-            offset=self.offset,  # type: ignore[arg-type]
+            offset=self.offset,
+            rank=self.rank,
+            world_size=self.world_size,
             by_epoch=getattr(self.dataset, "indexed_by_epoch", False),
         )
         return iter(DataLoader(self.dataset, sampler=sampler, drop_last=True, **common))
+
+
+class _StridedIterable(IterableDataset):
+    """Samples ``start + rank, start + rank + world_size, ...`` of an iterable dataset."""
+
+    def __init__(self, dataset: IterableDataset, *, start: int, rank: int, world_size: int):
+        self.dataset, self.start, self.rank, self.world_size = dataset, start, rank, world_size
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.dataset), self.start + self.rank, None, self.world_size)

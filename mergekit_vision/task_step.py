@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor
 from mergekit_vision.builder import BuiltTask, MergedModel
 from mergekit_vision.cache.keyed import keyed_prompts
 from mergekit_vision.contracts import Prompts
+from mergekit_vision.distributed import gather_rows
 
 
 def prepare_images(
@@ -73,25 +75,52 @@ def task_loss(
     generator: torch.Generator,
     device: torch.device,
     update_statistics: bool = True,
+    forward: Callable[..., dict[str, Tensor]] | None = None,
 ) -> Tensor:
     """The (unweighted) distillation loss of ``task`` on ``batch``.
 
     With a target normaliser the head learns the normalised target; its statistics are updated
     from this batch while ``update_statistics`` and the normaliser is still estimating.
+    ``forward(images, head=, prompts=)`` replaces the plain student + head call (the DDP wrapper).
     """
     images, masks = prepare_images(batch, resolution=resolution, device=device)
     prompts = sample_prompts(task, images, masks, generator, batch=batch)
     name = task.spec.target
-    with torch.no_grad():
-        if task.targets is not None and "view" in batch:  # keyed views: read from the cache
-            target = task.targets.target(batch, images)
-        else:
-            target = task.teacher(images, targets=[name], prompts=prompts)[name]
-        if task.name in model.normalizers:
-            normalizer = model.normalizers[task.name]
-            if update_statistics and not normalizer.frozen:
-                normalizer.update(target)
-            target = normalizer(target)
-    features = model.student(images)
-    prediction = model.heads[task.spec.head](features, prompts=prompts)
+    target = teacher_targets(
+        task, images, prompts, model=model, update_statistics=update_statistics, batch=batch
+    )
+    if forward is None:
+        features = model.student(images)
+        prediction = model.heads[task.spec.head](features, prompts=prompts)
+    else:
+        prediction = forward(images, head=task.spec.head, prompts=prompts)
     return task.loss(prediction[name], target)
+
+
+@torch.no_grad()
+def teacher_targets(
+    task: BuiltTask,
+    images: Tensor,
+    prompts: Prompts | None,
+    *,
+    model: MergedModel,
+    update_statistics: bool,
+    batch: dict[str, Any] | None = None,
+) -> Tensor:
+    """The teacher's target for ``images`` as the head learns it (normalised if configured).
+
+    Under data parallelism the normaliser's statistics see every rank's targets (gathered), so
+    they stay identical across ranks. A task with a targets cache reads keyed views' targets
+    there instead of running the teacher (``batch`` names the views).
+    """
+    name = task.spec.target
+    if task.targets is not None and batch is not None and "view" in batch:
+        target = task.targets.target(batch, images)
+    else:
+        target = task.teacher(images, targets=[name], prompts=prompts)[name]
+    if task.name in model.normalizers:
+        normalizer = model.normalizers[task.name]
+        if update_statistics and not normalizer.frozen:
+            normalizer.update(gather_rows(target))
+        target = normalizer(target)
+    return target

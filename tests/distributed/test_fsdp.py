@@ -1,0 +1,30 @@
+"""FSDP2 on 2 CPU processes (gloo): trains like one process and resumes at any world size."""
+
+from __future__ import annotations
+
+import shutil
+
+SUM = ["--set", "stages.1.conflict.type=sum"]  # FSDP shards the per-task rows pcgrad would need
+TOLERANCE = 2e-5
+
+
+def test_fsdp_trains_and_resumes_on_two_ranks_and_in_one_process(runs, recipe_args, tmp_path):
+    reference = tmp_path / "one"
+    runs.run_here([*recipe_args, *SUM, "--output", str(reference)])
+    sharded = [*recipe_args, *SUM, "--set", "distributed.strategy=fsdp", *runs.batch_sizes(2, 2)]
+    two = tmp_path / "two"
+    runs.torchrun([*sharded, "--output", str(two), "--max-steps", "3"])
+    # the step-3 checkpoint is the single-process format: resumable in one process ...
+    one = tmp_path / "resumed_in_one"
+    shutil.copytree(two / "checkpoints" / "last", one / "checkpoints" / "last")
+    runs.run_here([*recipe_args, *SUM, "--output", str(one), "--resume"])
+    # ... and on 2 ranks again
+    runs.torchrun([*sharded, "--output", str(two), "--resume"])
+    want = runs.weights(reference)
+    assert runs.max_difference(want, runs.weights(reference, "step-3")) > 100 * TOLERANCE
+    assert (
+        runs.max_difference(runs.weights(two, "step-3"), runs.weights(reference, "step-3"))
+        < TOLERANCE
+    )
+    assert runs.max_difference(runs.weights(two), want) < TOLERANCE
+    assert runs.max_difference(runs.weights(one), want) < TOLERANCE
