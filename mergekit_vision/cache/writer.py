@@ -85,7 +85,10 @@ def build_cache(
     started = time.perf_counter()
     identity = cache_identity(recipe, task_name)
     head = {"identity": identity, "shard_size": shard_size, "dtype": dtype}
-    _prepare_folder(folder, head, task_name, overwrite=overwrite)
+    done = _prepare_folder(folder, head, task_name, overwrite=overwrite)
+    if done is not None:  # nothing to do: the same cache is complete (streams need no re-read)
+        count = len(done["shards"])
+        return CacheReport(task_name, folder, done["samples"], 0, count, 0.0)
     components = build_components(without_caches(recipe), allow_random_init=allow_random_init)
     task = components.tasks[task_name]
     batch_size = batch_size or task.spec.batch_size
@@ -120,14 +123,17 @@ def build_cache(
     return CacheReport(task_name, folder, samples, written, reused, seconds)
 
 
-def _prepare_folder(folder: Path, head: dict[str, Any], task: str, *, overwrite: bool) -> None:
-    """Start a cache, or continue one of the same identity; refuse to mix two."""
+def _prepare_folder(
+    folder: Path, head: dict[str, Any], task: str, *, overwrite: bool
+) -> dict[str, Any] | None:
+    """Start a cache, or continue one of the same identity (returned when complete); refuse to
+    mix two."""
     existing = read_manifest(folder)
     if existing is not None:
         old = {k: existing.get(k) for k in head}
         diffs = identity_differences(old, head)
         if not diffs:
-            return
+            return existing if existing.get("complete") else None
         if not overwrite:
             raise StaleCacheError(
                 task,
@@ -139,6 +145,7 @@ def _prepare_folder(folder: Path, head: dict[str, Any], task: str, *, overwrite:
         raise FileExistsError(f"{folder} is not empty and holds no targets cache manifest")
     folder.mkdir(parents=True, exist_ok=True)
     write_manifest(folder, {**head, "complete": False})
+    return None
 
 
 def _length(dataset: Any) -> int | None:

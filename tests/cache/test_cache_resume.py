@@ -54,3 +54,12 @@ def test_other_settings_in_folder_refused(built_cache, tiny_recipe_args, tmp_pat
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "holds a cache of something else" in err and "--overwrite" in err
     assert "identity.views: cached 2, recipe 1" in err
+
+
+def test_complete_cache_is_not_recomputed(built_cache, tiny_recipe_args, monkeypatch, capsys):
+    before = files(built_cache / "clip")
+    monkeypatch.setattr(writer, "_write_shard", lambda *a, **k: 1 / 0)
+    args = ["cache", *keyed_args(tiny_recipe_args, built_cache), "--shard-size", "3"]
+    assert main([*args, "--task", "clip"]) == 0
+    assert "0 shards written, 3 kept" in " ".join(capsys.readouterr().out.split())
+    assert files(built_cache / "clip") == before
