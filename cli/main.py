@@ -146,19 +146,61 @@ def _fmt(value: Any) -> str:
 
 @app.command()
 def bench(
-    recipe: RecipeArg,
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML file (omit with --student).")
+    ] = None,
     conflict: Annotated[
-        str, typer.Option(help="Conflict strategies to time, comma-separated; first = baseline.")
-    ] = "sum,pcgrad,upgrad",
-    steps: Annotated[int, typer.Option(help="Timed steps per strategy (after 3 warm-up).")] = 20,
+        str | None,
+        typer.Option(
+            help="Also time conflict strategies, comma-separated, first = baseline "
+            "(e.g. sum,pcgrad,upgrad)."
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Timed steps per variant (after warm-up).")] = 10,
     set_: SetOption = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(help="Student only: MFU of a ViT-Det variant (vit_b, vit_l, vit_h)."),
+    ] = None,
+    resolution: Annotated[int, typer.Option(help="--student: input side in px.")] = 1024,
+    batch: Annotated[int, typer.Option(help="--student: images per step.")] = 1,
     cached_targets: Annotated[
         str | None,
         typer.Option(help="Also time TASK online vs from its targets cache (images/s)."),
     ] = None,
 ) -> None:
-    """Time training steps of conflict strategies interleaved, as ratios to the first."""
+    """Training throughput, step-time split and MFU, SDPA vs original attention interleaved."""
+    from mergekit_vision.bench import bench_student, bench_training
+    from mergekit_vision.cli.perf import print_student_bench, print_training_bench
+
+    if student is not None:
+        from mergekit_vision.students.vitdet import VARIANTS
+
+        if recipe is not None:
+            _user_error(ValueError("give a RECIPE or --student, not both"))
+        if student not in VARIANTS:
+            _user_error(ValueError(f"--student {student!r}: choose one of {', '.join(VARIANTS)}"))
+        result = guarded(
+            lambda: bench_student(variant=student, resolution=resolution, batch=batch, steps=steps)
+        )
+        print_student_bench(console, result)
+        if json_out is not None:
+            json_out.write_text(json.dumps(result, indent=2))
+        return
+    if recipe is None:
+        _user_error(ValueError("give a RECIPE, or --student VARIANT for the student alone"))
+    result = guarded(lambda: bench_training(recipe, overrides=set_, steps=steps))
+    print_training_bench(console, result)
+    if conflict is not None:
+        result["conflict"] = _bench_conflict(recipe, conflict, set_, steps)
+    if cached_targets is not None:
+        result["cached_targets"] = _bench_cached_targets(recipe, cached_targets, set_, steps)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+def _bench_conflict(recipe: Path, conflict: str, set_: list[str] | None, steps: int) -> dict:
     from mergekit_vision.bench import bench_conflict
 
     names = [c.strip() for c in conflict.split(",") if c.strip()]
@@ -169,10 +211,21 @@ def bench(
             name, f"{result['median_step_s'][name]:.3f}", f"{result['ratio_to_first'][name]:.3f}"
         )
     console.print(table)
-    if result["random_weights"]:
-        console.print("(teacher checkpoints missing: timed with random weights)")
-    if cached_targets is not None:
-        result["cached_targets"] = _bench_cached_targets(recipe, cached_targets, set_, steps)
+    return result
+
+
+@app.command()
+def profile(
+    recipe: RecipeArg,
+    set_: SetOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """Parameters and FLOPs of the merged model vs running the teachers separately."""
+    from mergekit_vision.cli.perf import print_profile
+    from mergekit_vision.profile import profile_recipe
+
+    result = guarded(lambda: profile_recipe(recipe, overrides=set_))
+    print_profile(console, result)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
 

@@ -50,6 +50,40 @@ def block_forward_sdpa(block: Block, x: Tensor) -> Tensor:
     return x + block.mlp(block.norm2(x))
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v`` for ``[B, heads, N, d]`` q, k, v.
+
+    Through :func:`~torch.nn.functional.scaled_dot_product_attention`, except on CPU when the
+    bias needs a gradient: PyTorch has no fused CPU kernel for that case and runs its math
+    fallback, whose copies of non-contiguous inputs and NaN-safe softmax cost more than the
+    attention products themselves; :func:`explicit_attention` computes the same without them.
+    """
+    if q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled():
+        return explicit_attention(q, k, v, bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """SDPA's math, lean: the bias added inside the ``q k^T`` matmul (``baddbmm``), plain softmax.
+
+    Args:
+        q: ``[B, heads, Nq, d]``; k, v: ``[B, heads, Nk, d]``; bias: ``[B, heads, Nq, Nk]``.
+
+    Returns:
+        ``[B, heads, Nq, d]``.
+    """
+    batch, heads, queries, dim = q.shape
+    flat = batch * heads
+    scores = torch.baddbmm(
+        bias.reshape(flat, queries, -1),
+        q.reshape(flat, queries, dim),
+        k.reshape(flat, -1, dim).transpose(1, 2),
+        alpha=dim**-0.5,
+    )
+    out = torch.bmm(scores.softmax(dim=-1), v.reshape(flat, -1, v.shape[-1]))
+    return out.view(batch, heads, queries, -1)
+
+
 def _split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """``[B, N, 3C]`` -> q, k, v ``[B, heads, N, C/heads]`` (views, no copy)."""
     batch, tokens, width = qkv.shape
@@ -101,7 +135,7 @@ def _windowed_attention(x: Tensor, window: int, attn: torch.nn.Module) -> Tensor
     windows = windows.reshape(batch * rows * cols, window * window, 3 * channels)
     q, k, v = _split_heads(windows, heads)
     rel_h, rel_w = _rel_pos_terms(q, attn, (window, window))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_bias(rel_h, rel_w))
+    out = attend(q, k, v, _bias(rel_h, rel_w))
     # [B*nW, heads, ws*ws, d] -> [B, rows, ws, cols, ws, heads, d] -> [B, Hp, Wp, C]
     out = out.view(batch, rows, cols, heads, window, window, -1).permute(0, 1, 4, 2, 5, 3, 6)
     out = out.reshape(batch, rows * window, cols * window, channels)
@@ -113,7 +147,8 @@ def _global_attention(x: Tensor, attn: torch.nn.Module) -> Tensor:
     batch, height, width, channels = x.shape
     heads = attn.num_heads
     qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).view(batch, height * width, 3 * channels)
-    q, k, v = _split_heads(qkv, heads)
+    # contiguous once, not once per chunk
+    q, k, v = (t.contiguous() for t in _split_heads(qkv, heads))
     tokens = height * width
     chunk_rows = max(1, GLOBAL_CHUNK_ELEMENTS // (batch * heads * width * tokens))
     outputs = []
@@ -121,6 +156,6 @@ def _global_attention(x: Tensor, attn: torch.nn.Module) -> Tensor:
         rows = slice(start, min(start + chunk_rows, height))
         rel_h, rel_w = _rel_pos_terms(q, attn, (height, width), rows)
         q_rows = q[:, :, rows.start * width : rows.stop * width]
-        outputs.append(F.scaled_dot_product_attention(q_rows, k, v, attn_mask=_bias(rel_h, rel_w)))
+        outputs.append(attend(q_rows, k, v, _bias(rel_h, rel_w)))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
     return out.transpose(1, 2).reshape(batch, height, width, channels)

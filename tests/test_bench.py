@@ -1,0 +1,60 @@
+"""``vmerge bench``: training throughput and MFU, SDPA vs original attention side by side."""
+
+from __future__ import annotations
+
+import pytest
+
+from mergekit_vision.bench import PHASES, bench_student, bench_training
+from mergekit_vision.cli.main import main
+
+from .conftest import TINY_RECIPE
+
+TINY_STUDENT = dict(
+    embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), patch_size=8, window_size=3
+)
+
+
+def test_student_bench_counts_segment_anything_flops_for_both_attentions():
+    result = bench_student(
+        variant="custom",
+        architecture=TINY_STUDENT,
+        resolution=64,
+        batch=2,
+        steps=2,
+        warmup=0,
+        peak_size=64,
+    )
+    assert set(result["mfu"]) == {"sdpa", "original"}
+    assert result["model_gflops"] == pytest.approx(result["executed_gflops"]["original"])
+    # the 8x8 grid pads to 9x9 windows: segment_anything projects the padding, SDPA does not
+    assert result["executed_gflops"]["sdpa"] < result["model_gflops"]
+    for name in ("sdpa", "original"):
+        assert result["mfu"][name] > 0 and result["median_step_s"][name] > 0
+    assert result["speedup_vs_original"]["original"] == pytest.approx(1.0)
+
+
+def test_training_bench_splits_the_step_per_phase(tiny_checkpoints):
+    overrides = [f"teachers.{n}.params.checkpoint={p}" for n, p in tiny_checkpoints.items()]
+    result = bench_training(TINY_RECIPE, overrides=overrides, steps=2, warmup=0, peak_size=64)
+    assert result["stage"] == "multitask_distillation" and not result["random_weights"]
+    assert result["model_gflops_per_step"] > 0 and result["teacher_gflops_per_step"] > 0
+    assert result["peak_memory_mb"] > 0
+    for row in result["attention"].values():
+        assert set(row["phase_s"]) == set(PHASES)
+        assert row["median_step_s"] == pytest.approx(sum(row["phase_s"].values()), rel=0.5)
+        assert set(row["images_per_s"]) == {"clip", "sam"}
+        assert row["images_per_s"]["clip"] == pytest.approx(2 * row["images_per_s"]["sam"])
+        assert row["mfu"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench"], "give a RECIPE"),
+        (["bench", "--student", "vit_q"], "choose one of vit_b"),
+        (["bench", str(TINY_RECIPE), "--student", "vit_b"], "not both"),
+    ],
+)
+def test_cli_refuses_unclear_requests(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
