@@ -109,15 +109,6 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def broadcast_flag(flag: bool, world: World) -> bool:
-    """Rank 0's ``flag`` on every rank (decisions that must agree, e.g. stopping)."""
-    if not world.distributed:
-        return flag
-    holder = [flag]
-    dist.broadcast_object_list(holder, src=0)
-    return bool(holder[0])
-
-
 class HeadForward(nn.Module):
     """Student then one head: the forward DDP wraps, so one wrapper serves every task."""
 

@@ -33,6 +33,7 @@ from mergekit_vision.distributed import (
 )
 from mergekit_vision.monitor import ForgettingMonitor
 from mergekit_vision.recipe import StageSpec
+from mergekit_vision.recipe_io import Issue, RecipeError
 from mergekit_vision.registry import CONFLICT, WEIGHTING
 from mergekit_vision.stage import StageRun, build_stage, stage_steps
 from mergekit_vision.streams import BatchStream
@@ -277,16 +278,18 @@ class Engine:
     def _check_parallel_support(self) -> None:
         if not (self.world.distributed and self.recipe.distributed.strategy == "fsdp"):
             return
-        for stage in self.recipe.stages:
-            if (
-                CONFLICT.get(stage.conflict.type).needs_task_gradients
-                or WEIGHTING.get(stage.weighting.type).needs_task_gradients
-            ):
-                raise ValueError(
-                    f"stages {stage.name!r}: conflict {stage.conflict.type!r} / weighting "
-                    f"{stage.weighting.type!r} need whole per-task gradients, which FSDP shards; "
-                    "use distributed.strategy ddp with them"
-                )
+        issues = [
+            Issue(
+                f"stages.{i}",
+                f"conflict {stage.conflict.type!r} / weighting {stage.weighting.type!r} need "
+                "whole per-task gradients, which FSDP shards; use distributed.strategy ddp",
+            )
+            for i, stage in enumerate(self.recipe.stages)
+            if CONFLICT.get(stage.conflict.type).needs_task_gradients
+            or WEIGHTING.get(stage.weighting.type).needs_task_gradients
+        ]
+        if issues:
+            raise RecipeError(self.recipe.name, issues)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines a crashed run wrote after its last checkpoint."""

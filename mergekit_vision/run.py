@@ -107,7 +107,8 @@ def _run(
     if dry_run:
         recipe = dry_run_recipe(recipe)
         if output is None and world.distributed:
-            raise ValueError("--dry-run under torchrun: give --output (shared by the ranks)")
+            issue = Issue("--output", "--dry-run under torchrun: give a folder all ranks share")
+            raise RecipeError(str(recipe_path), [issue])
         output = output or Path(tempfile.mkdtemp(prefix=f"vmerge-dry-run-{recipe.name}-"))
     else:
         if recipe.toy is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 SUM = ["--set", "stages.1.conflict.type=sum"]  # FSDP shards the per-task rows pcgrad would need
 TOLERANCE = 2e-5
 
@@ -28,3 +30,22 @@ def test_fsdp_trains_and_resumes_on_two_ranks_and_in_one_process(runs, recipe_ar
     )
     assert runs.max_difference(runs.weights(two), want) < TOLERANCE
     assert runs.max_difference(runs.weights(one), want) < TOLERANCE
+
+
+def test_fsdp_refuses_strategies_that_need_whole_task_gradients(runs, recipe_args, tmp_path):
+    """Checked before any collective: no process group is needed to see the refusal."""
+    from mergekit_vision.builder import build_components
+    from mergekit_vision.distributed import World
+    from mergekit_vision.engine import Engine
+    from mergekit_vision.recipe_io import RecipeError, load_recipe
+
+    sets = recipe_args[1:][1::2] + ["distributed.strategy=fsdp"]  # pcgrad in stage 1
+    recipe = load_recipe(recipe_args[0], sets)
+    engine = Engine(
+        build_components(recipe), output_dir=tmp_path, recipe_yaml="", world=World(size=2)
+    )
+    with pytest.raises(
+        RecipeError, match=r"stages\.1: conflict 'pcgrad'.*distributed\.strategy ddp"
+    ):
+        engine.run(progress=False)
+    assert not (tmp_path / "metrics.jsonl").exists()
