@@ -49,7 +49,9 @@ class TimmParams(PluginParams):
     ``num_heads``, ``num_classes``, ``dynamic_img_size``, ...), so a checkpoint trained at another
     size or a tiny test model are both a recipe edit. ``image_size`` is the side every image is
     resized to (default: the model's ``img_size``, else its pretrained config's input size);
-    ``mean``/``std`` override the pretrained config's normalisation.
+    ``mean``/``std`` override the pretrained config's normalisation. A ViT whose ``image_size``
+    differs from its ``img_size`` has its position table resampled after loading (timm's
+    ``set_input_size``), so DINOv2's 518 px checkpoint runs at ``image_size: 224`` directly.
     """
 
     model: str
@@ -164,6 +166,7 @@ class TimmTeacher(Teacher):
                 "random weights are only for tests and dry runs (allow_random_init)"
             )
         data = resolve_model_data_config(model)
+        _fit_input_size(model, params.image_size)
         size = params.image_size or _model_img_size(model) or int(data["input_size"][-1])
         teacher = cls(
             model=model,
@@ -231,6 +234,19 @@ class TimmTeacher(Teacher):
         grid = patch_embed.dynamic_feat_size(tuple(image_hw))
         patches = features[:, self.num_prefix_tokens :]
         return patches.transpose(1, 2).reshape(features.shape[0], -1, *grid)
+
+
+def _fit_input_size(model: nn.Module, size: int | None) -> None:
+    """Resample a ViT's position table to ``size`` (timm's ``set_input_size``) when it differs."""
+    built = _model_img_size(model)
+    if size is None or built is None or built == size:
+        return
+    if not callable(getattr(model, "set_input_size", None)):
+        raise ValueError(
+            f"image_size {size} differs from the model's img_size {built} and the model cannot "
+            "be resized; set model_kwargs.img_size instead"
+        )
+    model.set_input_size(img_size=size)
 
 
 def _model_img_size(model: nn.Module) -> int | None:
