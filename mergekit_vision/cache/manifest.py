@@ -59,9 +59,8 @@ def cache_identity(recipe: Recipe, task_name: str) -> dict[str, Any]:
     params = teacher_params.model_dump(mode="json")
     for field in files:  # the file's content counts, not where it lies
         params.pop(field, None)
-    prompts = None
-    if spec.prompts is not None or spec.target == "mask_logits":
-        prompts = (spec.prompts or PromptSamplerParams()).model_dump(mode="json")
+    # Resolved even for targets without prompts: the recipe cannot tell which need them.
+    prompts = (spec.prompts or PromptSamplerParams()).model_dump(mode="json")
     return {
         "format": FORMAT,
         "task": task_name,
