@@ -32,6 +32,7 @@ from mergekit_vision.distributed import (
     mean_over_ranks,
 )
 from mergekit_vision.monitor import ForgettingMonitor
+from mergekit_vision.performance import apply_performance
 from mergekit_vision.recipe import StageSpec
 from mergekit_vision.recipe_io import Issue, RecipeError
 from mergekit_vision.registry import CONFLICT, WEIGHTING
@@ -58,6 +59,7 @@ class Engine:
         world: World | None = None,
     ):
         self.c = components
+        apply_performance(components.model, components.recipe.performance, device=components.device)
         self.world = world or World()
         self.parallel: Parallel | None = None
         self.recipe = components.recipe

@@ -29,8 +29,23 @@ def build_optimizer(
                 )
     if not param_groups:
         raise ValueError(f"stage {stage.name!r} has no trainable parameters in {stage.train}")
-    fused = all(p.is_cuda for g in param_groups for p in g["params"])
+    params = [p for g in param_groups for p in g["params"]]
+    fused = getattr(spec, "fused", None)
+    if fused is None:
+        fused = fused_adamw_available(params)
+    elif fused and not fused_adamw_available(params):
+        raise ValueError("optimizer.fused: no fused AdamW kernel for these parameters' device")
     return torch.optim.AdamW(param_groups, betas=spec.betas, eps=spec.eps, fused=fused or None)
+
+
+def fused_adamw_available(params: list[nn.Parameter]) -> bool:
+    """Whether ``AdamW(fused=True)`` runs on ``params`` (floating point, one fused device type)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    supported = set(_get_fused_kernels_supported_devices())
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in supported for p in params
+    )
 
 
 def build_schedule(

@@ -121,6 +121,9 @@ class OptimizerSpec(Frozen):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float | None = Field(None, gt=0)
+    fused: bool | None = Field(
+        None, description="fused AdamW kernel; None: wherever the parameters' device has one"
+    )
 
 
 class ScheduleSpec(Frozen):
@@ -150,6 +153,19 @@ class DistributedSpec(Frozen):
     """
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
+
+
+class PerformanceSpec(Frozen):
+    """Speed switches that leave the trained function unchanged (up to float rounding)."""
+
+    activation_checkpointing: bool = Field(
+        False, description="recompute each student block in backward (less memory, ~1.3x time)"
+    )
+    compile: bool = Field(False, description="torch.compile the student")
+    channels_last: bool = Field(False, description="channels-last memory format (conv layers)")
+    autocast: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="student and heads' precision; auto: bf16 on CUDA, fp32 on CPU"
+    )
 
 
 class DryRunSpec(Frozen):
@@ -215,6 +231,7 @@ class Recipe(Frozen):
     logging: LoggingSpec = LoggingSpec()
     checkpointing: CheckpointSpec = CheckpointSpec()
     dry_run: DryRunSpec = DryRunSpec()
+    performance: PerformanceSpec = PerformanceSpec()
     distributed: DistributedSpec = DistributedSpec()
     eval: EvalSpec | None = None
     toy: ToySpec | None = Field(

@@ -13,6 +13,7 @@ from mergekit_vision.builder import BuiltTask, MergedModel
 from mergekit_vision.cache.keyed import keyed_prompts
 from mergekit_vision.contracts import Prompts
 from mergekit_vision.distributed import gather_rows
+from mergekit_vision.performance import autocast_context
 
 
 def prepare_images(
@@ -89,12 +90,13 @@ def task_loss(
     target = teacher_targets(
         task, images, prompts, model=model, update_statistics=update_statistics, batch=batch
     )
-    if forward is None:
-        features = model.student(images)
-        prediction = model.heads[task.spec.head](features, prompts=prompts)
-    else:
-        prediction = forward(images, head=task.spec.head, prompts=prompts)
-    return task.loss(prediction[name], target)
+    with autocast_context(device, getattr(model, "autocast_dtype", None)):
+        if forward is None:
+            features = model.student(images)
+            prediction = model.heads[task.spec.head](features, prompts=prompts)
+        else:
+            prediction = forward(images, head=task.spec.head, prompts=prompts)
+    return task.loss(prediction[name].float(), target)
 
 
 @torch.no_grad()

@@ -1,0 +1,106 @@
+"""The recipe's speed switches: applied to the built model, refused where they cannot hold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from mergekit_vision.cli.main import main
+from mergekit_vision.optim import build_optimizer, fused_adamw_available
+from mergekit_vision.performance import apply_performance, autocast_context, autocast_dtype
+from mergekit_vision.recipe import OptimizerSpec, PerformanceSpec, StageSpec
+from mergekit_vision.students.vitdet import ViTDetStudent
+
+STAGE = StageSpec(name="s", steps=1, tasks=["t"], train=["backbone"], lr=1e-3)
+
+
+class _Model(nn.Module):
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+
+def _tiny_model() -> _Model:
+    return _Model(
+        ViTDetStudent(
+            embed_dim=16,
+            depth=2,
+            num_heads=2,
+            global_attn_indexes=(1,),
+            patch_size=8,
+            window_size=2,
+            out_chans=8,
+            native_size=32,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "expected"),
+    [
+        ("cpu", "auto", None),
+        ("cuda", "auto", torch.bfloat16),
+        ("cpu", "bf16", torch.bfloat16),
+        ("cuda", "fp32", None),
+    ],
+)
+def test_autocast_is_bf16_on_gpu_and_fp32_on_cpu_by_default(device, precision, expected):
+    assert autocast_dtype(device, precision) is expected
+
+
+def test_autocast_context_casts_matmuls_only_when_asked():
+    a = torch.randn(4, 4)
+    with autocast_context("cpu", None):
+        assert (a @ a).dtype == torch.float32
+    with autocast_context("cpu", torch.bfloat16):
+        assert (a @ a).dtype == torch.bfloat16
+
+
+def test_switches_reach_the_student():
+    model = _tiny_model()
+    spec = PerformanceSpec(activation_checkpointing=True, compile=True)
+    apply_performance(model, spec, device=torch.device("cpu"))
+    assert model.student.activation_checkpointing
+    assert model.student._compiled_call_impl is not None  # compiled lazily, on first call
+    assert model.autocast_dtype is None
+    assert list(dict(model.named_parameters())) == list(dict(_tiny_model().named_parameters()))
+
+
+def test_checkpointing_refused_for_a_student_without_it():
+    with pytest.raises(ValueError, match="no per-block checkpointing"):
+        apply_performance(
+            _Model(nn.Linear(2, 2)),
+            PerformanceSpec(activation_checkpointing=True),
+            device=torch.device("cpu"),
+        )
+
+
+def test_fused_adamw_where_the_device_has_it():
+    params = list(nn.Linear(4, 4).parameters())
+    auto = build_optimizer({"backbone": params}, stage=STAGE, spec=OptimizerSpec())
+    assert auto.defaults["fused"] is fused_adamw_available(params)
+    off = build_optimizer({"backbone": params}, stage=STAGE, spec=OptimizerSpec(fused=False))
+    assert not off.defaults["fused"]
+
+
+def test_fused_adamw_refused_for_parameters_without_a_kernel(monkeypatch):
+    import torch.utils._foreach_utils as foreach_utils
+
+    monkeypatch.setattr(foreach_utils, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    params = list(nn.Linear(4, 4).parameters())
+    with pytest.raises(ValueError, match="no fused AdamW kernel"):
+        build_optimizer({"backbone": params}, stage=STAGE, spec=OptimizerSpec(fused=True))
+
+
+def test_run_with_checkpointing_trains_the_backbone(tiny_recipe_args, tmp_path):
+    out = tmp_path / "run"
+    argv = ["run", *tiny_recipe_args, "--output", str(out), "--max-steps", "2"]
+    argv += ["--set", "performance.activation_checkpointing=true", "--set", "stages.0.steps=1"]
+    assert main(argv) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert rows[1]["stage"] == "multitask_distillation"  # the backbone trains, checkpointed
