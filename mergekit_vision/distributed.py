@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -144,12 +145,18 @@ class Parallel:
         from torch.nn.parallel import DistributedDataParallel
 
         self._ddp = None  # drop the previous stage's reducer and its hooks first
-        self._ddp = DistributedDataParallel(
-            HeadForward(self.model),
-            device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            find_unused_parameters=True,  # a task's forward uses one head of several
-            broadcast_buffers=False,  # target statistics are averaged by the normalisers' data
-        )
+        cuda = self.device.type == "cuda"
+        with warnings.catch_warnings():
+            # torch 2.14 renames broadcast_buffers; the old name keeps older versions working
+            warnings.simplefilter("ignore", FutureWarning)
+            self._ddp = DistributedDataParallel(
+                HeadForward(self.model),
+                device_ids=[torch.cuda.current_device()] if cuda else None,
+                find_unused_parameters=True,  # a task's forward uses one head of several
+                # buffers (target statistics) stay equal by construction: normalisers update
+                # from every rank's targets
+                broadcast_buffers=False,
+            )
 
     def forward_fn(self) -> Any:
         """The callable ``(images, head=, prompts=) -> predictions`` task steps run."""

@@ -312,7 +312,8 @@ class Engine:
                 saved["stage"]["monitor"] = self.monitor.state_dict()
         assert self.parallel is not None
         self.parallel.reshard()
-        weights = full_model_state(self.c.model)
+        if self.world.is_main or self.parallel.sharded:  # gathering shards takes every rank
+            weights = full_model_state(self.c.model)
         if self.world.is_main:
             save_checkpoint(
                 self.checkpoints,
