@@ -106,7 +106,7 @@ def bench_student(
     resolution: int = 1024,
     batch: int = 1,
     steps: int = 5,
-    warmup: int = 1,
+    warmup: int = 0,
     attentions: Sequence[str] = ("sdpa", "original"),
     activation_checkpointing: bool = False,
     device: str = "cpu",
@@ -119,7 +119,8 @@ def bench_student(
     window padding counts as it computes it) and used for every variant; the FLOPs a variant
     actually executes are reported beside. Each round times the matmul peak, then one step of
     every variant, so machine drift hits all alike; MFU is the median over rounds of
-    ``model FLOPs / step time / that round's peak``. ``architecture`` overrides the variant's
+    ``model FLOPs / step time / that round's peak``. The FLOP-counting passes run every variant
+    once before timing, so ``warmup`` rounds are optional. ``architecture`` overrides the variant's
     sizes (``ViTDetStudent.Params`` fields, e.g. for a tiny ``custom`` student).
     """
     params = ViTDetStudent.Params(variant=variant, native_size=resolution, **(architecture or {}))
