@@ -119,3 +119,16 @@ def test_attention_param_reaches_the_student_and_rejects_typos():
     assert ViTDetStudent.Params().attention == "sdpa"
     with pytest.raises(ValueError, match="attention"):
         ViTDetStudent.Params(attention="flash")
+
+
+@pytest.mark.parametrize("needs_grad", [True, False], ids=["explicit-kernel", "sdpa-kernel"])
+def test_attend_equals_softmax_attention_with_the_bias(needs_grad):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 20, 8, dtype=torch.double) for _ in range(3))
+    bias = torch.randn(2, 3, 20, 20, dtype=torch.double, requires_grad=needs_grad)
+    want = torch.softmax(q @ k.mT / 8**0.5 + bias, dim=-1) @ v
+    got = vitdet_attention.attend(q, k, v, bias)
+    torch.testing.assert_close(got, want)
+    if needs_grad:
+        want_grad = torch.autograd.grad(want.square().sum(), bias)
+        torch.testing.assert_close(torch.autograd.grad(got.square().sum(), bias), want_grad)
