@@ -7,10 +7,11 @@ import torch
 
 from mergekit_vision.builder import build_components
 from mergekit_vision.cache.writer import without_caches
+from mergekit_vision.cli.main import main
 from mergekit_vision.data.base import collate_samples
 from mergekit_vision.task_step import prepare_images, sample_prompts
 
-from .conftest import keyed_recipe
+from .conftest import keyed_args, keyed_recipe
 
 
 def batch_of(task, view: int, indices: list[int]) -> dict:
@@ -71,3 +72,27 @@ def test_cached_task_never_runs_the_teacher(built_cache, tiny_recipe_args, monke
             device=torch.device("cpu"),
         )
         assert torch.isfinite(loss)
+
+
+def test_teacher_sourced_prompts_cached(tiny_recipe_args, tmp_path):
+    """Without ground-truth masks the prompts are boxes of the teacher's own masks: cached too."""
+    teacher_source = [*tiny_recipe_args, "--set", "tasks.sam.prompts.source=teacher"]
+    assert (
+        main(
+            ["cache", *keyed_args(teacher_source, None), "--task", "sam", "--output", str(tmp_path)]
+        )
+        == 0
+    )
+    recipe = keyed_recipe(teacher_source, tmp_path)
+    online = build_components(without_caches(recipe)).tasks["sam"]
+    cached = build_components(recipe).tasks["sam"]
+    assert online.prompt_source == "teacher"
+    batch = collate_samples([online.dataset[(1, i)] for i in [6, 1, 3]])
+    images, masks = prepare_images(batch, resolution=64, device=torch.device("cpu"))
+    prompts = sample_prompts(online, images, masks, torch.Generator(), batch=batch)
+    expected = online.teacher(images, targets=["mask_logits"], prompts=prompts)["mask_logits"]
+    torch.testing.assert_close(cached.targets.prompts(batch, images).boxes, prompts.boxes)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(
+        cached.targets.target(batch, images), expected, rtol=2e-3, atol=2e-3 * scale
+    )
