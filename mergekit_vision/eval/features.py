@@ -8,7 +8,9 @@ target needs no prompts is measured: the mean cosine similarity between the head
 the teacher's target (per image for vectors ``[B, D]``, per position for maps ``[B, C, h, w]``,
 the prediction resized to the teacher's grid), next to the same cosine for a constant prediction,
 the teacher's own mean target over the images: a head must beat that baseline to have learned
-anything image-specific.
+anything image-specific. ``centered_cosine`` measures that image-specific part directly: both
+sides minus the teacher's mean target before the cosine (0 for the constant prediction, 1 for a
+perfect one), which matters for teachers whose features share a large common component.
 """
 
 from __future__ import annotations
@@ -36,17 +38,17 @@ def feature_tasks(components: Components) -> list[str]:
     return names
 
 
-def _cosines(prediction: Tensor, target: Tensor) -> Tensor:
-    """Cosine per vector: ``[B]`` for ``[B, D]``, ``[B * h * w]`` for ``[B, C, h, w]``."""
-    prediction = align_prediction(prediction.float(), target.float(), loss="retention")
-    return F.cosine_similarity(prediction, target.float(), dim=1).flatten()
+def _mean_cosine(prediction: Tensor, target: Tensor) -> float:
+    """Mean cosine over vectors: rows of ``[B, D]``, positions of ``[B, C, h, w]``."""
+    return float(F.cosine_similarity(prediction, target, dim=1).mean())
 
 
 @torch.no_grad()
 def feature_retention(
     components: Components, dataset: Any, *, batch_size: int, max_images: int = 64
 ) -> dict[str, dict[str, Any]]:
-    """Per feature task: ``cosine`` (merged head vs teacher), ``mean_baseline_cosine``, images.
+    """Per feature task: ``cosine`` and ``centered_cosine`` (merged head vs teacher),
+    ``mean_baseline_cosine`` (a constant prediction vs teacher) and the number of images.
 
     Args:
         components: the built recipe with the trained model loaded.
@@ -75,14 +77,16 @@ def feature_retention(
             targets[name].append(target.cpu())
     out: dict[str, dict[str, Any]] = {}
     for name in tasks:
-        prediction, target = torch.cat(predictions[name]), torch.cat(targets[name])
-        constant = target.mean(dim=0, keepdim=True).expand_as(target)
+        target = torch.cat(targets[name]).float()
+        prediction = align_prediction(torch.cat(predictions[name]).float(), target, loss="eval")
+        mean = target.mean(dim=0, keepdim=True)
         task = components.tasks[name]
         out[name] = {
             "teacher": task.spec.teacher,
             "target": task.spec.target,
-            "cosine": float(_cosines(prediction, target).mean()),
-            "mean_baseline_cosine": float(_cosines(constant, target).mean()),
+            "cosine": _mean_cosine(prediction, target),
+            "centered_cosine": _mean_cosine(prediction - mean, target - mean),
+            "mean_baseline_cosine": _mean_cosine(mean.expand_as(target), target),
             "images": int(target.shape[0]),
         }
     return out
@@ -111,7 +115,7 @@ def print_feature_table(results: dict[str, Any], console: Console | None = None)
     if not found:
         return
     table = Table(title="feature retention: cosine(merged head, teacher) on eval images")
-    for column in ("task", "teacher", "target", "cosine", "mean baseline"):
+    for column in ("task", "teacher", "target", "cosine", "centered", "mean baseline"):
         table.add_column(column, justify="left" if column in ("task", "teacher") else "right")
     for name, row in found.items():
         table.add_row(
@@ -119,6 +123,7 @@ def print_feature_table(results: dict[str, Any], console: Console | None = None)
             row["teacher"],
             row["target"],
             f"{row['cosine']:.3f}",
+            f"{row['centered_cosine']:.3f}",
             f"{row['mean_baseline_cosine']:.3f}",
         )
     (console or Console()).print(table)

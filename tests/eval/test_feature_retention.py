@@ -66,6 +66,8 @@ def test_cosines_and_baseline(components):
     assert found["summary"]["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert found["spatial"]["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert found["inverted"]["cosine"] == pytest.approx(-1.0, abs=1e-5)
+    assert found["spatial"]["centered_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert -1 < found["inverted"]["centered_cosine"] < 0  # -t - m against t - m
     for row in found.values():
         assert row["images"] == 4 and row["teacher"] == "dino"
         assert -1 < row["mean_baseline_cosine"] < 1
