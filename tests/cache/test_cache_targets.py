@@ -83,7 +83,9 @@ def test_teacher_sourced_prompts_cached(tiny_recipe_args, tmp_path):
         )
         == 0
     )
-    recipe = keyed_recipe(teacher_source, tmp_path)
+    recipe = keyed_recipe(
+        [*teacher_source, "--set", f"tasks.sam.targets_cache={tmp_path / 'sam'}"], None
+    )
     online = build_components(without_caches(recipe)).tasks["sam"]
     cached = build_components(recipe).tasks["sam"]
     assert online.prompt_source == "teacher"
