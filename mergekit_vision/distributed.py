@@ -158,9 +158,10 @@ class Parallel:
                 broadcast_buffers=False,
             )
 
-    def forward_fn(self) -> Any:
-        """The callable ``(images, head=, prompts=) -> predictions`` task steps run."""
-        return self._ddp if self._ddp is not None else HeadForward(self.model)
+    def forward_fn(self) -> nn.Module | None:
+        """The DDP-wrapped ``(images, head=, prompts=) -> predictions`` task steps must run;
+        None where the plain student and head calls do (one process, FSDP's own hooks)."""
+        return self._ddp
 
     @contextlib.contextmanager
     def sync(self, enabled: bool) -> Iterator[None]:
