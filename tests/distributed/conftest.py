@@ -66,9 +66,12 @@ def weights(run: Path, checkpoint: str = "last") -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / checkpoint / "model.safetensors"))
 
 
-def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+def max_difference(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *, prefix: str = ""
+) -> float:
+    """Largest absolute difference over the tensors whose names start with ``prefix``."""
     assert a.keys() == b.keys()
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k.startswith(prefix))
 
 
 class Runs:
