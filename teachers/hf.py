@@ -13,6 +13,7 @@ Nothing is downloaded: the folder is read with ``local_files_only=True``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from collections.abc import Sequence
@@ -65,6 +66,14 @@ def _pooled(output: Any) -> Tensor:
     return output if isinstance(output, Tensor) else output.pooler_output
 
 
+def _interpolation(method: Any, resized: bool) -> dict[str, bool]:
+    """``{"interpolate_pos_encoding": True}`` for a resized input when ``method`` takes it."""
+    if not resized or not callable(method):
+        return {}
+    takes = "interpolate_pos_encoding" in inspect.signature(method).parameters
+    return {"interpolate_pos_encoding": True} if takes else {}
+
+
 def _processor_stats(path: Path | None) -> dict[str, Any]:
     file = None if path is None else path / PROCESSOR_FILE
     return json.loads(file.read_text()) if file is not None and file.is_file() else {}
@@ -107,6 +116,11 @@ class HfTeacher(Teacher):
         self.tokenizer, self.text_padding, self.text_length = tokenizer, text_padding, text_length
         self.has_text = callable(getattr(model, "get_text_features", None))
         vision_config = _vision_config(model.config)
+        # Towers that resample their position table only on request (SigLIP, CLIP) are asked to
+        # when the input size differs from the trained one; DINOv2 always resamples.
+        resized = self.input_size != int(vision_config.image_size)
+        self._vision_kwargs = _interpolation(self.vision.forward, resized)
+        self._image_kwargs = _interpolation(getattr(model, "get_image_features", None), resized)
         self.width = int(vision_config.hidden_size)
         self.embed_dim = self.width
         if self.has_text:
@@ -197,11 +211,12 @@ class HfTeacher(Teacher):
         pixels = self.prepare(images)
         out: dict[str, Tensor] = {}
         if "summary" in targets or "spatial" in targets:
-            vision = self.vision(pixel_values=pixels)
+            vision = self.vision(pixel_values=pixels, **self._vision_kwargs)
             out["summary"] = vision.pooler_output
             out["spatial"] = self._grid(vision.last_hidden_state, pixels.shape[-1])
         if "image_embedding" in targets:
-            embedding = _pooled(self.model.get_image_features(pixel_values=pixels))
+            features = self.model.get_image_features(pixel_values=pixels, **self._image_kwargs)
+            embedding = _pooled(features)
             out["image_embedding"] = F.normalize(embedding, dim=-1)
         return {name: out[name] for name in targets}
 

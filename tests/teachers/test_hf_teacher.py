@@ -110,6 +110,20 @@ def test_siglip_image_and_text_towers(siglip_folder):
     torch.testing.assert_close(embedded, F.normalize(want_text, dim=-1))
 
 
+def test_siglip_at_another_input_size_resamples_its_position_table(siglip_folder):
+    folder, model = siglip_folder
+    teacher = HfTeacher.build(HfParams(path=folder, image_size=48))
+    assert teacher.target_specs()["spatial"].shape == ("B", 32, 6, 6)
+    images = torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        out = teacher(images, targets=["spatial", "image_embedding"])
+        pixels = resize_and_normalise(images, size=48, mean=MEAN, std=STD)
+        want = model.vision_model(pixel_values=pixels, interpolate_pos_encoding=True)
+    patches = want.last_hidden_state.transpose(1, 2).reshape(1, 32, 6, 6)
+    torch.testing.assert_close(out["spatial"], patches)
+    assert out["image_embedding"].shape == (1, 32)
+
+
 def test_siglip_serves_the_zero_shot_evaluation(siglip_folder):
     folder, _ = siglip_folder
     clip_like = ClipTeacherEval(HfTeacher.build(HfParams(path=folder)))
