@@ -86,7 +86,7 @@ class AdaptorHead(Head):
         upsample: bool = True
 
         @model_validator(mode="after")
-        def _something(self) -> AdaptorHead.Params:
+        def _at_least_one_side(self) -> AdaptorHead.Params:
             if self.summary_target is None and self.spatial_target is None:
                 raise ValueError("give summary_target, spatial_target or both")
             return self
