@@ -5,7 +5,8 @@ Targets follow AM-RADIO (Ranzinger et al., CVPR 2024, arXiv 2312.06709): the ``s
 the ``spatial`` patch features. A model with a text tower (SigLIP, Zhai et al., "Sigmoid Loss for
 Language Image Pre-Training", ICCV 2023, arXiv 2303.15343; CLIP) also gives ``image_embedding``,
 its L2-normalised embedding in the shared image-text space, and :meth:`HfTeacher.encode_text`, so
-the evaluation suite uses it as a zero-shot classifier like the open_clip teacher. DINOv2 (Oquab
+the evaluation suite uses it as a zero-shot classifier like the open_clip teacher (and, through
+SigLIP's pooling head, :meth:`HfTeacher.dense_embeddings` for zero-shot segmentation). DINOv2 (Oquab
 et al., arXiv 2304.07193) is the reference vision-only model.
 
 Nothing is downloaded: the folder is read with ``local_files_only=True``.
@@ -20,10 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
 from mergekit_vision.registry import TEACHERS, PluginParams
@@ -225,6 +228,31 @@ class HfTeacher(Teacher):
         grid = side // self.patch_size
         patches = hidden[:, hidden.shape[1] - grid * grid :]
         return patches.transpose(1, 2).reshape(hidden.shape[0], -1, grid, grid)
+
+    @torch.no_grad()
+    def dense_embeddings(self, images: Tensor) -> Tensor:
+        """Per-patch embeddings ``[B, h, w, D]`` (L2-normalised) for dense zero-shot labels.
+
+        For SigLIP's attention-pooling head, MaskCLIP's recipe (Zhou et al., ECCV 2022): the
+        probe's attention mixes patches, so each patch keeps only its own value path through the
+        pooling attention (value and output projections), then the head's LayerNorm + MLP. That
+        is exactly what the head gives when it pools a single patch.
+        """
+        head = getattr(self.vision, "head", None)
+        if not isinstance(head, SiglipMultiheadAttentionPoolingHead):
+            raise NotImplementedError(
+                "dense embeddings need a SigLIP attention-pooling head; this model has none"
+            )
+        pixels = self.prepare(images)
+        hidden = self.vision(pixel_values=pixels, **self._vision_kwargs).last_hidden_state
+        attention, width = head.attention, hidden.shape[-1]
+        values = F.linear(
+            hidden, attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :]
+        )
+        pooled = attention.out_proj(values)
+        patches = pooled + head.mlp(head.layernorm(pooled))
+        grid = pixels.shape[-1] // self.patch_size
+        return F.normalize(patches, dim=-1).reshape(images.shape[0], grid, grid, -1)
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """L2-normalised text embeddings ``[T, D]`` (class prompts for zero-shot labels)."""

@@ -124,12 +124,34 @@ def test_siglip_at_another_input_size_resamples_its_position_table(siglip_folder
     assert out["image_embedding"].shape == (1, 32)
 
 
+def test_siglip_dense_embeddings_are_single_patch_poolings(siglip_folder):
+    folder, model = siglip_folder
+    teacher = HfTeacher.build(HfParams(path=folder))
+    images = torch.rand(2, 3, 32, 32)
+    dense = teacher.dense_embeddings(images)
+    assert dense.shape == (2, 4, 4, 32)
+    with torch.no_grad():
+        pixels = resize_and_normalise(images, size=32, mean=MEAN, std=STD)
+        hidden = model.vision_model(pixel_values=pixels).last_hidden_state
+        # the pooling head attending to one patch only: attention weight 1 on its value path
+        alone = torch.stack([model.vision_model.head(hidden[:, i : i + 1]) for i in (0, 5, 15)], 1)
+    torch.testing.assert_close(dense.flatten(1, 2)[:, [0, 5, 15]], F.normalize(alone, dim=-1))
+
+
+def test_dinov2_has_no_dense_embeddings(dinov2_folder):
+    teacher = HfTeacher.build(HfParams(path=dinov2_folder[0]))
+    with pytest.raises(NotImplementedError, match="SigLIP attention-pooling head"):
+        teacher.dense_embeddings(torch.rand(1, 3, 28, 28))
+
+
 def test_siglip_serves_the_zero_shot_evaluation(siglip_folder):
     folder, _ = siglip_folder
     clip_like = ClipTeacherEval(HfTeacher.build(HfParams(path=folder)))
     texts = class_text_embeddings(clip_like, ["red circle", "blue square"], ["a photo of a {}"])
     images = clip_like.embed_images(torch.rand(3, 3, 32, 32))
+    patches = clip_like.embed_patches(torch.rand(3, 3, 32, 32))
     assert texts.shape == (2, 32) and images.shape == (3, 32)
+    assert (patches @ texts.T).shape == (3, 4, 4, 2)  # dense zero-shot labels
     assert torch.allclose(images.norm(dim=-1), torch.ones(3))
     assert (images @ texts.T).shape == (3, 2)
 
