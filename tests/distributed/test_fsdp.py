@@ -20,8 +20,9 @@ def test_fsdp_trains_and_resumes_on_two_ranks_and_in_one_process(runs, recipe_ar
     one = tmp_path / "resumed_in_one"
     shutil.copytree(two / "checkpoints" / "last", one / "checkpoints" / "last")
     runs.run_here([*recipe_args, *SUM, "--output", str(one), "--resume"])
-    # ... and on 2 ranks again
-    runs.torchrun([*sharded, "--output", str(two), "--resume"])
+    # ... and on 2 ranks again, now 2 x batch 1 x 2 micro-batches (gradient sync on the last)
+    accumulating = ["--set", "stages.1.accumulate=2", *runs.batch_sizes(1, 1)]
+    runs.torchrun([*sharded, *accumulating, "--output", str(two), "--resume"])
     want, halfway = runs.weights(reference), runs.weights(reference, "step-3")
     assert runs.max_difference(want, halfway, prefix="student.") > 100 * TOLERANCE
     assert runs.max_difference(runs.weights(two, "step-3"), halfway) < TOLERANCE
