@@ -61,7 +61,6 @@ class Engine:
         self.c = components
         apply_performance(components.model, components.recipe.performance, device=components.device)
         self.world = world or World()
-        self.parallel: Parallel | None = None
         self.recipe = components.recipe
         self.output_dir = output_dir
         self.recipe_yaml = recipe_yaml
@@ -69,6 +68,10 @@ class Engine:
         self.checkpoints = output_dir / "checkpoints"
         # What a plugin froze by design (e.g. SAM's prompt encoder) stays frozen in every stage.
         self._trainable_names = {n: p.requires_grad for n, p in self.c.model.named_parameters()}
+        # for stages built outside run() (bench), before any sharding swaps the parameters
+        self._trainable_by_design = {id(p): p.requires_grad for p in self.c.model.parameters()}
+        # one process until run() wraps or shards (steps driven from outside run() stay local)
+        self.parallel = Parallel(self.c.model, world=World(), strategy="ddp", device=self.c.device)
         self.monitor: ForgettingMonitor | None = None
         self._saved_monitor: dict[str, Any] | None = None
 
@@ -112,7 +115,6 @@ class Engine:
             local[draw.task] = self._task_backward(stage, state, streams, draw.task, order)
             # The last micro-batch's backward averaged this task's gradient over the ranks.
             stage.conflict.after_task_backward(task=draw.task, shared=stage.shared)
-        assert self.parallel is not None
         self.parallel.sync_extra(list(stage.weighting.parameters()))
         losses = mean_over_ranks(local, self.world)  # strategies' state stays identical
         task_gradients = stage.conflict.task_gradients() or None
@@ -144,7 +146,6 @@ class Engine:
         """``accumulate`` micro-batches of task ``name``, one backward each, gradients summed
         (of the mean loss); only the last backward synchronises the ranks. Returns the mean loss.
         """
-        assert self.parallel is not None
         task, k = self.c.tasks[name], stage.spec.accumulate
         forward = self.parallel.forward_fn()
         total = 0.0
@@ -184,7 +185,6 @@ class Engine:
             resolution_of=lambda task: self._resolution(stage.spec, task, 0),
             device=self.c.device,
         )
-        assert self.parallel is not None
         self.parallel.reshard()
         stage.replay.observe_heldout(step=state.step_in_stage, losses=losses)
         out: dict[str, Any] = {f"heldout/{name}": value for name, value in losses.items()}
@@ -218,7 +218,6 @@ class Engine:
         return sizes[step % len(sizes)]
 
     def _start_stage(self, index: int, saved: dict[str, Any] | None) -> StageRun:
-        assert self.parallel is not None
         self.parallel.reshard()
         # Sharding swapped the parameter objects: frozen-by-design is keyed by name.
         by_design = {id(p): self._trainable_names[n] for n, p in self.c.model.named_parameters()}
@@ -310,7 +309,6 @@ class Engine:
             saved["stage"] = stage.state_dict()
             if self.monitor is not None:
                 saved["stage"]["monitor"] = self.monitor.state_dict()
-        assert self.parallel is not None
         self.parallel.reshard()
         if self.world.is_main or self.parallel.sharded:  # gathering shards takes every rank
             weights = full_model_state(self.c.model)
