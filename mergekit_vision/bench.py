@@ -165,6 +165,7 @@ def bench_student(
         "matmul_peak_gflops": statistics.median(peaks) / 1e9,
         "median_step_s": {name: statistics.median(t) for name, t in times.items()},
         "mfu": {name: statistics.median(m) for name, m in mfu.items()},
+        "rounds": {"peak_gflops": [p / 1e9 for p in peaks], "step_s": times, "mfu": mfu},
         "speedup_vs_" + base: {
             name: statistics.median(b / t for t, b in zip(times[name], times[base], strict=True))
             for name in attentions
