@@ -77,7 +77,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise RecipeError("--set", [Issue(item, "expected dotted.key=value")])
         dotted, raw = item.split("=", 1)
-        set_dotted(data, dotted.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            hint = "quote the value, e.g. --set 'a.b=[1, 2]' or --set 'a.b={x: 1}'"
+            raise RecipeError(
+                "--set", [Issue(item, f"value is not YAML ({problem}); {hint}")]
+            ) from None
+        set_dotted(data, dotted.strip(), value)
     return data
 
 

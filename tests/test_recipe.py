@@ -93,6 +93,11 @@ def test_set_overrides_apply_and_validate():
     assert issues and issues[0].startswith("tasks.sam.weight")
 
 
+def test_set_value_that_is_not_yaml_is_a_recipe_error():
+    (issue,) = issues_of(REFERENCE, ["tasks.clip.data.params={urls: a, b}: c"])
+    assert issue.startswith("tasks.clip.data.params=") and "quote the value" in issue
+
+
 def test_yaml_tags_are_not_executed(tmp_path):
     path = tmp_path / "evil.yaml"
     path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
