@@ -278,7 +278,9 @@ def export_image_classes(
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(num_per_class):
             index = class_id * num_per_class + i
-            scene = generate_scene(config, seed=seed, index=index, classes=[class_id])
+            scene = generate_scene(
+                config, seed=seed, index=index, classes=[class_id], object_centric=True
+            )
             (folder / f"{i:04d}.png").write_bytes(encode_png(scene.image))
     in_label_order = sorted(names, key=lambda name: folders[name])
     (out_dir / "classes.txt").write_text("\n".join(in_label_order) + "\n")

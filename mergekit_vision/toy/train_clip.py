@@ -66,7 +66,7 @@ class ToyClipTraining(PluginParams):
         seed: the toy world's seed for training scenes; torch's init seed too.
     """
 
-    steps: int = Field(default=500, ge=1)
+    steps: int = Field(default=800, ge=1)
     batch_size: int = Field(default=64, ge=2)
     max_objects: int = Field(default=3, ge=1)
     single_object_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -117,7 +117,11 @@ class ScenePool:
         images, keys, names = [], [], []
         for num_objects in counts:
             scene = generate_scene(
-                self.world, seed=self.training.seed, index=self._next_index, num_objects=num_objects
+                self.world,
+                seed=self.training.seed,
+                index=self._next_index,
+                num_objects=num_objects,
+                object_centric=num_objects == 1,
             )
             self._next_index += 1
             images.append(scene.image)
@@ -306,7 +310,7 @@ def evaluate_toy_clip(
         indices = range(start, min(start + batch_size, num_scenes))
         labels = torch.tensor([i % world.num_classes for i in indices])
         scenes = [
-            generate_scene(world, seed=seed, index=i, classes=[int(label)])
+            generate_scene(world, seed=seed, index=i, classes=[int(label)], object_centric=True)
             for i, label in zip(indices, labels, strict=True)
         ]
         images = torch.stack([scene.image for scene in scenes]).float() / 255

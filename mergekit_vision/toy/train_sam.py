@@ -66,9 +66,9 @@ class ToySamTraining(PluginParams):
         seed: the toy world's seed for training scenes; torch's init seed too.
     """
 
-    steps: int = Field(default=600, ge=1)
+    steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=8, ge=1)
-    prompts_per_image: int = Field(default=4, ge=1)
+    prompts_per_image: int = Field(default=8, ge=1)
     box_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
     box_noise: float = Field(default=0.1, ge=0.0)
     lr: float = Field(default=3e-3, gt=0.0)

@@ -65,6 +65,9 @@ class ToyWorldConfig(PluginParams):
             :func:`generate_scene`).
         min_size: smallest object diameter (of its circumscribed circle), fraction of ``S``.
         max_size: largest object diameter, fraction of ``S``.
+        centric_size: ``(min, max)`` diameter of the one object of an object-centric scene
+            (``generate_scene(..., object_centric=True)``: the classification images and the
+            single-object photos CLIP learns from), as a photo of one thing fills the frame.
         max_overlap: the largest fraction of an object that later objects may hide.
         clutter: 0..1, how busy the background is: the strength of its colour gradient and
             low-frequency blotches, and the number of distractors (grey or brown blobs and thin
@@ -82,6 +85,7 @@ class ToyWorldConfig(PluginParams):
     max_objects: int = Field(default=4, ge=1)
     min_size: float = Field(default=0.12, gt=0.0, le=1.0)
     max_size: float = Field(default=0.35, gt=0.0, le=1.0)
+    centric_size: tuple[float, float] = (0.35, 0.6)
     max_overlap: float = Field(default=0.3, ge=0.0, le=0.9)
     clutter: float = Field(default=0.5, ge=0.0, le=1.0)
     noise: float = Field(default=0.03, ge=0.0, le=0.5)
@@ -108,6 +112,8 @@ class ToyWorldConfig(PluginParams):
     def _ranges_ordered(self) -> ToyWorldConfig:
         if self.min_objects > self.max_objects:
             raise ValueError(f"min_objects {self.min_objects} > max_objects {self.max_objects}")
+        if not 0 < self.centric_size[0] <= self.centric_size[1] <= 1:
+            raise ValueError(f"centric_size must be 0 < min <= max <= 1, got {self.centric_size}")
         if self.min_size > self.max_size:
             raise ValueError(f"min_size {self.min_size} > max_size {self.max_size}")
         if self.min_size * self.image_size < _MIN_DIAMETER_PX:
@@ -195,6 +201,7 @@ def generate_scene(
     index: int,
     num_objects: int | None = None,
     classes: list[int] | None = None,
+    object_centric: bool = False,
 ) -> Scene:
     """Scene ``index`` of the world ``seed``, identical on every call and machine.
 
@@ -211,6 +218,8 @@ def generate_scene(
             ``[min_objects, max_objects]``, e.g. 1 for classification.
         classes: the class of each object, back to front (fixes the count too); used to write
             a balanced classification set.
+        object_centric: draw object sizes from ``centric_size`` instead of ``min_size..max_size``
+            (meant for one-object scenes: classification images).
     """
     rng = np.random.default_rng([seed, index])
     class_ids = _choose_classes(config, rng=rng, num_objects=num_objects, classes=classes)
@@ -222,7 +231,7 @@ def generate_scene(
         areas=np.zeros(len(class_ids), dtype=np.int64),
     )
     for class_id in class_ids:
-        placed = _place(config, class_id=class_id, rng=rng, canvas=canvas)
+        placed = _place(config, class_id=class_id, rng=rng, canvas=canvas, centric=object_centric)
         if placed is None:
             continue
         obj, window, mask = placed
@@ -312,7 +321,12 @@ class _Canvas:
 
 
 def _place(
-    config: ToyWorldConfig, *, class_id: int, rng: np.random.Generator, canvas: _Canvas
+    config: ToyWorldConfig,
+    *,
+    class_id: int,
+    rng: np.random.Generator,
+    canvas: _Canvas,
+    centric: bool = False,
 ) -> tuple[ToyObject, tuple[slice, slice], np.ndarray] | None:
     """Draw an object of ``class_id`` that leaves earlier objects visible enough, or None.
 
@@ -324,7 +338,8 @@ def _place(
     shape = config.shapes[class_id % len(config.shapes)]
     texture = config.textures[int(rng.integers(len(config.textures)))]
     for _ in range(_PLACEMENT_ATTEMPTS):
-        diameter = float(rng.uniform(config.min_size, config.max_size))
+        low, high = config.centric_size if centric else (config.min_size, config.max_size)
+        diameter = float(rng.uniform(low, high))
         radius = diameter * size / 2
         # The whole circumscribed circle stays in the image: no shape is cut by the border.
         cx, cy = rng.uniform(radius, size - radius, size=2)
