@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -48,6 +48,28 @@ def adamw_warmup_cosine(
     return optimizer, schedule
 
 
+_COLUMNS = (
+    TextColumn("[bold]{task.description}"),
+    BarColumn(),
+    TextColumn("{task.completed}/{task.total}"),
+    TimeElapsedColumn(),
+    TimeRemainingColumn(),
+    TextColumn("{task.fields[status]}"),
+)
+
+# Set in a worker process that trains a teacher beside another (see
+# :func:`mergekit_vision.toy.teachers.ensure_toy_teachers`): its progress goes to the parent's bars.
+_progress_queue: Any = None
+
+
+def report_progress_to(queue: Any) -> None:
+    """Send this process's training progress to ``queue`` as ``(description, event, value)``
+    tuples (``"total"`` with the step count, then ``"advance"`` with the metrics) instead of
+    drawing bars."""
+    global _progress_queue
+    _progress_queue = queue
+
+
 class StepReporter(Protocol):
     def __call__(self, *, loss: float, **metrics: float) -> None: ...
 
@@ -59,15 +81,12 @@ def training_progress(*, total: int, description: str, enabled: bool) -> Iterato
     if not enabled:
         yield lambda **_: None
         return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-    )
-    with Progress(*columns, transient=False) as progress:
+    if _progress_queue is not None:
+        queue = _progress_queue
+        queue.put((description, "total", total))
+        yield lambda **metrics: queue.put((description, "advance", metrics))
+        return
+    with Progress(*_COLUMNS, transient=False) as progress:
         task = progress.add_task(description, total=total, status="")
 
         def advance(**metrics: float) -> None:
@@ -75,6 +94,45 @@ def training_progress(*, total: int, description: str, enabled: bool) -> Iterato
             progress.update(task, advance=1, status=status)
 
         yield advance
+
+
+class ProgressRelay:
+    """Bars in this process for the progress that workers send (see :func:`report_progress_to`)."""
+
+    def __init__(self, *, enabled: bool):
+        self.enabled = enabled
+        self.tasks: dict[str, Any] = {}
+        self.progress = Progress(*_COLUMNS, transient=False) if enabled else None
+
+    def __enter__(self) -> ProgressRelay:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def drain(self, queue: Any, *, timeout: float) -> None:
+        """Apply every queued event, waiting up to ``timeout`` s for the first."""
+        import queue as queues
+
+        try:
+            event = queue.get(timeout=timeout) if timeout > 0 else queue.get_nowait()
+            while True:
+                self._apply(*event)
+                event = queue.get_nowait()
+        except queues.Empty:
+            return
+
+    def _apply(self, description: str, kind: str, value: Any) -> None:
+        if self.progress is None:
+            return
+        if kind == "total":
+            self.tasks[description] = self.progress.add_task(description, total=value, status="")
+        elif description in self.tasks:
+            status = " ".join(f"{name} {v:.3f}" for name, v in value.items())
+            self.progress.update(self.tasks[description], advance=1, status=status)
 
 
 def save_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> Path:

@@ -189,6 +189,7 @@ def _ensure(tmp_path: Path, **overrides) -> dict[str, Path]:
         sam_path=tmp_path / "sam.pth",
         clip_path=tmp_path / "clip.bin",
         progress=False,
+        parallel=False,  # the monkeypatched trainings exist in this process only
     )
     return ensure_toy_teachers(**(settings | overrides))
 
@@ -242,3 +243,16 @@ def test_crash_while_saving_leaves_no_checkpoint_and_no_sidecar(tmp_path: Path, 
     with pytest.raises(RuntimeError, match="killed while saving"):
         _ensure(tmp_path)
     assert list(tmp_path.iterdir()) == []  # no checkpoint, no sidecar, no temporary file
+
+
+def test_parallel_training_writes_both_teachers_with_their_records(tmp_path: Path):
+    tiny_sam = SAM_TRAINING.model_copy(update={"steps": 2})
+    tiny_clip = CLIP_TRAINING.model_copy(update={"steps": 2})
+    paths = _ensure(tmp_path, sam_training=tiny_sam, clip_training=tiny_clip, parallel=True)
+    assert is_current(paths["sam"], config_hash(architecture=SAM, training=tiny_sam, world=WORLD))
+    assert is_current(
+        paths["clip"], config_hash(architecture=CLIP, training=tiny_clip, world=WORLD)
+    )
+    sam = SamTeacher.build(SAM.model_copy(update={"checkpoint": paths["sam"]}))
+    clip = OpenClipTeacher.build(CLIP.model_copy(update={"checkpoint": paths["clip"]}))
+    assert sam is not None and clip is not None
