@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from pydantic import Field
-
-from mergekit_vision.conflict.torchjd_adapter import TorchJDStrategy
-from mergekit_vision.registry import CONFLICT, PluginParams
-
-if TYPE_CHECKING:
-    from torchjd.aggregation import Aggregator
+from mergekit_vision.conflict.dual_cone import DualConeStrategy
+from mergekit_vision.registry import CONFLICT
 
 
 @CONFLICT.register("upgrad")
-class UPGrad(TorchJDStrategy):
+class UPGrad(DualConeStrategy):
     """UPGrad: each task gradient projected onto the dual cone of all of them, averaged.
 
     Unconflicting projection of gradients (Quinton & Rey, "Jacobian Descent for Multi-Objective
@@ -23,26 +18,7 @@ class UPGrad(TorchJDStrategy):
     Each row is projected onto the dual cone of the rows (so the update has a non-negative inner
     product with every task gradient) and the projections are averaged; the mean is multiplied by
     the number of tasks so agreeing gradients give their sum. Needs the ``quadprog`` extra.
-
-    Args:
-        norm_eps: guards the Gramian normalisation against division by zero.
-        reg_eps: added to the Gramian's diagonal so the quadratic program stays definite.
+    Params: see :class:`~mergekit_vision.conflict.dual_cone.DualConeStrategy`.
     """
 
-    class Params(PluginParams):
-        norm_eps: float = Field(1e-4, ge=0.0)
-        reg_eps: float = Field(1e-4, ge=0.0)
-
-    required_modules: ClassVar[tuple[str, ...]] = ("qpsolvers", "quadprog")
-    extra: ClassVar[str | None] = "quadprog"
-
-    def __init__(self, *, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> None:
-        super().__init__()
-        self.norm_eps, self.reg_eps = norm_eps, reg_eps
-
-    def make_aggregator(self, *, num_tasks: int) -> Aggregator:
-        from torchjd.aggregation import UPGrad as Aggregator_
-        from torchjd.linalg import QuadprogProjector
-
-        projector = QuadprogProjector(norm_eps=self.norm_eps, reg_eps=self.reg_eps)
-        return Aggregator_(projector=projector)
+    torchjd_aggregator: ClassVar[str] = "UPGrad"
