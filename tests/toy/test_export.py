@@ -115,7 +115,13 @@ def test_image_classes_round_trip(tmp_path: Path) -> None:
         sample = dataset[i]
         name = dataset.class_names[sample["label"]]
         class_id, within = names.index(name), int(Path(sample["key"]).stem)
-        scene = generate_scene(CONFIG, seed=SEED, index=class_id * 2 + within, classes=[class_id])
+        scene = generate_scene(
+            CONFIG,
+            seed=SEED,
+            index=class_id * 2 + within,
+            classes=[class_id],
+            object_centric=True,  # classification images are object-centric
+        )
         assert Path(sample["key"]).parent.name == name.replace(" ", "_")
         assert torch.equal(sample["image"], scene.image)
 

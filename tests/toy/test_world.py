@@ -188,3 +188,14 @@ def test_star_and_polygons_have_the_expected_area() -> None:
     }
     for shape, value in expected.items():
         assert area[shape] == pytest.approx(value, rel=0.03), shape
+
+
+def test_object_centric_scenes_draw_sizes_from_centric_size():
+    config = ToyWorldConfig(centric_size=(0.5, 0.55))
+    for index in range(10):
+        (obj,) = generate_scene(
+            config, seed=3, index=index, classes=[0], object_centric=True
+        ).objects
+        assert 0.5 <= obj.size <= 0.55
+        (small,) = generate_scene(config, seed=3, index=index, classes=[0]).objects
+        assert config.min_size <= small.size <= config.max_size
