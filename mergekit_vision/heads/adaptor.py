@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import Head, Prompts, Student, StudentFeatures, Teacher
-from mergekit_vision.heads.clip_head import target_width
+from mergekit_vision.heads.clip_head import target_spec, target_width
 from mergekit_vision.registry import HEADS, PluginParams
 
 
@@ -42,17 +42,7 @@ def spatial_target_shape(
     teachers: dict[str, Teacher], teacher: str, target: str
 ) -> tuple[int, tuple[int, int] | None]:
     """``(C, (h, w))`` of a teacher's ``[B, C, h, w]`` target; ``(h, w)`` is None unless fixed."""
-    if teacher not in teachers:
-        raise ValueError(
-            f"head teacher {teacher!r} is not a teacher of this recipe; "
-            f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
-        )
-    specs = teachers[teacher].target_specs()
-    if target not in specs:
-        raise ValueError(
-            f"teacher {teacher!r} has no target {target!r}; its targets: {', '.join(sorted(specs))}"
-        )
-    shape = specs[target].shape
+    shape = target_spec(teachers, teacher, target).shape
     if len(shape) != 4 or not isinstance(shape[1], int):
         raise ValueError(
             f"spatial target {target!r} of teacher {teacher!r} has shape {shape}; "

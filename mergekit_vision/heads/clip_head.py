@@ -9,12 +9,19 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Head, Prompts, Student, StudentFeatures, Teacher
+from mergekit_vision.contracts import (
+    Head,
+    Prompts,
+    Student,
+    StudentFeatures,
+    TargetSpec,
+    Teacher,
+)
 from mergekit_vision.registry import HEADS, PluginParams
 
 
-def target_width(teachers: dict[str, Teacher], teacher: str, target: str) -> int:
-    """The last dimension of ``teachers[teacher]``'s ``target`` (the width a head must output)."""
+def target_spec(teachers: dict[str, Teacher], teacher: str, target: str) -> TargetSpec:
+    """``teachers[teacher]``'s declared ``target``, or an error naming the valid choices."""
     if teacher not in teachers:
         raise ValueError(
             f"head teacher {teacher!r} is not a teacher of this recipe; "
@@ -25,10 +32,16 @@ def target_width(teachers: dict[str, Teacher], teacher: str, target: str) -> int
         raise ValueError(
             f"teacher {teacher!r} has no target {target!r}; its targets: {', '.join(sorted(specs))}"
         )
-    width = specs[target].shape[-1] if specs[target].shape else None
+    return specs[target]
+
+
+def target_width(teachers: dict[str, Teacher], teacher: str, target: str) -> int:
+    """The last dimension of ``teachers[teacher]``'s ``target`` (the width a head must output)."""
+    shape = target_spec(teachers, teacher, target).shape
+    width = shape[-1] if shape else None
     if not isinstance(width, int):
         raise ValueError(
-            f"target {target!r} of teacher {teacher!r} has shape {specs[target].shape}; "
+            f"target {target!r} of teacher {teacher!r} has shape {shape}; "
             "its last dimension must be a fixed int"
         )
     return width
