@@ -193,20 +193,22 @@ def ensure_toy_teachers(
         ``{"sam": sam_path, "clip": clip_path}``.
     """
     world = world or ToyWorldConfig()
+    sam_training = sam_training or ToySamTraining()
+    clip_training = clip_training or ToyClipTraining()
     jobs = [
         _Job(
             architecture=sam_params,
-            training=sam_training or ToySamTraining(),
+            training=sam_training,
             world=world,
             path=sam_path,
-            train=partial(_train_sam, sam_params, sam_training or ToySamTraining(), world),
+            train=partial(_train_sam, sam_params, sam_training, world),
         ),
         _Job(
             architecture=clip_params,
-            training=clip_training or ToyClipTraining(),
+            training=clip_training,
             world=world,
             path=clip_path,
-            train=partial(_train_clip, clip_params, clip_training or ToyClipTraining(), world),
+            train=partial(_train_clip, clip_params, clip_training, world),
         ),
     ]
     stale = [job for job in jobs if not job.is_current()]
