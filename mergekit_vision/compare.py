@@ -116,9 +116,13 @@ def compare(
     for variant in variants:
         for override in variant.overrides:  # a bad strategy name fails here, before any training
             load_recipe(recipe_path, [*(overrides or []), override])
+    # The teachers and the pipeline are evaluated once and reused by every variant.
+    base = list(overrides or [])
+    if recipe.eval.teacher_results is None:
+        base.append(f"eval.teacher_results={(output / 'teacher_eval.json').resolve()}")
     for variant in variants:
         folder = output / slug(variant.name)
-        peak = run_variant(recipe_path, variant, list(overrides or []), folder)
+        peak = run_variant(recipe_path, variant, base, folder)
         rows.append(summarise(variant, folder, peak))
     write_tables(rows, output)
     return rows

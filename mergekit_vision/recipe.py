@@ -8,6 +8,7 @@ the recipe saved beside a run is fully resolved.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -211,6 +212,11 @@ class EvalSpec(Frozen):
     points_per_class: int = Field(3, ge=1, le=16)
     pipeline_grid: int = Field(8, ge=2, description="SAM point grid of the two-model pipeline")
     pictures: int = Field(4, ge=0)
+    teacher_results: Path | None = Field(
+        None,
+        description="JSON file to keep the teachers' and pipeline's results in and reuse them "
+        "from while the teachers and evaluation data are unchanged (vmerge compare sets it)",
+    )
     templates: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TEMPLATES),
         description="prompt templates for class names, e.g. 'a photo of a {}.'",

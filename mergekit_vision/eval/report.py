@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mergekit_vision.builder import Components, params_of
 from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherEval
 from mergekit_vision.eval.pipeline import SamThenClip
+from mergekit_vision.eval.reuse import fingerprint, load_teacher_rows, save_teacher_rows
 from mergekit_vision.eval.tasks import (
     batches,
     class_text_embeddings,
@@ -52,6 +53,7 @@ class Evaluation:
             raise ValueError("the recipe has no 'eval' section; add one to use vmerge eval")
         self.spec: EvalSpec = spec
         self.seed = components.recipe.seed
+        self.recipe = components.recipe
         self.clip = ClipTeacherEval(components.teachers[spec.clip_teacher])
         self.sam = SamTeacherEval(components.teachers[spec.sam_teacher])
         self.merged = MergedEval(components.model, clip_head=spec.clip_head, sam_head=spec.sam_head)
@@ -78,10 +80,24 @@ class Evaluation:
             models["merged"]["by_resolution"][str(resolution)] = merged
             if resolution == main:
                 models["merged"].update(merged)
-        models["clip_teacher"].update(self._clip_teacher(main))
-        models["sam_teacher"].update(self._sam_teacher(main))
-        models["pipeline"].update(self._pipeline(main))
+        models.update(self._teacher_rows(main))
         return results
+
+    def _teacher_rows(self, main: int) -> dict[str, Any]:
+        """The teachers' and the pipeline's rows, read from ``eval.teacher_results`` when it
+        holds them for the same teachers and data (see ``eval/reuse.py``)."""
+        store = self.spec.teacher_results
+        key = fingerprint(self.recipe) if store is not None else ""
+        rows = load_teacher_rows(store, key) if store is not None else None
+        if rows is None:
+            rows = {
+                "clip_teacher": self._clip_teacher(main),
+                "sam_teacher": self._sam_teacher(main),
+                "pipeline": self._pipeline(main),
+            }
+            if store is not None:
+                save_teacher_rows(store, key, rows)
+        return rows
 
     def _texts(self, dataset: Any, *, skip_background: bool) -> torch.Tensor:
         names = dataset.class_names[1:] if skip_background else dataset.class_names

@@ -1,0 +1,63 @@
+"""Reuse the teachers' and the pipeline's evaluation across runs that share them.
+
+Variants of one recipe (``vmerge compare``) differ in how the student is trained, not in the
+teachers or the evaluation data, so the CLIP teacher, SAM teacher and SAM-then-CLIP pipeline rows
+of ``eval.json`` are the same for all of them and take about half of each evaluation. With
+``eval.teacher_results: FILE`` those rows are stored in FILE under a fingerprint of everything they
+depend on (the teachers' recipe entries and checkpoint files, the evaluation data and settings, the
+seed) and read back, instead of recomputed, while the fingerprint matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from mergekit_vision.recipe import Recipe
+
+TEACHER_ROWS = ("clip_teacher", "sam_teacher", "pipeline")
+# Evaluation settings that change only the merged model's rows.
+MERGED_ONLY = {"clip_head", "sam_head", "extra_resolutions", "pictures", "teacher_results"}
+
+
+def fingerprint(recipe: Recipe) -> str:
+    """sha256 over what the teacher rows depend on; checkpoint files by path, size and mtime."""
+    spec = recipe.eval
+    assert spec is not None
+    teachers = {n: recipe.teachers[n] for n in (spec.clip_teacher, spec.sam_teacher)}
+    payload = {
+        "seed": recipe.seed,
+        "eval": spec.model_dump(mode="json", exclude=MERGED_ONLY),
+        "teachers": {n: t.model_dump(mode="json") for n, t in teachers.items()},
+        "files": {n: _file_stamp(t.params.get("checkpoint")) for n, t in teachers.items()},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _file_stamp(path: Any) -> list[Any] | None:
+    if path is None or not Path(path).is_file():
+        return None
+    stat = Path(path).stat()
+    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def load_teacher_rows(path: Path, key: str) -> dict[str, Any] | None:
+    """The stored rows if ``path`` holds them for this fingerprint, else None."""
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a torn write from an interrupted run: recompute
+    if stored.get("fingerprint") != key:
+        return None
+    return stored.get("models")
+
+
+def save_teacher_rows(path: Path, key: str, models: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"fingerprint": key, "models": models}, indent=2))
+    tmp.replace(path)

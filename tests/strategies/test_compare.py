@@ -1,0 +1,86 @@
+"""`vmerge compare` on a tiny grid: every variant is trained and evaluated, the tables and the
+Pareto plot are written, the teachers are evaluated once for all variants, and a second call
+reruns nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from mergekit_vision.cli.main import main
+from mergekit_vision.eval.reuse import fingerprint
+from mergekit_vision.recipe_io import load_recipe
+from mergekit_vision.toy.export import export_all
+from mergekit_vision.toy.world import ToyWorldConfig
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compare_eval")
+    export_all(out, config=ToyWorldConfig(image_size=64), num_samples=8, seed=3, num_per_class=1)
+    return out
+
+
+def evaluation_args(data: Path) -> list[str]:
+    return [
+        "--set", "eval={clip_teacher: clip, sam_teacher: sam, clip_head: clip_head, "
+                 "sam_head: sam_head, resolution: 64, calibration_samples: 2, pictures: 0, "
+                 "pipeline_grid: 4}",
+        "--set", f"eval.classification={{type: image_classes, "
+                 f"params: {{root: {data}/image_classes}}}}",
+        "--set", f"eval.semantic={{type: voc, params: {{root: {data}/voc}}}}",
+        "--set", (f"eval.instances={{type: coco, params: {{images: {data}/coco/images, "
+                  f"annotations: {data}/coco/annotations/instances.json}}}}"),
+        "--set", "stages.0.steps=1", "--set", "stages.1.steps=2",
+    ]  # fmt: skip
+
+
+def test_compare_runs_each_variant_once_and_reuses_the_teacher_rows(
+    eval_data, tiny_recipe_args, tmp_path
+):
+    recipe, *sets = tiny_recipe_args
+    args = ["compare", recipe, *sets, *evaluation_args(eval_data), "--output", str(tmp_path)]
+    grid = ["--grid", "conflict=sum,pcgrad"]
+    assert main([*args, *grid]) == 0
+
+    rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
+    assert [r["variant"] for r in rows] == ["conflict=sum", "conflict=pcgrad"]
+    for row in rows:
+        assert 0 < float(row["clip_retention"]) and 0 < float(row["sam_retention"])
+        assert float(row["step_time_s"]) > 0 and float(row["peak_memory_gib"]) > 0
+    assert (tmp_path / "compare.md").read_text().count("\n") == 2 + len(rows)
+    assert (tmp_path / "pareto.png").stat().st_size > 5000
+
+    # one teacher evaluation, shared: both variants report the stored teacher rows
+    stored = json.loads((tmp_path / "teacher_eval.json").read_text())
+    for folder in ("conflict_sum", "conflict_pcgrad"):
+        models = json.loads((tmp_path / folder / "eval.json").read_text())["models"]
+        for row in ("clip_teacher", "sam_teacher", "pipeline"):
+            assert models[row] == stored["models"][row]
+        assert models["merged"] != models["clip_teacher"]
+
+    # resumable: a second call trains and evaluates nothing again
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/eval.json")}
+    assert main([*args, *grid]) == 0
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/eval.json")} == stamps
+
+
+def test_teacher_fingerprint_follows_what_the_teacher_rows_depend_on(
+    eval_data, tiny_recipe_args, tiny_checkpoints
+):
+    recipe, *sets = tiny_recipe_args
+    base = [s for s in sets if s != "--set"] + [
+        a for a in evaluation_args(eval_data) if a != "--set"
+    ]
+    key = fingerprint(load_recipe(recipe, base))
+    same = ["eval.pictures=3", "eval.extra_resolutions=[48]", "stages.1.steps=9"]
+    for override in same:  # the merged model's settings do not touch the teacher rows
+        assert fingerprint(load_recipe(recipe, [*base, override])) == key, override
+    for override in ["eval.resolution=48", "seed=3", "eval.templates=['a {}.']"]:
+        assert fingerprint(load_recipe(recipe, [*base, override])) != key, override
+    checkpoint = Path(tiny_checkpoints["sam"])
+    checkpoint.write_bytes(checkpoint.read_bytes())  # a retrained teacher: new mtime
+    assert fingerprint(load_recipe(recipe, base)) != key
