@@ -26,3 +26,12 @@ def test_reference_recipe_dry_run(tmp_path):
     assert (
         out / "checkpoints" / "last" / "model.safetensors"
     ).stat().st_size > 300e6  # ViT-B+heads
+
+
+def test_dry_run_ignores_target_caches(tiny_recipe_args, tmp_path):
+    """A dry run trains on synthetic images, which no cache holds: teachers run online."""
+    missing = tmp_path / "no-such-cache"
+    args = ["run", *tiny_recipe_args, "--set", f"tasks.clip.targets_cache={missing}"]
+    assert main([*args, "--output", str(tmp_path / "real"), "--max-steps", "1"]) == 2
+    assert main([*args, "--dry-run", "--output", str(tmp_path / "dry")]) == 0
+    assert (tmp_path / "dry" / "metrics.jsonl").is_file()
