@@ -204,18 +204,33 @@ class _VocWriter:
         return {"type": "voc", "params": {"root": str(self.root), "split": self.split}}
 
 
-def _run(writers: list[_Writer], *, config: ToyWorldConfig, num_samples: int, seed: int) -> list:
+def _run(
+    writers: list[_Writer],
+    *,
+    config: ToyWorldConfig,
+    num_samples: int,
+    seed: int,
+    single_object_fraction: float = 0.0,
+) -> list:
     """Generate scenes ``0..num_samples-1`` once and hand each to every writer."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     if config.num_classes > 255:
         raise ValueError(f"{config.num_classes} classes do not fit 8-bit label maps (max 254)")
     for index in range(num_samples):
-        scene = generate_scene(config, seed=seed, index=index)
+        scene = mixed_scene(config, seed=seed, index=index, single=single_object_fraction)
         png = encode_png(scene.image)
         for writer in writers:
             writer.add(f"{index:06d}", scene, png)
     return [writer.close() for writer in writers]
+
+
+def mixed_scene(config: ToyWorldConfig, *, seed: int, index: int, single: float) -> Scene:
+    """Scene ``index``: with probability ``single`` (a fixed draw per seed and index) a
+    one-object, object-centric scene, else a cluttered one."""
+    if single > 0 and np.random.default_rng([seed, index, 1]).uniform() < single:
+        return generate_scene(config, seed=seed, index=index, num_objects=1, object_centric=True)
+    return generate_scene(config, seed=seed, index=index)
 
 
 def export_image_folder(
@@ -233,14 +248,22 @@ def export_webdataset(
     num_samples: int,
     seed: int,
     samples_per_shard: int = 100,
+    single_object_fraction: float = 0.0,
 ) -> Path:
     """Tar shards ``out_dir/shard-NNNNNN.tar``; returns ``out_dir``. Each sample holds
     ``png``, ``txt`` (the caption) and ``json`` (``classes``, ``class_names``, ``boxes`` xyxy,
-    ``label``)."""
+    ``label``). A ``single_object_fraction`` of the scenes are one-object, object-centric ones
+    (the image mix a toy CLIP is trained on, see :func:`mixed_scene`)."""
     writer = _WebDatasetWriter(
         Path(out_dir), names=class_names(config), samples_per_shard=samples_per_shard
     )
-    _run([writer], config=config, num_samples=num_samples, seed=seed)
+    _run(
+        [writer],
+        config=config,
+        num_samples=num_samples,
+        seed=seed,
+        single_object_fraction=single_object_fraction,
+    )
     return Path(out_dir)
 
 

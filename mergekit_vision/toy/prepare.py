@@ -111,11 +111,20 @@ def export_toy_data(toy: ToySpec, *, console: Console) -> None:
     """Write ``train/`` and ``eval/`` under ``toy.data_dir`` unless already there."""
     train, evaluation = toy.data_dir / "train", toy.data_dir / "eval"
     world = toy.world
-    key = {"world": world.model_dump(mode="json"), "seed": toy.train_seed, "n": toy.train_samples}
+    single = toy.clip_training.single_object_fraction
+    key = {"world": world.model_dump(mode="json"), "seed": toy.train_seed, "n": toy.train_samples,
+           "webdataset_single_object_fraction": single}  # fmt: skip
     if not _fresh(train, key):
         console.print(f"exporting {toy.train_samples} toy training scenes to {train}")
         count, seed = toy.train_samples, toy.train_seed
-        export_webdataset(train / "webdataset", config=world, num_samples=count, seed=seed)
+        # CLIP distillation images follow the CLIP teacher's own image mix; SAM's are cluttered.
+        export_webdataset(
+            train / "webdataset",
+            config=world,
+            num_samples=count,
+            seed=seed,
+            single_object_fraction=single,
+        )
         export_coco(train / "coco", config=world, num_samples=count, seed=seed)
         _stamp(train, key)
     key = {"world": world.model_dump(mode="json"), "seed": toy.eval_seed, "n": toy.eval_samples,

@@ -26,6 +26,7 @@ from mergekit_vision.toy.export import (
     export_image_folder,
     export_voc,
     export_webdataset,
+    mixed_scene,
 )
 from mergekit_vision.toy.world import ToyWorldConfig, class_names, generate_scene
 
@@ -146,3 +147,24 @@ def test_export_all_writes_a_manifest_that_reads_every_format_back(tmp_path: Pat
         )
         assert len(samples) == expected[name], name
         assert samples[0]["image"].shape == (3, 32, 32)
+
+
+def test_webdataset_mixes_in_object_centric_scenes(tmp_path):
+    """CLIP distillation shards follow the toy CLIP's image mix: a share of one-object scenes
+    with object-centric sizes, the rest the same cluttered scenes as without the mix."""
+    count = 40
+    root = export_webdataset(
+        tmp_path / "w", config=CONFIG, num_samples=count, seed=SEED, single_object_fraction=0.5
+    )
+    raw = list(wds.WebDataset(str(root / "shard-000000.tar"), shardshuffle=False))
+    singles = 0
+    for index, record in enumerate(raw):
+        scene = mixed_scene(CONFIG, seed=SEED, index=index, single=0.5)
+        assert record["txt"].decode() == scene.caption
+        cluttered = generate_scene(CONFIG, seed=SEED, index=index)
+        if scene.caption != cluttered.caption:
+            singles += 1
+            assert len(json.loads(record["json"])["classes"]) == 1
+            side = scene.boxes[0, 2:] - scene.boxes[0, :2]
+            assert side.max() >= CONFIG.centric_size[0] * CONFIG.image_size * 0.7
+    assert 10 <= singles <= 30
