@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from mergekit_vision.builder import BuildError
-from mergekit_vision.export import ExportError
+from mergekit_vision.cli import perf
+from mergekit_vision.cli.common import (
+    RecipeArg,
+    SetOption,
+    console,
+    guarded,
+    user_error,
+)
 from mergekit_vision.recipe import Recipe
 from mergekit_vision.recipe_io import Issue, RecipeError, dump_recipe, load_recipe
-from mergekit_vision.registry import ALL_REGISTRIES, UnknownPluginError
+from mergekit_vision.registry import ALL_REGISTRIES
 
 app = typer.Typer(
     name="vmerge",
@@ -29,36 +33,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
-
-USER_ERRORS = (
-    RecipeError,
-    BuildError,
-    UnknownPluginError,
-    FileExistsError,
-    FileNotFoundError,
-    ExportError,
-)
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a recipe value: dotted.key=value (YAML value)."),
-]
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
-
-
-def _user_error(err: Exception) -> None:
-    errors.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def guarded(fn: Callable[..., Any]) -> Any:
-    """Run a command body; user mistakes become a clear message and exit code 2, not a trace."""
-    try:
-        return fn()
-    except USER_ERRORS as err:
-        _user_error(err)
 
 
 @app.command()
@@ -144,106 +118,8 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-@app.command()
-def bench(
-    recipe: Annotated[
-        Path | None, typer.Argument(help="Recipe YAML file (omit with --student).")
-    ] = None,
-    conflict: Annotated[
-        str | None,
-        typer.Option(
-            help="Also time conflict strategies, comma-separated, first = baseline "
-            "(e.g. sum,pcgrad,upgrad)."
-        ),
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Timed steps per variant (after warm-up).")] = 10,
-    set_: SetOption = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
-    student: Annotated[
-        str | None,
-        typer.Option(help="Student only: MFU of a ViT-Det variant (vit_b, vit_l, vit_h)."),
-    ] = None,
-    resolution: Annotated[int, typer.Option(help="--student: input side in px.")] = 1024,
-    batch: Annotated[int, typer.Option(help="--student: images per step.")] = 1,
-    cached_targets: Annotated[
-        str | None,
-        typer.Option(help="Also time TASK online vs from its targets cache (images/s)."),
-    ] = None,
-) -> None:
-    """Training throughput, step-time split and MFU, SDPA vs original attention interleaved."""
-    from mergekit_vision.bench import bench_student, bench_training
-    from mergekit_vision.cli.perf import print_student_bench, print_training_bench
-
-    if student is not None:
-        from mergekit_vision.students.vitdet import VARIANTS
-
-        if recipe is not None:
-            _user_error(ValueError("give a RECIPE or --student, not both"))
-        if student not in VARIANTS:
-            _user_error(ValueError(f"--student {student!r}: choose one of {', '.join(VARIANTS)}"))
-        result = guarded(
-            lambda: bench_student(variant=student, resolution=resolution, batch=batch, steps=steps)
-        )
-        print_student_bench(console, result)
-        if json_out is not None:
-            json_out.write_text(json.dumps(result, indent=2))
-        return
-    if recipe is None:
-        _user_error(ValueError("give a RECIPE, or --student VARIANT for the student alone"))
-    result = guarded(lambda: bench_training(recipe, overrides=set_, steps=steps))
-    print_training_bench(console, result)
-    if conflict is not None:
-        result["conflict"] = _bench_conflict(recipe, conflict, set_, steps)
-    if cached_targets is not None:
-        result["cached_targets"] = _bench_cached_targets(recipe, cached_targets, set_, steps)
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2))
-
-
-def _bench_conflict(recipe: Path, conflict: str, set_: list[str] | None, steps: int) -> dict:
-    from mergekit_vision.bench import bench_conflict
-
-    names = [c.strip() for c in conflict.split(",") if c.strip()]
-    result = guarded(lambda: bench_conflict(recipe, strategies=names, overrides=set_, steps=steps))
-    table = Table("strategy", "median step (s)", f"ratio to {names[0]}", title=result["stage"])
-    for name in names:
-        table.add_row(
-            name, f"{result['median_step_s'][name]:.3f}", f"{result['ratio_to_first'][name]:.3f}"
-        )
-    console.print(table)
-    return result
-
-
-@app.command()
-def profile(
-    recipe: RecipeArg,
-    set_: SetOption = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
-) -> None:
-    """Parameters and FLOPs of the merged model vs running the teachers separately."""
-    from mergekit_vision.cli.perf import print_profile
-    from mergekit_vision.profile import profile_recipe
-
-    result = guarded(lambda: profile_recipe(recipe, overrides=set_))
-    print_profile(console, result)
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2))
-
-
-def _bench_cached_targets(recipe: Path, task: str, set_: list[str] | None, steps: int) -> dict:
-    from mergekit_vision.cache.bench import bench_cached_targets
-
-    result = guarded(lambda: bench_cached_targets(recipe, task=task, overrides=set_, steps=steps))
-    table = Table(
-        "stage", "online img/s", "cached img/s", "speed-up", title=f"task {task}: targets"
-    )
-    for stage, row in result["stages"].items():
-        ips = row["images_per_s"]
-        table.add_row(
-            stage, f"{ips['online']:.1f}", f"{ips['cached']:.1f}", f"{row['speedup']:.2f}x"
-        )
-    console.print(table)
-    return result
+app.command()(perf.bench)
+app.command()(perf.profile)
 
 
 @app.command()
@@ -332,7 +208,7 @@ def cache(
     from mergekit_vision.cache.writer import DTYPES, cache_recipe
 
     if dtype not in DTYPES:
-        _user_error(ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"))
+        user_error(ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"))
     reports = guarded(
         lambda: cache_recipe(
             recipe,
@@ -374,7 +250,7 @@ def plugins(
 ) -> None:
     """List registered plugins (built-in and from installed packages)."""
     if kind is not None and kind not in ALL_REGISTRIES:
-        _user_error(ValueError(f"unknown kind {kind!r}; kinds: {', '.join(ALL_REGISTRIES)}"))
+        user_error(ValueError(f"unknown kind {kind!r}; kinds: {', '.join(ALL_REGISTRIES)}"))
     table = Table("kind", "name", "source", "summary")
     for registry in ALL_REGISTRIES.values():
         if kind is None or registry.kind == kind:

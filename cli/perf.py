@@ -1,11 +1,129 @@
-"""Tables of ``vmerge bench`` and ``vmerge profile`` results (printing only)."""
+"""``vmerge bench`` and ``vmerge profile``: the commands and their tables."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
+
+from mergekit_vision.cli.common import RecipeArg, SetOption, console, guarded, user_error
+
+
+def bench(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML file (omit with --student).")
+    ] = None,
+    conflict: Annotated[
+        str | None,
+        typer.Option(
+            help="Also time conflict strategies, comma-separated, first = baseline "
+            "(e.g. sum,pcgrad,upgrad)."
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Timed steps per variant (after warm-up).")] = 10,
+    set_: SetOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(help="Student only: MFU of a ViT-Det variant (vit_b, vit_l, vit_h)."),
+    ] = None,
+    resolution: Annotated[int, typer.Option(help="--student: input side in px.")] = 1024,
+    batch: Annotated[int, typer.Option(help="--student: images per step.")] = 1,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="--student: also time both attentions through torch.compile."
+        ),
+    ] = False,
+    cached_targets: Annotated[
+        str | None,
+        typer.Option(help="Also time TASK online vs from its targets cache (images/s)."),
+    ] = None,
+) -> None:
+    """Training throughput, step-time split and MFU, SDPA vs original attention interleaved."""
+    from mergekit_vision.bench import bench_student, bench_training
+
+    if student is not None:
+        from mergekit_vision.students.vitdet import VARIANTS
+
+        if recipe is not None:
+            user_error(ValueError("give a RECIPE or --student, not both"))
+        if student not in VARIANTS:
+            user_error(ValueError(f"--student {student!r}: choose one of {', '.join(VARIANTS)}"))
+        attentions = ("sdpa", "original")
+        if compile_:
+            attentions = ("sdpa+compile", "original+compile", *attentions)
+        result = guarded(
+            lambda: bench_student(
+                variant=student,
+                resolution=resolution,
+                batch=batch,
+                steps=steps,
+                attentions=attentions,
+            )
+        )
+        print_student_bench(console, result)
+        if json_out is not None:
+            json_out.write_text(json.dumps(result, indent=2))
+        return
+    if recipe is None:
+        user_error(ValueError("give a RECIPE, or --student VARIANT for the student alone"))
+    result = guarded(lambda: bench_training(recipe, overrides=set_, steps=steps))
+    print_training_bench(console, result)
+    if conflict is not None:
+        result["conflict"] = _bench_conflict(recipe, conflict, set_, steps)
+    if cached_targets is not None:
+        result["cached_targets"] = _bench_cached_targets(recipe, cached_targets, set_, steps)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+def _bench_conflict(recipe: Path, conflict: str, set_: list[str] | None, steps: int) -> dict:
+    from mergekit_vision.bench import bench_conflict
+
+    names = [c.strip() for c in conflict.split(",") if c.strip()]
+    result = guarded(lambda: bench_conflict(recipe, strategies=names, overrides=set_, steps=steps))
+    table = Table("strategy", "median step (s)", f"ratio to {names[0]}", title=result["stage"])
+    for name in names:
+        table.add_row(
+            name, f"{result['median_step_s'][name]:.3f}", f"{result['ratio_to_first'][name]:.3f}"
+        )
+    console.print(table)
+    return result
+
+
+def profile(
+    recipe: RecipeArg,
+    set_: SetOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """Parameters and FLOPs of the merged model vs running the teachers separately."""
+    from mergekit_vision.profile import profile_recipe
+
+    result = guarded(lambda: profile_recipe(recipe, overrides=set_))
+    print_profile(console, result)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+def _bench_cached_targets(recipe: Path, task: str, set_: list[str] | None, steps: int) -> dict:
+    from mergekit_vision.cache.bench import bench_cached_targets
+
+    result = guarded(lambda: bench_cached_targets(recipe, task=task, overrides=set_, steps=steps))
+    table = Table(
+        "stage", "online img/s", "cached img/s", "speed-up", title=f"task {task}: targets"
+    )
+    for stage, row in result["stages"].items():
+        ips = row["images_per_s"]
+        table.add_row(
+            stage, f"{ips['online']:.1f}", f"{ips['cached']:.1f}", f"{row['speedup']:.2f}x"
+        )
+    console.print(table)
+    return result
 
 
 def print_training_bench(console: Console, result: dict[str, Any]) -> None:
