@@ -84,7 +84,10 @@ def summarise(variant: Variant, folder: Path, peak: int) -> dict[str, Any]:
     models = json.loads((folder / "eval.json").read_text())["models"]
     merged = models["merged"]
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    multi = [m["step_time"] for m in metrics if sum(k.startswith("loss/") for k in m) > 1]
+    # Steps of the multi-task stages, whatever the replay scheduler runs in each step.
+    recipe = load_recipe(folder / "recipe.resolved.yaml")
+    stages = {stage.name for stage in recipe.stages if len(stage.tasks) > 1}
+    multi = [m["step_time"] for m in metrics if m.get("stage") in stages and "step_time" in m]
     return {
         "variant": variant.name,
         "clip_retention": _ratio(merged, models["clip_teacher"], "zeroshot_cls_top1"),
@@ -159,7 +162,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     points = [r for r in rows if r["clip_retention"] is not None and r["sam_retention"] is not None]
-    figure, ax = plt.subplots(figsize=(6.5, 5))
+    figure, ax = plt.subplots(figsize=(8, 5.5))
     scatter = ax.scatter(
         [r["clip_retention"] for r in points],
         [r["sam_retention"] for r in points],
@@ -168,11 +171,17 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
         s=70,
         edgecolors="black",
     )
+    # Variants at the same point (e.g. every conflict strategy under a one-task-per-step replay)
+    # share one label, one name per line.
+    labels: dict[tuple[float, float], list[str]] = {}
     for row in points:
+        labels.setdefault((row["clip_retention"], row["sam_retention"]), []).append(row["variant"])
+    for xy, names in labels.items():
         ax.annotate(
-            row["variant"], (row["clip_retention"], row["sam_retention"]), fontsize=7,
-            xytext=(4, 4), textcoords="offset points",
+            "\n".join(names), xy, fontsize=7, xytext=(4, 4), textcoords="offset points",
+            verticalalignment="bottom" if len(names) == 1 else "top",
         )  # fmt: skip
+    ax.margins(x=0.45, y=0.25)  # room for the labels inside the axes
     ax.set_xlabel("CLIP retention (merged / teacher zero-shot top-1)")
     ax.set_ylabel("SAM retention (merged / teacher point mIoU)")
     figure.colorbar(scatter, label="new ability: refined semseg mIoU")
