@@ -187,6 +187,11 @@ class Student(nn.Module, ABC):
     def last_block(self) -> nn.Module:
         """The last transformer block (heads may initialise from it)."""
 
+    def shard_units(self) -> list[nn.Module]:
+        """Sub-modules FSDP2 shards as one unit each (the transformer blocks, which the forward
+        must call as ``module(x)``); the rest of the student is one more unit."""
+        return list(getattr(self, "blocks", ()))
+
 
 class Head(nn.Module, ABC):
     """Maps student features to one teacher's targets (named like the teacher's targets)."""

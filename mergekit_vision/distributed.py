@@ -211,12 +211,14 @@ class Parallel:
 def shard_model(model: MergedModel) -> None:
     """FSDP2 over the student and each head, independent roots the task step calls directly.
 
-    The student is one unit, not one per block: a student may run its blocks through a function
-    of its own (fused attention, activation checkpointing) rather than ``block(x)``, which
-    would bypass a per-block unit's gather hooks.
+    The student's ``shard_units()`` (its transformer blocks) are sharded one unit each, so only
+    one block's full parameters are gathered at a time; the rest of the student (patch
+    embedding, neck) forms the student's own unit.
     """
     from torch.distributed.fsdp import fully_shard
 
+    for unit in model.student.shard_units():
+        fully_shard(unit)
     fully_shard(model.student)
     for head in model.heads.values():
         if any(True for _ in head.parameters()):

@@ -197,3 +197,6 @@ class TimmViTStudent(Student):
 
     def last_block(self) -> nn.Module:
         return GridBlock(self.model.blocks[-1])
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.model.blocks)

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalise
 from mergekit_vision.registry import STUDENTS, PluginParams
-from mergekit_vision.students.vitdet_attention import block_forward_sdpa
+from mergekit_vision.students.vitdet_attention import ViTDetBlock
 from mergekit_vision.weights import read_checkpoint_file
 
 SAM_PIXEL_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
@@ -232,7 +232,8 @@ class ViTDetStudent(ImageEncoderViT, Student):
         self.patch_size = patch_size
         self.native_size = native_size
         self.global_attn_indexes = tuple(global_attn_indexes)
-        self.attention = attention
+        for block in self.blocks:
+            ViTDetBlock.adopt(block, attention)
         # Recompute each block's activations in backward (set by the recipe's performance spec).
         self.activation_checkpointing = False
 
@@ -301,15 +302,20 @@ class ViTDetStudent(ImageEncoderViT, Student):
             tokens=x, feature_map=feature_map, image_size=int(height), intermediates=intermediates
         )
 
+    @property
+    def attention(self) -> str:
+        """How the blocks run (``Params.attention``); settable, e.g. to compare both."""
+        return self.blocks[0].attention if len(self.blocks) else "original"
+
+    @attention.setter
+    def attention(self, value: str) -> None:
+        for block in self.blocks:
+            block.attention = value
+
     def _run_block(self, block: nn.Module, x: Tensor) -> Tensor:
-        run = block_forward_sdpa if self.attention == "sdpa" else _block_call
         if self.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(run, block, x, use_reentrant=False)
-        return run(block, x)
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
 
     def last_block(self) -> nn.Module:
         return self.blocks[-1]
-
-
-def _block_call(block: nn.Module, x: Tensor) -> Tensor:
-    return block(x)

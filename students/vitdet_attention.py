@@ -28,6 +28,29 @@ from torch import Tensor
 GLOBAL_CHUNK_ELEMENTS = 1 << 26
 
 
+class ViTDetBlock(Block):
+    """segment_anything's ``Block`` (same submodules and state dict) whose forward is
+    :func:`block_forward_sdpa` when ``attention == "sdpa"``, else ``Block.forward``.
+
+    The choice lives in the block's own ``forward``, so ``block(x)`` runs every module hook on the
+    fast path too: FSDP2 can shard block by block, and activation checkpointing wraps the call.
+    A built ``Block`` becomes one with :meth:`adopt` (no new parameters or buffers).
+    """
+
+    attention: str = "sdpa"
+
+    @classmethod
+    def adopt(cls, block: Block, attention: str) -> ViTDetBlock:
+        block.__class__ = cls
+        block.attention = attention
+        return block  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.attention == "sdpa":
+            return block_forward_sdpa(self, x)
+        return super().forward(x)
+
+
 def block_forward_sdpa(block: Block, x: Tensor) -> Tensor:
     """``block(x)`` of a segment_anything ViT-Det ``Block`` through SDPA.
 
