@@ -121,22 +121,31 @@ def bench_student(
     every variant, so machine drift hits all alike; MFU is the median over rounds of
     ``model FLOPs / step time / that round's peak``. The FLOP-counting passes run every variant
     once before timing, so ``warmup`` rounds are optional. ``architecture`` overrides the variant's
-    sizes (``ViTDetStudent.Params`` fields, e.g. for a tiny ``custom`` student).
+    sizes (``ViTDetStudent.Params`` fields, e.g. for a tiny ``custom`` student). A variant
+    ``"<attention>+compile"`` runs the same student through ``torch.compile`` (compiled once
+    before timing; its executed FLOPs are those of the plain attention).
     """
     params = ViTDetStudent.Params(variant=variant, native_size=resolution, **(architecture or {}))
     torch.manual_seed(0)
     student = ViTDetStudent(**params.architecture()).to(device)
     student.activation_checkpointing = activation_checkpointing
+    compiled = torch.compile(student) if any(a.endswith("+compile") for a in attentions) else None
     images = torch.rand(batch, 3, resolution, resolution, device=device)
 
-    def step(attention: str) -> None:
+    def step(name: str) -> None:
+        attention, _, how = name.partition("+")
         student.attention = attention
-        features = student(images)
+        features = (compiled if how == "compile" else student)(images)
         (features.tokens.square().mean() + features.feature_map.square().mean()).backward()
         student.zero_grad(set_to_none=True)
 
     model_flops = count_flops(lambda: step("original"))
-    executed = {name: count_flops(lambda name=name: step(name)) for name in attentions}
+    plain = {name.partition("+")[0] for name in attentions}
+    executed_by = {name: count_flops(lambda name=name: step(name)) for name in plain}
+    executed = {name: executed_by[name.partition("+")[0]] for name in attentions}
+    for name in attentions:
+        if name.endswith("+compile"):
+            step(name)  # compiles (same FLOPs as the plain attention, counted above)
     times: dict[str, list[float]] = {name: [] for name in attentions}
     mfu: dict[str, list[float]] = {name: [] for name in attentions}
     peaks: list[float] = []

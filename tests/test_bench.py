@@ -33,6 +33,22 @@ def test_student_bench_counts_segment_anything_flops_for_both_attentions():
     assert result["speedup_vs_original"]["original"] == pytest.approx(1.0)
 
 
+def test_student_bench_times_the_compiled_student_beside_the_eager_one():
+    result = bench_student(
+        variant="custom",
+        architecture=TINY_STUDENT,
+        resolution=32,
+        batch=1,
+        steps=1,
+        warmup=0,
+        peak_size=64,
+        attentions=("sdpa+compile", "sdpa"),
+    )
+    assert set(result["mfu"]) == {"sdpa+compile", "sdpa"}
+    assert result["executed_gflops"]["sdpa+compile"] == result["executed_gflops"]["sdpa"]
+    assert result["median_step_s"]["sdpa+compile"] > 0
+
+
 def test_training_bench_splits_the_step_per_phase(tiny_checkpoints):
     overrides = [f"teachers.{n}.params.checkpoint={p}" for n, p in tiny_checkpoints.items()]
     result = bench_training(TINY_RECIPE, overrides=overrides, steps=2, warmup=0, peak_size=64)
