@@ -321,7 +321,7 @@ class _TrainingStep:
             name = task.spec.target
             target = task.teacher(images, targets=[name], prompts=prompts)[name]
             if task.name in self.c.model.normalizers:
-                target = self.c.model.normalizers[task.name](target)
+                target = self.c.model.normalizers[task.name].normalise(target)
         return target, prompts
 
     def _loss(self, task: BuiltTask, images: Any, prompts: Any, target: Any) -> Any:

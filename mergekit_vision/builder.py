@@ -174,7 +174,7 @@ def task_load_resolution(recipe: Recipe, task_name: str) -> int:
 
 
 def _build_normalizer(spec: TaskSpec, teacher: Teacher) -> TargetNormalizer:
-    width = teacher.target_specs()[spec.target].shape[-1]
+    width = teacher.target_specs()[spec.target].shape[1]  # the feature axis (TargetSpec)
     if not isinstance(width, int):
         raise ValueError(f"target {spec.target!r} has no fixed feature width to normalise")
     assert spec.normalize is not None

@@ -27,7 +27,8 @@ from mergekit_vision.registry import PluginParams
 class TargetSpec:
     """One named output a teacher produces and a head must reproduce.
 
-    ``shape`` names the dimensions, e.g. ``("B", 768)`` or ``("B", "N", "h", "w")``;
+    ``shape`` names the dimensions, e.g. ``("B", 768)`` or ``("B", "N", "h", "w")``; feature
+    vectors are ``[B, D]`` and feature maps ``[B, C, h, w]``, so the feature axis is 1;
     ``needs_prompts`` says the target is only defined for given prompts (SAM's mask logits).
     """
 

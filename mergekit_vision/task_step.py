@@ -123,6 +123,6 @@ def teacher_targets(
     if task.name in model.normalizers:
         normalizer = model.normalizers[task.name]
         if update_statistics and not normalizer.frozen:
-            normalizer.update(gather_rows(target))
-        target = normalizer(target)
+            normalizer.observe(gather_rows(target))
+        target = normalizer.normalise(target)
     return target

@@ -51,3 +51,18 @@ class TargetNormalizer(nn.Module):
     def fold_into(self, linear: nn.Linear) -> nn.Linear:
         """A copy of ``linear`` whose outputs are ``inverse(linear(x))`` (export)."""
         raise NotImplementedError
+
+    # Teacher targets are ``[B, D]`` vectors or ``[B, C, h, w]`` feature maps: the feature axis
+    # is 1 (see ``TargetSpec``). These apply the ``[..., D]`` methods above along it.
+
+    def observe(self, targets: Tensor) -> None:
+        """:meth:`update` with targets ``[B, D, ...]``."""
+        self.update(targets.movedim(1, -1))
+
+    def normalise(self, targets: Tensor) -> Tensor:
+        """Raw ``[B, D, ...]`` -> normalised, along the feature axis."""
+        return self(targets.movedim(1, -1)).movedim(-1, 1)
+
+    def denormalise(self, normalised: Tensor) -> Tensor:
+        """Normalised ``[B, D, ...]`` -> raw (what a head trained on normalised targets means)."""
+        return self.inverse(normalised.movedim(1, -1)).movedim(-1, 1)

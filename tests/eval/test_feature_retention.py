@@ -12,10 +12,22 @@ from torch import nn
 
 from mergekit_vision.builder import MergedModel
 from mergekit_vision.eval.features import feature_retention, feature_tasks
+from mergekit_vision.normalization.standardize import Standardize
 from mergekit_vision.students.timm_vit import TimmViTStudent
 from mergekit_vision.teachers.timm import TimmParams, TimmTeacher
 
 VIT = dict(depth=2, embed_dim=32, num_heads=2, init_values=1.0)
+
+
+class StandardisedCopy(nn.Module):
+    """The teacher's summary in a normaliser's space, as a head trained on normalised targets."""
+
+    def __init__(self, normaliser: nn.Module):
+        super().__init__()
+        self.normaliser = normaliser
+
+    def forward(self, features, *, prompts=None):
+        return {"summary": self.normaliser(features.prefix_tokens[:, 0])}
 
 
 class TeacherCopy(nn.Module):
@@ -43,8 +55,14 @@ def components():
         model="vit_small_patch14_dinov2", native_size=56, model_kwargs=VIT, init_from="dino"
     )
     student = TimmViTStudent.build(student_params, teachers={"dino": teacher})
-    heads = {"same": TeacherCopy(1.0), "opposite": TeacherCopy(-1.0)}
-    model = MergedModel(student=student, heads=heads)
+    standardise = Standardize(dim=VIT["embed_dim"], estimate_steps=1)
+    standardise.update(torch.randn(64, VIT["embed_dim"]) * 3 + 5)  # far from the teacher's scale
+    heads = {
+        "same": TeacherCopy(1.0),
+        "opposite": TeacherCopy(-1.0),
+        "standardised": StandardisedCopy(standardise),
+    }
+    model = MergedModel(student=student, heads=heads, normalizers={"normalised": standardise})
 
     def task(head: str, target: str) -> SimpleNamespace:
         spec = SimpleNamespace(teacher="dino", head=head, target=target)
@@ -54,6 +72,7 @@ def components():
         "summary": task("same", "summary"),
         "spatial": task("same", "spatial"),
         "inverted": task("opposite", "spatial"),
+        "normalised": task("standardised", "summary"),
     }
     return SimpleNamespace(tasks=tasks, model=model, device=torch.device("cpu"))
 
@@ -61,7 +80,7 @@ def components():
 def test_cosines_and_baseline(components):
     torch.manual_seed(1)
     images = [{"image": (torch.rand(3, 56, 56) * 255).to(torch.uint8)} for _ in range(5)]
-    assert feature_tasks(components) == ["summary", "spatial", "inverted"]
+    assert feature_tasks(components) == ["summary", "spatial", "inverted", "normalised"]
     found = feature_retention(components, images, batch_size=2, max_images=4)
     assert found["summary"]["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert found["spatial"]["cosine"] == pytest.approx(1.0, abs=1e-5)
@@ -71,4 +90,7 @@ def test_cosines_and_baseline(components):
     for row in found.values():
         assert row["images"] == 4 and row["teacher"] == "dino"
         assert -1 < row["mean_baseline_cosine"] < 1
+    # a head trained on normalised targets is compared in the teacher's own space
+    for key in ("cosine", "centered_cosine", "mean_baseline_cosine"):
+        assert found["normalised"][key] == pytest.approx(found["summary"][key], abs=1e-4), key
     assert feature_retention(components, None, batch_size=2) == {}

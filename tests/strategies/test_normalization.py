@@ -123,3 +123,34 @@ def assert_fold_exact(normalizer, *, dim: int) -> None:
 @pytest.mark.parametrize("name", ["standardize", "phi_s"])
 def test_registered(name):
     assert name in NORMALIZATION
+
+
+@pytest.mark.parametrize("name", ["standardize", "phi_s"])
+def test_feature_maps_are_normalised_along_their_channel_axis(name):
+    """Teacher feature maps are ``[B, C, h, w]``: statistics and maps are per channel, whatever
+    the spatial size (the builder sizes the normaliser by the target's axis 1)."""
+    from types import SimpleNamespace
+
+    from mergekit_vision.builder import _build_normalizer
+    from mergekit_vision.contracts import TargetSpec
+    from mergekit_vision.recipe import PluginSpec
+
+    channels = 4
+    teacher = SimpleNamespace(
+        target_specs=lambda: {"spatial": TargetSpec(("B", channels, 3, 5), "feature map")}
+    )
+    spec = SimpleNamespace(target="spatial", normalize=PluginSpec(type=name, params={}))
+    normalizer = _build_normalizer(spec, teacher)
+    assert normalizer.dim == channels
+    vectors = correlated_targets(channels, n=4 * 2 * 3 * 5)  # [n, C]
+    maps = vectors.reshape(4, 2, 3, 5, channels).movedim(-1, 2)  # 4 batches of [2, C, 3, 5]
+    reference = NORMALIZATION.get(name).build(NORMALIZATION.get(name).Params(estimate_steps=4),
+                                              dim=channels)  # fmt: skip
+    normalizer.estimate_steps = 4
+    for batch in maps.unbind(0):
+        normalizer.observe(batch)
+        reference.update(batch.movedim(1, -1))
+    out = normalizer.normalise(maps[0])
+    assert out.shape == maps[0].shape
+    torch.testing.assert_close(out.movedim(1, -1), reference(maps[0].movedim(1, -1)))
+    torch.testing.assert_close(normalizer.denormalise(out), maps[0], atol=1e-3, rtol=1e-4)
