@@ -16,12 +16,14 @@ import os
 import statistics
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mergekit_vision.recipe import Recipe
 from mergekit_vision.recipe_io import Issue, RecipeError, load_recipe
+from mergekit_vision.registry import REPLAY
 
 STRATEGY_AXES = ("replay", "conflict", "weighting")  # set on every multi-task stage
 
@@ -54,6 +56,20 @@ def parse_grid(grid: list[str], recipe: Recipe) -> list[Variant]:
         name = ",".join(f"{k}={v}" for k, v in combo) or "recipe"
         variants.append(Variant(name=name, overrides=tuple(overrides)))
     return variants
+
+
+def conflict_noops(recipe: Recipe) -> list[str]:
+    """Stages whose conflict strategy cannot act: the replay runs one task per step, so each
+    step has a single gradient row, which every strategy returns unchanged (as ``sum`` does)."""
+    found = []
+    for stage in recipe.stages:
+        replay = REPLAY.get(stage.replay.type)
+        if stage.conflict.type != "sum" and replay.tasks_per_step == 1 and len(stage.tasks) > 1:
+            found.append(
+                f"stage {stage.name!r}: replay {stage.replay.type!r} runs one task per step, so "
+                f"conflict {stage.conflict.type!r} sees one gradient row and acts as 'sum'"
+            )
+    return found
 
 
 def slug(name: str) -> str:
@@ -119,6 +135,10 @@ def compare(
     for variant in variants:
         for override in variant.overrides:  # a bad strategy name fails here, before any training
             load_recipe(recipe_path, [*(overrides or []), override])
+        for problem in conflict_noops(
+            load_recipe(recipe_path, [*(overrides or []), *variant.overrides])
+        ):
+            warnings.warn(f"variant {variant.name}: {problem}", stacklevel=2)
     # The teachers and the pipeline are evaluated once and reused by every variant.
     base = list(overrides or [])
     if recipe.eval.teacher_results is None:

@@ -16,6 +16,8 @@ class Alternating(ReplayScheduler):
     matrix has a single row, so gradient-conflict strategies leave such steps as they are.
     """
 
+    tasks_per_step = 1
+
     def draws(self, *, step: int) -> list[TaskDraw]:
         tasks = list(self.batch_sizes)
         task = tasks[step % len(tasks)]

@@ -24,6 +24,8 @@ class ReplayScheduler(ABC):
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
+    # 1 for schedulers whose every step runs a single task (conflict strategies then see one row)
+    tasks_per_step: ClassVar[int | None] = None
 
     def __init__(self, *, batch_sizes: dict[str, int]):
         self.batch_sizes = dict(batch_sizes)

@@ -25,6 +25,8 @@ class Proportional(ReplayScheduler):
         seed: seeds the per-step draws.
     """
 
+    tasks_per_step = 1
+
     class Params(PluginParams):
         probabilities: dict[str, float]
         seed: int = Field(0, ge=0)

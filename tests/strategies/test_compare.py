@@ -85,3 +85,27 @@ def test_teacher_fingerprint_follows_what_the_teacher_rows_depend_on(
     checkpoint = Path(tiny_checkpoints["sam"])
     checkpoint.write_bytes(checkpoint.read_bytes())  # a retrained teacher: new mtime
     assert fingerprint(load_recipe(recipe, base)) != key
+
+
+@pytest.mark.parametrize(
+    ("replay", "conflict", "noop"),
+    [
+        ("alternating", "pcgrad", True),
+        ("{type: proportional, params: {probabilities: {clip: 0.5, sam: 0.5}}}", "upgrad", True),
+        ("alternating", "sum", False),
+        ("fixed_ratio", "pcgrad", False),
+    ],
+)
+def test_compare_flags_conflict_strategies_a_one_task_replay_makes_no_ops(
+    tiny_recipe_args, replay, conflict, noop
+):
+    from mergekit_vision.compare import conflict_noops
+
+    recipe, *sets = tiny_recipe_args
+    overrides = [s for s in sets if s != "--set"]
+    spec = replay if replay.startswith("{") else f"{{type: {replay}}}"
+    overrides += [f"stages.1.replay={spec}", f"stages.1.conflict={{type: {conflict}}}"]
+    found = conflict_noops(load_recipe(recipe, overrides))
+    assert bool(found) == noop
+    if noop:
+        assert "one task per step" in found[0] and conflict in found[0]
