@@ -25,7 +25,7 @@ from mergekit_vision.recipe_io import Issue, RecipeError, dump_recipe, load_reci
 from mergekit_vision.stage import build_stage
 from mergekit_vision.streams import BatchStream
 from mergekit_vision.students.vitdet import ViTDetStudent
-from mergekit_vision.task_step import prepare_images, sample_prompts
+from mergekit_vision.task_step import prepare_images, sample_prompts, teacher_targets
 
 
 def bench_conflict(
@@ -318,10 +318,7 @@ class _TrainingStep:
         generator = torch.Generator().manual_seed(index)
         with torch.no_grad():
             prompts = sample_prompts(task, images, masks, generator)
-            name = task.spec.target
-            target = task.teacher(images, targets=[name], prompts=prompts)[name]
-            if task.name in self.c.model.normalizers:
-                target = self.c.model.normalizers[task.name].normalise(target)
+        target = teacher_targets(task, images, prompts, model=self.c.model, update_statistics=False)
         return target, prompts
 
     def _loss(self, task: BuiltTask, images: Any, prompts: Any, target: Any) -> Any:

@@ -132,12 +132,9 @@ def compare(
     variants = parse_grid(grid, recipe)
     output.mkdir(parents=True, exist_ok=True)
     rows = []
-    for variant in variants:
-        for override in variant.overrides:  # a bad strategy name fails here, before any training
-            load_recipe(recipe_path, [*(overrides or []), override])
-        for problem in conflict_noops(
-            load_recipe(recipe_path, [*(overrides or []), *variant.overrides])
-        ):
+    for variant in variants:  # a bad strategy name fails here, before any training
+        resolved = load_recipe(recipe_path, [*(overrides or []), *variant.overrides])
+        for problem in conflict_noops(resolved):
             warnings.warn(f"variant {variant.name}: {problem}", stacklevel=2)
     # The teachers and the pipeline are evaluated once and reused by every variant.
     base = list(overrides or [])

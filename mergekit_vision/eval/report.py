@@ -87,17 +87,21 @@ class Evaluation:
         """The teachers' and the pipeline's rows, read from ``eval.teacher_results`` when it
         holds them for the same teachers and data (see ``eval/reuse.py``)."""
         store = self.spec.teacher_results
-        key = fingerprint(self.recipe) if store is not None else ""
-        rows = load_teacher_rows(store, key) if store is not None else None
+        if store is None:
+            return self._measure_teachers(main)
+        key = fingerprint(self.recipe)
+        rows = load_teacher_rows(store, key)
         if rows is None:
-            rows = {
-                "clip_teacher": self._clip_teacher(main),
-                "sam_teacher": self._sam_teacher(main),
-                "pipeline": self._pipeline(main),
-            }
-            if store is not None:
-                save_teacher_rows(store, key, rows)
+            rows = self._measure_teachers(main)
+            save_teacher_rows(store, key, rows)
         return rows
+
+    def _measure_teachers(self, main: int) -> dict[str, Any]:
+        return {
+            "clip_teacher": self._clip_teacher(main),
+            "sam_teacher": self._sam_teacher(main),
+            "pipeline": self._pipeline(main),
+        }
 
     def _texts(self, dataset: Any, *, skip_background: bool) -> torch.Tensor:
         names = dataset.class_names[1:] if skip_background else dataset.class_names

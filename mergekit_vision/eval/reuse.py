@@ -17,7 +17,6 @@ from typing import Any
 
 from mergekit_vision.recipe import Recipe
 
-TEACHER_ROWS = ("clip_teacher", "sam_teacher", "pipeline")
 # Evaluation settings that change only the merged model's rows.
 MERGED_ONLY = {"clip_head", "sam_head", "extra_resolutions", "pictures", "teacher_results"}
 
