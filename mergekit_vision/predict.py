@@ -32,7 +32,7 @@ from mergekit_vision.data.transforms import (
     load_image,
     resize_image,
 )
-from mergekit_vision.eval.models import ClipTeacherEval, MergedEval
+from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, task_of_head
 from mergekit_vision.eval.pictures import label_colours
 from mergekit_vision.eval.tasks import class_text_embeddings, dense_labels, refined_labels
 from mergekit_vision.export import ExportError
@@ -70,8 +70,12 @@ class Predictor:
         refine: bool = True,
     ) -> Predictor:
         run = load_run(run_dir)
+        clip_head = run.head_name(ClipHead)
         model = MergedEval(
-            run.model, clip_head=run.head_name(ClipHead), sam_head=run.head_name(SamHead)
+            run.model,
+            clip_head=clip_head,
+            sam_head=run.head_name(SamHead),
+            clip_task=task_of_head(run.recipe.tasks, clip_head),
         )
         spec = run.recipe.eval
         size = resolution or (spec.resolution if spec else _sam_resolution(run))

@@ -12,6 +12,7 @@ Images are ``[B, 3, R, R]`` in [0, 1]; prompts are in pixels of that image.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -27,6 +28,11 @@ ABILITIES = ("embed_images", "embed_patches", "mask_logits")
 
 def abilities(model: Any) -> set[str]:
     return {name for name in ABILITIES if callable(getattr(model, name, None))}
+
+
+def task_of_head(tasks: Mapping[str, Any], head: str) -> str | None:
+    """The name of the first task (recipe order) that trains ``head``, if any."""
+    return next((name for name, task in tasks.items() if task.head == head), None)
 
 
 class ClipTeacherEval:
@@ -71,18 +77,32 @@ class SamTeacherEval:
 
 
 class MergedEval:
-    """The merged backbone with its CLIP head and SAM head."""
+    """The merged backbone with its CLIP head and SAM head.
 
-    def __init__(self, model: MergedModel, *, clip_head: str, sam_head: str):
+    ``clip_task`` names the task that trained the CLIP head: when that task normalises its
+    targets, the head predicts normalised embeddings, and they are mapped back to the teacher's
+    space (where its text embeddings live) before any comparison.
+    """
+
+    def __init__(
+        self, model: MergedModel, *, clip_head: str, sam_head: str, clip_task: str | None = None
+    ):
         self.model = model.eval()
         self.clip_head = model.heads[clip_head]
         self.sam_head = model.heads[sam_head]
+        self.normalizer = model.normalizers[clip_task] if clip_task in model.normalizers else None
+
+    def _in_teacher_space(self, embeddings: Tensor) -> Tensor:
+        """``[..., D]`` head outputs -> the teacher's space, unit-normalised."""
+        if self.normalizer is not None:
+            embeddings = self.normalizer.inverse(embeddings)
+        return F.normalize(embeddings.float(), dim=-1)
 
     @torch.no_grad()
     def embed_images(self, images: Tensor) -> Tensor:
         features = self.model.student(images)
         (pooled,) = self.clip_head(features).values()
-        return F.normalize(pooled.float(), dim=-1)
+        return self._in_teacher_space(pooled)
 
     @torch.no_grad()
     def embed_patches(self, images: Tensor) -> Tensor:
@@ -94,7 +114,7 @@ class MergedEval:
 
     @torch.no_grad()
     def embed_patches_from(self, features: Any) -> Tensor:
-        return F.normalize(self.clip_head.dense_embeddings(features).float(), dim=-1)
+        return self._in_teacher_space(self.clip_head.dense_embeddings(features))
 
     @torch.no_grad()
     def mask_logits(self, encoded: Any, prompts: Prompts) -> Tensor:

@@ -19,7 +19,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from mergekit_vision.builder import Components, params_of
-from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherEval
+from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherEval, task_of_head
 from mergekit_vision.eval.pipeline import SamThenClip
 from mergekit_vision.eval.reuse import fingerprint, load_teacher_rows, save_teacher_rows
 from mergekit_vision.eval.tasks import (
@@ -56,7 +56,12 @@ class Evaluation:
         self.recipe = components.recipe
         self.clip = ClipTeacherEval(components.teachers[spec.clip_teacher])
         self.sam = SamTeacherEval(components.teachers[spec.sam_teacher])
-        self.merged = MergedEval(components.model, clip_head=spec.clip_head, sam_head=spec.sam_head)
+        self.merged = MergedEval(
+            components.model,
+            clip_head=spec.clip_head,
+            sam_head=spec.sam_head,
+            clip_task=task_of_head(components.recipe.tasks, spec.clip_head),
+        )
         self.templates = templates or spec.templates
 
     def dataset(self, spec: PluginSpec | None, resolution: int) -> Any:

@@ -1,0 +1,71 @@
+"""The merged model's CLIP embeddings are compared in the teacher's space: a head trained on
+normalised targets predicts normalised embeddings, and evaluation maps them back before scoring
+them against the teacher's text embeddings."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mergekit_vision.builder import MergedModel
+from mergekit_vision.eval.models import MergedEval, task_of_head
+from mergekit_vision.normalization.standardize import Standardize
+
+DIM = 8
+
+
+class PassThrough(nn.Module):
+    """A student whose features are the images' first ``DIM`` channels, per pixel."""
+
+    def forward(self, images):
+        return SimpleNamespace(tokens=images[:, :DIM].permute(0, 2, 3, 1))
+
+
+class NormalisedHead(nn.Module):
+    """A perfect head trained on normalised targets: normaliser(teacher embedding)."""
+
+    def __init__(self, normaliser: Standardize):
+        super().__init__()
+        self.normaliser = normaliser
+
+    def forward(self, features, *, prompts=None):
+        return {"image_embedding": self.normaliser(features.tokens.amax(dim=(1, 2)))}
+
+    def dense_embeddings(self, features):
+        return self.normaliser(features.tokens)
+
+
+def _model() -> tuple[MergedModel, Standardize]:
+    normaliser = Standardize(dim=DIM, estimate_steps=1)
+    normaliser.update(torch.randn(256, DIM) * 4 + 3)  # far from the identity
+    heads = {"clip_head": NormalisedHead(normaliser), "sam_head": nn.Identity()}
+    model = MergedModel(student=PassThrough(), heads=heads, normalizers={"clip": normaliser})
+    return model, normaliser
+
+
+def test_normalised_head_is_scored_in_teacher_space():
+    torch.manual_seed(0)
+    model, _ = _model()
+    images = torch.randn(3, DIM, 4, 4)
+    teacher_pooled = F.normalize(images.permute(0, 2, 3, 1).amax(dim=(1, 2)), dim=-1)
+    teacher_dense = F.normalize(images.permute(0, 2, 3, 1), dim=-1)
+
+    mapped = MergedEval(model, clip_head="clip_head", sam_head="sam_head", clip_task="clip")
+    torch.testing.assert_close(mapped.embed_images(images), teacher_pooled)
+    torch.testing.assert_close(mapped.embed_patches(images), teacher_dense)
+
+    raw = MergedEval(model, clip_head="clip_head", sam_head="sam_head")
+    cosine = (raw.embed_images(images) * teacher_pooled).sum(-1)
+    assert bool((cosine < 0.99).all())  # unmapped, the embeddings are elsewhere
+
+
+def test_task_of_head_finds_the_training_task():
+    tasks = {
+        "sam": SimpleNamespace(head="sam_head"),
+        "clip": SimpleNamespace(head="clip_head"),
+    }
+    assert task_of_head(tasks, "clip_head") == "clip"
+    assert task_of_head(tasks, "missing") is None
