@@ -57,17 +57,36 @@ _COLUMNS = (
     TextColumn("{task.fields[status]}"),
 )
 
+
+class CoreShare:
+    """The cores of trainings that run side by side, one thread each: the last one still running
+    takes them all (checked once per step, from the training thread, where thread counts apply).
+
+    Args:
+        running: a shared ``multiprocessing.Value("i")``: how many trainings have not finished.
+        cores: threads to use once this training runs alone.
+    """
+
+    def __init__(self, running: Any, cores: int):
+        self.running, self.cores = running, cores
+
+    def claim_idle(self) -> None:
+        if self.running.value <= 1 and torch.get_num_threads() < self.cores:
+            torch.set_num_threads(self.cores)
+
+
 # Set in a worker process that trains a teacher beside another (see
 # :func:`mergekit_vision.toy.teachers.ensure_toy_teachers`): its progress goes to the parent's bars.
 _progress_queue: Any = None
+_core_share: CoreShare | None = None
 
 
-def report_progress_to(queue: Any) -> None:
+def report_progress_to(queue: Any, *, cores: CoreShare | None = None) -> None:
     """Send this process's training progress to ``queue`` as ``(description, event, value)``
     tuples (``"total"`` with the step count, then ``"advance"`` with the metrics) instead of
-    drawing bars."""
-    global _progress_queue
-    _progress_queue = queue
+    drawing bars; with ``cores``, take the idle cores once the other trainings are done."""
+    global _progress_queue, _core_share
+    _progress_queue, _core_share = queue, cores
 
 
 class StepReporter(Protocol):
@@ -82,9 +101,15 @@ def training_progress(*, total: int, description: str, enabled: bool) -> Iterato
         yield lambda **_: None
         return
     if _progress_queue is not None:
-        queue = _progress_queue
+        queue, share = _progress_queue, _core_share
         queue.put((description, "total", total))
-        yield lambda **metrics: queue.put((description, "advance", metrics))
+
+        def relay(**metrics: float) -> None:
+            queue.put((description, "advance", metrics))
+            if share is not None:
+                share.claim_idle()
+
+        yield relay
         return
     with Progress(*_COLUMNS, transient=False) as progress:
         task = progress.add_task(description, total=total, status="")

@@ -28,7 +28,7 @@ from mergekit_vision.registry import PluginParams
 from mergekit_vision.teachers.open_clip import OpenClipParams
 from mergekit_vision.teachers.sam import SamParams
 from mergekit_vision.toy import train_clip, train_sam
-from mergekit_vision.toy.fitting import ProgressRelay, report_progress_to
+from mergekit_vision.toy.fitting import CoreShare, ProgressRelay, report_progress_to
 from mergekit_vision.toy.train_clip import ToyClipTraining
 from mergekit_vision.toy.train_sam import ToySamTraining
 from mergekit_vision.toy.world import ToyWorldConfig
@@ -260,17 +260,24 @@ class _Job:
         )
 
 
-def _worker(job: _Job, queue: Any) -> None:
+def _worker(job: _Job, queue: Any, running: Any, cores: int) -> None:
     torch.set_num_threads(1)
-    report_progress_to(queue)
-    job.run(progress=True)
+    report_progress_to(queue, cores=CoreShare(running, cores))
+    try:
+        job.run(progress=True)
+    finally:
+        with running.get_lock():
+            running.value -= 1
 
 
 def _run_in_processes(jobs: list[_Job], *, progress: bool) -> None:
-    """Run ``jobs`` in spawned processes, relaying their progress to bars here."""
+    """Run ``jobs`` in spawned processes of one thread each, relaying their progress to bars
+    here; the last one running takes all of this process's threads."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    workers = [context.Process(target=_worker, args=(job, queue)) for job in jobs]
+    running = context.Value("i", len(jobs))
+    cores = torch.get_num_threads()
+    workers = [context.Process(target=_worker, args=(job, queue, running, cores)) for job in jobs]
     for worker in workers:
         worker.start()
     with ProgressRelay(enabled=progress) as relay:

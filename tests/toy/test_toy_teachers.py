@@ -256,3 +256,20 @@ def test_parallel_training_writes_both_teachers_with_their_records(tmp_path: Pat
     sam = SamTeacher.build(SAM.model_copy(update={"checkpoint": paths["sam"]}))
     clip = OpenClipTeacher.build(CLIP.model_copy(update={"checkpoint": paths["clip"]}))
     assert sam is not None and clip is not None
+
+
+def test_the_last_training_running_takes_the_idle_cores():
+    import multiprocessing
+
+    before = torch.get_num_threads()
+    running = multiprocessing.get_context("spawn").Value("i", 2)
+    share = fitting.CoreShare(running, cores=2)
+    try:
+        torch.set_num_threads(1)
+        share.claim_idle()
+        assert torch.get_num_threads() == 1  # the other training still runs
+        running.value = 1
+        share.claim_idle()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
