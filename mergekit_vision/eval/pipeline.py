@@ -46,23 +46,28 @@ class SamThenClip:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, threshold: float) -> Tensor:
-        return torch.stack([self._one(image, threshold) for image in images])
+        return self.labels(self.prepare(images), threshold)
 
-    def _one(self, image: Tensor, threshold: float) -> Tensor:
-        size = image.shape[-1]
+    @torch.no_grad()
+    def prepare(self, images: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per image, the threshold-independent work: SAM's masks ``bool [M, R, R]`` and CLIP's
+        confidence and class for each (see :class:`~mergekit_vision.eval.tasks.Segmenter`)."""
+        return [self._classified_masks(image) for image in images]
+
+    def labels(self, prepared: list[tuple[Tensor, Tensor, Tensor]], threshold: float) -> Tensor:
+        """``[B, R, R]``: each mask whose CLIP confidence reaches ``threshold`` painted with its
+        class, small masks last (on top); the rest is background."""
+        return torch.stack([_paint(*one, threshold) for one in prepared])
+
+    def _classified_masks(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         masks = self._masks(image[None])
-        labels = torch.zeros(size, size, dtype=torch.long)
         if masks.shape[0] == 0:
-            return labels
-        probs = (LOGIT_SCALE * self.clip.embed_images(_crops(image, masks)) @ self.texts.T).softmax(
-            -1
-        )
+            empty = torch.zeros(0)
+            return masks, empty, empty.long()
+        embeddings = self.clip.embed_images(_crops(image, masks))
+        probs = (LOGIT_SCALE * embeddings @ self.texts.T).softmax(-1)
         confidence, classes = probs.max(-1)
-        order = masks.flatten(1).sum(1).argsort(descending=True)  # small masks painted last, on top
-        for index in order.tolist():
-            if confidence[index] >= threshold:
-                labels[masks[index]] = int(classes[index]) + 1
-        return labels
+        return masks, confidence, classes
 
     def _masks(self, images: Tensor) -> Tensor:
         """``bool [M, R, R]``: SAM's confident, de-duplicated masks for a grid of points."""
@@ -79,6 +84,15 @@ class SamThenClip:
         score = (probs * masks).flatten(1).sum(1) / area.clamp(min=1)
         keep = (area >= self.min_area) & (score >= self.min_score)
         return _mask_nms(masks[keep], score[keep], self.nms_iou)
+
+
+def _paint(masks: Tensor, confidence: Tensor, classes: Tensor, threshold: float) -> Tensor:
+    labels = torch.zeros(masks.shape[-2:], dtype=torch.long)
+    order = masks.flatten(1).sum(1).argsort(descending=True)  # small masks painted last, on top
+    for index in order.tolist():
+        if confidence[index] >= threshold:
+            labels[masks[index]] = int(classes[index]) + 1
+    return labels
 
 
 def _mask_nms(masks: Tensor, scores: Tensor, iou: float) -> Tensor:

@@ -23,11 +23,12 @@ from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherE
 from mergekit_vision.eval.pipeline import SamThenClip
 from mergekit_vision.eval.reuse import fingerprint, load_teacher_rows, save_teacher_rows
 from mergekit_vision.eval.tasks import (
+    Segmenter,
     batches,
     class_text_embeddings,
-    dense_labels,
+    dense_segmenter,
     promptable_segmentation,
-    refined_labels,
+    refined_segmenter,
     semantic_segmentation,
     zero_shot_top1,
 )
@@ -112,9 +113,9 @@ class Evaluation:
         names = dataset.class_names[1:] if skip_background else dataset.class_names
         return class_text_embeddings(self.clip, names, self.templates)
 
-    def _semseg(self, segment, dataset) -> dict[str, float]:
+    def _semseg(self, segmenter: Segmenter, dataset) -> dict[str, float]:
         return semantic_segmentation(
-            segment,
+            segmenter,
             dataset,
             num_classes=len(dataset.class_names) - 1,
             calibration=self.spec.calibration_samples,
@@ -141,7 +142,7 @@ class Evaluation:
         semantic = self.dataset(self.spec.semantic, resolution)
         if semantic is not None:
             texts = self._texts(semantic, skip_background=True)
-            head = self._semseg(lambda x, t: dense_labels(self.merged, x, texts, t), semantic)
+            head = self._semseg(dense_segmenter(self.merged, texts), semantic)
             refined = self._semseg(self._refiner(texts), semantic)
             out.update(
                 semseg_miou=head["miou"],
@@ -156,8 +157,7 @@ class Evaluation:
         return out
 
     def _refiner(self, texts: torch.Tensor):
-        points = self.spec.points_per_class
-        return lambda x, t: refined_labels(self.merged, x, texts, t, points_per_class=points)
+        return refined_segmenter(self.merged, texts, points_per_class=self.spec.points_per_class)
 
     def _clip_teacher(self, resolution: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -170,7 +170,7 @@ class Evaluation:
         semantic = self.dataset(self.spec.semantic, resolution)
         if semantic is not None:
             texts = self._texts(semantic, skip_background=True)
-            result = self._semseg(lambda x, t: dense_labels(self.clip, x, texts, t), semantic)
+            result = self._semseg(dense_segmenter(self.clip, texts), semantic)
             out.update(semseg_miou=result["miou"], semseg_threshold=result["threshold"])
         return out
 
@@ -190,7 +190,7 @@ class Evaluation:
         pipeline = SamThenClip(
             sam=self.sam, clip=self.clip, texts=texts, grid=self.spec.pipeline_grid
         )
-        result = self._semseg(pipeline, semantic)
+        result = self._semseg(Segmenter(prepare=pipeline.prepare, labels=pipeline.labels), semantic)
         out = {"semseg_miou": result["miou"], "semseg_threshold": result["threshold"]}
         out.update(self._cost(lambda x: pipeline(x, result["threshold"]), semantic))
         return out

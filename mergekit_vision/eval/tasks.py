@@ -3,7 +3,8 @@ zero-shot semantic segmentation from patch embeddings, optionally refined by pro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -120,48 +121,78 @@ def _boxes(masks: Tensor) -> Tensor:
     return torch.stack(boxes)[None]
 
 
+@dataclass(frozen=True)
+class Segmenter:
+    """Zero-shot semantic segmentation in two stages, so calibrating the background threshold
+    runs the models once per image: ``prepare(images)`` does the work that does not depend on the
+    threshold (encoders, masks, crop classes), ``labels(prepared, threshold)`` the rest, giving
+    ``[B, R, R]`` labels (0 = background). Calling it does both."""
+
+    prepare: Callable[[Tensor], Any]
+    labels: Callable[[Any, float], Tensor]
+
+    def __call__(self, images: Tensor, threshold: float) -> Tensor:
+        return self.labels(self.prepare(images), threshold)
+
+
 def semantic_segmentation(
-    segment: Any, dataset: Dataset, *, num_classes: int, calibration: int, batch_size: int
+    segmenter: Segmenter, dataset: Dataset, *, num_classes: int, calibration: int, batch_size: int
 ) -> dict[str, float]:
-    """mIoU of ``segment(images, threshold) -> labels [B, R, R]`` (0 = background).
+    """mIoU of ``segmenter`` on ``dataset``.
 
     The background threshold is the one of :data:`THRESHOLDS` with the best mIoU on the first
-    ``calibration`` images; the mIoU reported is on the others.
+    ``calibration`` images (prepared once, labelled at each threshold); the mIoU reported is on
+    the others.
     """
     threshold = 0.5
     if calibration > 0:
+        prepared = [
+            (segmenter.prepare(batch["image"]), batch["semantic"])
+            for batch in batches(dataset, batch_size=batch_size, stop=calibration)
+        ]
         scores = {
-            t: _miou(segment, dataset, t, num_classes, batch_size, 0, calibration)
+            t: _miou(((segmenter.labels(p, t), truth) for p, truth in prepared), num_classes)
             for t in THRESHOLDS
         }
         threshold = max(scores, key=scores.get)
-    miou = _miou(segment, dataset, threshold, num_classes, batch_size, calibration, None)
-    return {"miou": miou, "threshold": threshold}
+    rest = (
+        (segmenter(batch["image"], threshold), batch["semantic"])
+        for batch in batches(dataset, batch_size=batch_size, start=calibration)
+    )
+    return {"miou": _miou(rest, num_classes), "threshold": threshold}
 
 
-def _miou(segment, dataset, threshold, num_classes, batch_size, start, stop) -> float:
+def _miou(pairs: Iterable[tuple[Tensor, Tensor]], num_classes: int) -> float:
+    """mIoU over ``(predicted labels, ground truth)`` batches."""
     confusion = ConfusionMatrix(num_classes=num_classes + 1, ignore_index=255)
-    for batch in batches(dataset, batch_size=batch_size, start=start, stop=stop):
-        confusion.update(segment(batch["image"], threshold), batch["semantic"])
+    for predicted, truth in pairs:
+        confusion.update(predicted, truth)
     return confusion.miou()
 
 
-def dense_labels(model: Any, images: Tensor, texts: Tensor, threshold: float) -> Tensor:
+def dense_segmenter(model: Any, texts: Tensor) -> Segmenter:
     """Zero-shot labels from patch embeddings alone (MaskCLIP; SAM-CLIP's CLIP-head semseg)."""
-    labels, _ = dense_semseg_from_embeddings(
-        model.embed_patches(images),
-        texts,
-        size=images.shape[-1],
-        background_threshold=threshold,
-        temperature=LOGIT_SCALE,
-    )
-    return labels
+
+    def labels(prepared: tuple[Tensor, int], threshold: float) -> Tensor:
+        embeddings, size = prepared
+        labels, _ = dense_semseg_from_embeddings(
+            embeddings,
+            texts,
+            size=size,
+            background_threshold=threshold,
+            temperature=LOGIT_SCALE,
+        )
+        return labels
+
+    return Segmenter(prepare=lambda x: (model.embed_patches(x), x.shape[-1]), labels=labels)
 
 
-@torch.no_grad()
-def refined_labels(
-    model: Any, images: Tensor, texts: Tensor, threshold: float, *, points_per_class: int
-) -> Tensor:
+def dense_labels(model: Any, images: Tensor, texts: Tensor, threshold: float) -> Tensor:
+    """:func:`dense_segmenter`'s labels for ``images``."""
+    return dense_segmenter(model, texts)(images, threshold)
+
+
+def refined_segmenter(model: Any, texts: Tensor, *, points_per_class: int) -> Segmenter:
     """SAM-CLIP's zero-shot segmentation with both heads (arXiv 2310.15308, sec. 5.2): the CLIP
     head's per-class masks give 1-3 points per class and the SAM head turns them into masks.
 
@@ -169,23 +200,41 @@ def refined_labels(
     mask's pixels, favour: a point's coarse class is only where the prompt came from, and an
     object whose coarse mask is a patchwork of classes would otherwise be painted as one. Each
     pixel takes the class of its highest-logit mask (background where none is positive).
+    The encoder and the CLIP head run in ``prepare``; the threshold decides the coarse masks,
+    hence the prompts, so the SAM head runs in ``labels``.
     """
-    size = images.shape[-1]
-    features = model.encode(images)
-    coarse, cosine = dense_semseg_from_embeddings(
-        model.embed_patches_from(features),
-        texts,
-        size=size,
-        background_threshold=threshold,
-        temperature=LOGIT_SCALE,
-    )
-    probs = (LOGIT_SCALE * cosine).softmax(dim=1)  # [B, K, R, R]
-    out = torch.zeros_like(coarse)
-    for index in range(images.shape[0]):
-        out[index] = _refine_one(
-            model, features, index, coarse[index], probs[index], points_per_class
+
+    @torch.no_grad()
+    def prepare(images: Tensor) -> tuple[Any, Tensor, int]:
+        features = model.encode(images)
+        return features, model.embed_patches_from(features), images.shape[-1]
+
+    @torch.no_grad()
+    def labels(prepared: tuple[Any, Tensor, int], threshold: float) -> Tensor:
+        features, embeddings, size = prepared
+        coarse, cosine = dense_semseg_from_embeddings(
+            embeddings,
+            texts,
+            size=size,
+            background_threshold=threshold,
+            temperature=LOGIT_SCALE,
         )
-    return out
+        probs = (LOGIT_SCALE * cosine).softmax(dim=1)  # [B, K, R, R]
+        out = torch.zeros_like(coarse)
+        for index in range(coarse.shape[0]):
+            out[index] = _refine_one(
+                model, features, index, coarse[index], probs[index], points_per_class
+            )
+        return out
+
+    return Segmenter(prepare=prepare, labels=labels)
+
+
+def refined_labels(
+    model: Any, images: Tensor, texts: Tensor, threshold: float, *, points_per_class: int
+) -> Tensor:
+    """:func:`refined_segmenter`'s labels for ``images``."""
+    return refined_segmenter(model, texts, points_per_class=points_per_class)(images, threshold)
 
 
 def _refine_one(
