@@ -10,9 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from mergekit_vision.builder import BuildError
 from mergekit_vision.export import ExportError
-from mergekit_vision.recipe_io import RecipeError
+from mergekit_vision.recipe_io import BuildError, RecipeError
 from mergekit_vision.registry import UnknownPluginError
 
 console = Console()

@@ -11,12 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mergekit_vision.cache.reader import CachedTargets
 from mergekit_vision.contracts import Head, Loss, Student, Teacher
 from mergekit_vision.data.views import with_views
 from mergekit_vision.normalization.base import TargetNormalizer
 from mergekit_vision.prompts import PromptSampler, PromptSamplerParams
-from mergekit_vision.recipe import BACKBONE, PluginSpec, Recipe, TaskSpec
-from mergekit_vision.recipe_io import Issue
+from mergekit_vision.recipe import BACKBONE, PluginSpec, Recipe, TaskSpec, task_load_resolution
+from mergekit_vision.recipe_io import BuildError, Issue
 from mergekit_vision.registry import (
     DATASETS,
     HEADS,
@@ -24,16 +25,8 @@ from mergekit_vision.registry import (
     NORMALIZATION,
     STUDENTS,
     TEACHERS,
-    Registry,
+    params_of,
 )
-
-
-class BuildError(ValueError):
-    """A component could not be built from the recipe; names the recipe field at fault."""
-
-    def __init__(self, where: str, err: Exception):
-        self.where = where
-        super().__init__(f"{where}: {err}")
 
 
 class MergedModel(nn.Module):
@@ -86,10 +79,6 @@ class Components:
     model: MergedModel
     tasks: dict[str, BuiltTask]
     device: torch.device
-
-
-def params_of(registry: Registry, spec: PluginSpec) -> Any:
-    return registry.params_model(spec.type).model_validate(spec.params)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,16 +152,6 @@ def _blame(where: str) -> Iterator[None]:
         raise BuildError(where, err) from err
 
 
-def task_load_resolution(recipe: Recipe, task_name: str) -> int:
-    """The largest resolution any stage asks of a task: its data is loaded at this size."""
-    sizes = list(recipe.tasks[task_name].resolutions())
-    for stage in recipe.stages:
-        override = stage.resolution.get(task_name)
-        if override is not None:
-            sizes += override if isinstance(override, list) else [override]
-    return max(sizes)
-
-
 def _build_normalizer(spec: TaskSpec, teacher: Teacher) -> TargetNormalizer:
     width = teacher.target_specs()[spec.target].shape[1]  # the feature axis (TargetSpec)
     if not isinstance(width, int):
@@ -223,8 +202,6 @@ def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> Bu
     loss = LOSSES.get(spec.loss.type).build(params_of(LOSSES, spec.loss))
     targets = None
     if spec.targets_cache is not None:
-        from mergekit_vision.cache.reader import CachedTargets  # late: it uses this module
-
         targets = CachedTargets.open(recipe, name, dataset=dataset)
     return BuiltTask(
         name=name,

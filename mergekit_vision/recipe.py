@@ -302,3 +302,13 @@ def _mapping(value: Any) -> dict:
 
 def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
+
+
+def task_load_resolution(recipe: Recipe, task_name: str) -> int:
+    """The largest resolution any stage asks of a task: its data is loaded at this size."""
+    sizes = list(recipe.tasks[task_name].resolutions())
+    for stage in recipe.stages:
+        override = stage.resolution.get(task_name)
+        if override is not None:
+            sizes += override if isinstance(override, list) else [override]
+    return max(sizes)

@@ -27,6 +27,14 @@ class Issue:
         return f"{self.path or '<recipe>'}{where}: {self.message}"
 
 
+class BuildError(ValueError):
+    """A component could not be built from the recipe; names the recipe field at fault."""
+
+    def __init__(self, where: str, err: Exception):
+        self.where = where
+        super().__init__(f"{where}: {err}")
+
+
 class RecipeError(ValueError):
     """A recipe that cannot be used; ``issues`` lists every problem found."""
 

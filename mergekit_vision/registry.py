@@ -19,7 +19,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -156,3 +156,8 @@ ALL_REGISTRIES: dict[str, Registry] = {
         DATASETS,
     )
 }
+
+
+def params_of(registry: Registry, spec: Any) -> Any:
+    """The validated parameters model of ``spec`` (a recipe's ``{type, params}`` entry)."""
+    return registry.params_model(spec.type).model_validate(spec.params)

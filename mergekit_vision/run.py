@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergekit_vision.builder import build_components, missing_paths, params_of
+from mergekit_vision.builder import build_components, missing_paths
 from mergekit_vision.distributed import World, barrier, close_world, init_world
 from mergekit_vision.engine import Engine, TrainState
 from mergekit_vision.recipe import Recipe
@@ -19,7 +19,7 @@ from mergekit_vision.recipe_io import (
     set_dotted,
     validate_recipe,
 )
-from mergekit_vision.registry import TEACHERS
+from mergekit_vision.registry import TEACHERS, params_of
 
 
 class MissingPathsError(RecipeError):

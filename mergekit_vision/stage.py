@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mergekit_vision.builder import Components, params_of
+from mergekit_vision.builder import Components
 from mergekit_vision.conflict.base import ConflictStrategy
 from mergekit_vision.distributed import full_optimizer_state, load_optimizer_state
 from mergekit_vision.optim import build_optimizer, build_schedule
 from mergekit_vision.recipe import BACKBONE, StageSpec
-from mergekit_vision.registry import CONFLICT, REPLAY, WEIGHTING
+from mergekit_vision.registry import CONFLICT, REPLAY, WEIGHTING, params_of
 from mergekit_vision.replay.base import ReplayScheduler
 from mergekit_vision.weighting.base import LossWeighting
 

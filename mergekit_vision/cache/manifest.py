@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mergekit_vision.builder import BuildError, params_of, task_load_resolution
 from mergekit_vision.prompts import PromptSamplerParams
-from mergekit_vision.recipe import Recipe
-from mergekit_vision.registry import DATASETS, TEACHERS
+from mergekit_vision.recipe import Recipe, task_load_resolution
+from mergekit_vision.recipe_io import BuildError
+from mergekit_vision.registry import DATASETS, TEACHERS, params_of
 
 FORMAT = 1
 MANIFEST = "manifest.json"

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
-from mergekit_vision.builder import Components, params_of
+from mergekit_vision.builder import Components
 from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherEval, task_of_head
 from mergekit_vision.eval.pipeline import SamThenClip
 from mergekit_vision.eval.reuse import fingerprint, load_teacher_rows, save_teacher_rows
@@ -33,7 +33,7 @@ from mergekit_vision.eval.tasks import (
     zero_shot_top1,
 )
 from mergekit_vision.recipe import EvalSpec, PluginSpec
-from mergekit_vision.registry import DATASETS
+from mergekit_vision.registry import DATASETS, params_of
 
 METRICS = (
     "zeroshot_cls_top1",

@@ -22,12 +22,11 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from mergekit_vision.builder import params_of
 from mergekit_vision.export import ExportError
 from mergekit_vision.export.loading import LoadedRun
 from mergekit_vision.heads.clip_head import ClipHead
 from mergekit_vision.normalization.base import TargetNormalizer
-from mergekit_vision.registry import NORMALIZATION, STUDENTS, TEACHERS
+from mergekit_vision.registry import NORMALIZATION, STUDENTS, TEACHERS, params_of
 from mergekit_vision.teachers.open_clip import OpenClipParams, create_clip
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"

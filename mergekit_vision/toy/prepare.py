@@ -22,8 +22,8 @@ def prepare_toy(
     recipe, *, progress: bool = True, console: Console | None = None, teachers: bool = True
 ) -> None:
     """Export the toy data and train the toy teachers a recipe needs (both cached on disk)."""
-    from mergekit_vision.builder import params_of
     from mergekit_vision.recipe_io import Issue, RecipeError
+    from mergekit_vision.registry import params_of
 
     toy: ToySpec = recipe.toy
     if toy.train_seed == toy.eval_seed:
@@ -66,8 +66,8 @@ def write_feature_teachers(recipe, *, console: Console) -> None:
     import timm
     import torch
 
-    from mergekit_vision.builder import params_of
     from mergekit_vision.recipe_io import Issue, RecipeError
+    from mergekit_vision.registry import params_of
 
     toy: ToySpec = recipe.toy
     for name in toy.feature_teachers:
