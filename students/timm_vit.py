@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from pydantic import Field, model_validator
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
@@ -187,12 +188,14 @@ class TimmViTStudent(Student):
             final = self.model.forward_features(pixels)
         grid = (height // self.patch_size, width // self.patch_size)
         tokens = final[:, self.num_prefix_tokens :].reshape(final.shape[0], *grid, -1)
+        # Each output owns its storage: FSDP2 hooks a sharded module's outputs, and an in-place op
+        # on an output that is a view would drop that hook (and the gradient all-gather) silently.
         return TokenStudentFeatures(
-            tokens=tokens,
-            feature_map=tokens.permute(0, 3, 1, 2),
+            tokens=tokens.clone(),
+            feature_map=tokens.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format),
             image_size=int(height),
             intermediates=list(intermediates),
-            prefix_tokens=final[:, : self.num_prefix_tokens],
+            prefix_tokens=final[:, : self.num_prefix_tokens].clone(),
         )
 
     def last_block(self) -> nn.Module:

@@ -71,6 +71,7 @@ def _timm_vit():
 
 
 @pytest.mark.parametrize("make", [_vitdet, _timm_vit], ids=["vitdet", "timm_vit"])
+@pytest.mark.filterwarnings("error:FSDP2-wrapped module")  # no output may be a view
 def test_fsdp_shards_the_student_block_by_block(make, tmp_path):
     """One FSDP2 unit per transformer block (only one block gathered at a time), with activation
     checkpointing (and ViT-Det's fast attention); gradients as without sharding (1 rank)."""
