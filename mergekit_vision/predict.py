@@ -32,7 +32,7 @@ from mergekit_vision.data.transforms import (
     load_image,
     resize_image,
 )
-from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, task_of_head
+from mergekit_vision.eval.models import ClipTeacherEval, MergedEval
 from mergekit_vision.eval.pictures import label_colours
 from mergekit_vision.eval.tasks import class_text_embeddings, dense_labels, refined_labels
 from mergekit_vision.export import ExportError
@@ -40,6 +40,7 @@ from mergekit_vision.export.card import read_eval
 from mergekit_vision.export.loading import LoadedRun, load_run
 from mergekit_vision.heads.clip_head import ClipHead
 from mergekit_vision.heads.sam_head import SamHead
+from mergekit_vision.recipe import task_of_head
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 

@@ -312,3 +312,8 @@ def task_load_resolution(recipe: Recipe, task_name: str) -> int:
         if override is not None:
             sizes += override if isinstance(override, list) else [override]
     return max(sizes)
+
+
+def task_of_head(tasks: Mapping[str, TaskSpec], head: str) -> str | None:
+    """The name of the first task (recipe order) whose head is ``head``, if any."""
+    return next((name for name, task in tasks.items() if task.head == head), None)

@@ -12,7 +12,6 @@ Images are ``[B, 3, R, R]`` in [0, 1]; prompts are in pixels of that image.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,11 +27,6 @@ ABILITIES = ("embed_images", "embed_patches", "mask_logits")
 
 def abilities(model: Any) -> set[str]:
     return {name for name in ABILITIES if callable(getattr(model, name, None))}
-
-
-def task_of_head(tasks: Mapping[str, Any], head: str) -> str | None:
-    """The name of the first task (recipe order) that trains ``head``, if any."""
-    return next((name for name, task in tasks.items() if task.head == head), None)
 
 
 class ClipTeacherEval:

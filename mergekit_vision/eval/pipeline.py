@@ -45,10 +45,6 @@ class SamThenClip:
         self.grid, self.min_score, self.nms_iou, self.min_area = grid, min_score, nms_iou, min_area
 
     @torch.no_grad()
-    def __call__(self, images: Tensor, threshold: float) -> Tensor:
-        return self.labels(self.prepare(images), threshold)
-
-    @torch.no_grad()
     def prepare(self, images: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per image, the threshold-independent work: SAM's masks ``bool [M, R, R]`` and CLIP's
         confidence and class for each (see :class:`~mergekit_vision.eval.tasks.Segmenter`)."""

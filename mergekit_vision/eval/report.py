@@ -19,7 +19,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from mergekit_vision.builder import Components
-from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherEval, task_of_head
+from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherEval
 from mergekit_vision.eval.pipeline import SamThenClip
 from mergekit_vision.eval.reuse import fingerprint, load_teacher_rows, save_teacher_rows
 from mergekit_vision.eval.tasks import (
@@ -32,7 +32,7 @@ from mergekit_vision.eval.tasks import (
     semantic_segmentation,
     zero_shot_top1,
 )
-from mergekit_vision.recipe import EvalSpec, PluginSpec
+from mergekit_vision.recipe import EvalSpec, PluginSpec, task_of_head
 from mergekit_vision.registry import DATASETS, params_of
 
 METRICS = (
@@ -142,22 +142,20 @@ class Evaluation:
         semantic = self.dataset(self.spec.semantic, resolution)
         if semantic is not None:
             texts = self._texts(semantic, skip_background=True)
+            refiner = refined_segmenter(
+                self.merged, texts, points_per_class=self.spec.points_per_class
+            )
             head = self._semseg(dense_segmenter(self.merged, texts), semantic)
-            refined = self._semseg(self._refiner(texts), semantic)
+            refined = self._semseg(refiner, semantic)
             out.update(
                 semseg_miou=head["miou"],
                 semseg_threshold=head["threshold"],
                 semseg_miou_refined=refined["miou"],
                 semseg_refined_threshold=refined["threshold"],
             )
-            out.update(
-                self._cost(lambda x: self._refiner(texts)(x, refined["threshold"]), semantic)
-            )
+            out.update(self._cost(lambda x: refiner(x, refined["threshold"]), semantic))
             samples["semantic"] = len(semantic) - self.spec.calibration_samples
         return out
-
-    def _refiner(self, texts: torch.Tensor):
-        return refined_segmenter(self.merged, texts, points_per_class=self.spec.points_per_class)
 
     def _clip_teacher(self, resolution: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -190,9 +188,10 @@ class Evaluation:
         pipeline = SamThenClip(
             sam=self.sam, clip=self.clip, texts=texts, grid=self.spec.pipeline_grid
         )
-        result = self._semseg(Segmenter(prepare=pipeline.prepare, labels=pipeline.labels), semantic)
+        segmenter = Segmenter(prepare=pipeline.prepare, labels=pipeline.labels)
+        result = self._semseg(segmenter, semantic)
         out = {"semseg_miou": result["miou"], "semseg_threshold": result["threshold"]}
-        out.update(self._cost(lambda x: pipeline(x, result["threshold"]), semantic))
+        out.update(self._cost(lambda x: segmenter(x, result["threshold"]), semantic))
         return out
 
     def _cost(self, segment, dataset, images: int = 4) -> dict[str, float]:

@@ -26,6 +26,7 @@ from mergekit_vision.export import ExportError
 from mergekit_vision.export.loading import LoadedRun
 from mergekit_vision.heads.clip_head import ClipHead
 from mergekit_vision.normalization.base import TargetNormalizer
+from mergekit_vision.recipe import task_of_head
 from mergekit_vision.registry import NORMALIZATION, STUDENTS, TEACHERS, params_of
 from mergekit_vision.teachers.open_clip import OpenClipParams, create_clip
 
@@ -118,7 +119,8 @@ def export_open_clip(run: LoadedRun, output: Path) -> list[Path]:
 def _merged_visual(run: LoadedRun, head_name: str, head: Any) -> tuple[MergedVisual, dict]:
     recipe = run.recipe
     student = run.model.student
-    task_name, task = next((n, t) for n, t in recipe.tasks.items() if t.head == head_name)
+    task_name = task_of_head(recipe.tasks, head_name)
+    task = recipe.tasks[task_name]
     normalizer_spec = task.normalize
     size = recipe.eval.resolution if recipe.eval is not None else max(task.resolutions())
     student_params = {
