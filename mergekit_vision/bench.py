@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mergekit_vision.builder import BuiltTask, Components, build_components, missing_paths
 from mergekit_vision.engine import Engine, TrainState
+from mergekit_vision.performance import apply_performance, keep_freed_memory
 from mergekit_vision.recipe import BACKBONE, PluginSpec
 from mergekit_vision.recipe_io import Issue, RecipeError, dump_recipe, load_recipe
 from mergekit_vision.stage import build_stage
@@ -89,10 +90,22 @@ def matmul_peak(*, size: int = 3072, repeats: int = 3, device: str = "cpu") -> f
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of ``fn()`` (forward and whatever backward it runs), by torch's FLOP counter."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of ``fn()`` (forward and whatever backward it runs), by torch's FLOP counter.
+
+    The counter knows ``baddbmm`` but not its in-place form, which the blockwise CPU attention
+    (``students/rel_pos_attention.py``) uses to accumulate into existing buffers; it is counted
+    with the same formula, so executed FLOPs include that attention's recomputation.
+    """
+    in_place = {torch.ops.aten.baddbmm_: _baddbmm_flops}
+    with FlopCounterMode(display=False, custom_mapping=in_place) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def _baddbmm_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
+    """``baddbmm``'s product: ``2 * B * M * K * N`` for ``[B, M, K] @ [B, K, N]``."""
+    batch, rows, inner = a_shape
+    return 2 * batch * rows * inner * b_shape[-1]
 
 
 def _sync(device: str) -> None:
@@ -112,6 +125,7 @@ def bench_student(
     device: str = "cpu",
     architecture: dict[str, Any] | None = None,
     peak_size: int = 3072,
+    keep_memory: bool = True,
 ) -> dict[str, Any]:
     """MFU of the ViT-Det student's forward + backward, attention implementations interleaved.
 
@@ -123,8 +137,11 @@ def bench_student(
     once before timing, so ``warmup`` rounds are optional. ``architecture`` overrides the variant's
     sizes (``ViTDetStudent.Params`` fields, e.g. for a tiny ``custom`` student). A variant
     ``"<attention>+compile"`` runs the same student through ``torch.compile`` (compiled once
-    before timing; its executed FLOPs are those of the plain attention).
+    before timing; its executed FLOPs are those of the plain attention). ``keep_memory`` applies
+    :func:`~mergekit_vision.performance.keep_freed_memory` on CPU, as training does by default
+    (process-wide, so it cannot be interleaved: compare it across two runs).
     """
+    kept = keep_memory and torch.device(device).type == "cpu" and keep_freed_memory()
     params = ViTDetStudent.Params(variant=variant, native_size=resolution, **(architecture or {}))
     torch.manual_seed(0)
     student = ViTDetStudent(**params.architecture()).to(device)
@@ -169,6 +186,7 @@ def bench_student(
         "steps": steps,
         "threads": torch.get_num_threads(),
         "activation_checkpointing": activation_checkpointing,
+        "freed_memory_kept": kept,
         "model_gflops": model_flops / 1e9,
         "executed_gflops": {name: f / 1e9 for name, f in executed.items()},
         "matmul_peak_gflops": statistics.median(peaks) / 1e9,
@@ -206,6 +224,7 @@ def bench_training(
     spec = next((s for s in recipe.stages if BACKBONE in s.train), recipe.stages[-1])
     random_weights = bool(missing_paths(recipe))
     components = build_components(recipe, allow_random_init=random_weights)
+    apply_performance(components.model, recipe.performance, device=components.device)
     student = components.model.student
     if not hasattr(student, "attention"):
         attentions = ("default",)

@@ -1,19 +1,20 @@
 """A faster forward for segment_anything's ViT-Det ``Block``, numerically the same function.
 
 The decomposed relative position bias of MViTv2 (Li et al. 2022, arXiv 2112.01526) is
-``bias[i, j] = q_i . R_h[h_i - h_j] + q_i . R_w[w_i - w_j]``; it is built from two small
-einsums and handed to :func:`torch.nn.functional.scaled_dot_product_attention` as its float
-``attn_mask``, so on GPU the fused kernels apply (the memory-efficient kernel takes a bias that
-needs gradients). What else this saves over segment_anything's ``Block.forward``:
+``bias[i, j] = q_i . R_h[h_i - h_j] + q_i . R_w[w_i - w_j]``, built from two small einsums. On GPU
+it is handed to :func:`torch.nn.functional.scaled_dot_product_attention` as its float
+``attn_mask`` (the memory-efficient kernel takes a bias that needs gradients); on CPU, where no
+fused kernel takes one, the attention runs block by block without ever materialising the bias
+(:mod:`~mergekit_vision.students.rel_pos_attention`). What else this saves over
+segment_anything's ``Block.forward``:
 
 - windowed blocks pad the grid to a multiple of the window *after* the qkv projection (the padded
   tokens' q, k, v are exactly the qkv bias, as when zeros are projected), so the qkv and output
   projections never run on padding (at 1024 px the 64-token grid pads to 70: 20% of those
   FLOPs; at 512 px, 32 -> 42: 72%);
-- q, k, v are strided views of the one qkv output: no separate copy per window partition;
-- global blocks run the query rows in chunks, so the ``[heads, rows, N]`` bias and scores of a
-  chunk stay small instead of materialising ``[heads, N, N]`` several times (N = 4096 at
-  1024 px: 805 MB per copy in fp32).
+- no ``[heads, N, N]`` bias or score tensor of a global block (N = 4096 at 1024 px: 805 MB per
+  copy in fp32) is ever written whole: on GPU the query rows run in chunks, on CPU in
+  cache-sized blocks.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Block, get_rel_pos
 from torch import Tensor
 
-# Scores of one query chunk of a global block: at most this many elements (256 MB in fp32;
-# smaller chunks measured slower at 1024 px: per-chunk gradient accumulation of k and v).
+from mergekit_vision.students.rel_pos_attention import rel_pos_attention
+
+# Scores of one query chunk of a global block on GPU: at most this many elements (256 MB in fp32).
 GLOBAL_CHUNK_ELEMENTS = 1 << 26
 
 
@@ -52,7 +54,8 @@ class ViTDetBlock(Block):
 
 
 def block_forward_sdpa(block: Block, x: Tensor) -> Tensor:
-    """``block(x)`` of a segment_anything ViT-Det ``Block`` through SDPA.
+    """``block(x)`` of a segment_anything ViT-Det ``Block``, through SDPA on GPU and blockwise
+    attention on CPU.
 
     Args:
         block: a ``Block`` with ``use_rel_pos=True``.
@@ -74,38 +77,25 @@ def block_forward_sdpa(block: Block, x: Tensor) -> Tensor:
     return x + block.mlp(block.norm2(x))
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """``softmax(q k^T / sqrt(d) + bias) v`` for ``[B, heads, N, d]`` q, k, v.
+def attend(q: Tensor, k: Tensor, v: Tensor, attn: torch.nn.Module, grid: tuple[int, int]) -> Tensor:
+    """Attention of ``[B, heads, h * w, d]`` q, k, v with ``attn``'s decomposed bias.
 
-    Through :func:`~torch.nn.functional.scaled_dot_product_attention`, except on CPU when the
-    bias needs a gradient: PyTorch has no fused CPU kernel for that case and runs its math
-    fallback, whose copies of non-contiguous inputs and NaN-safe softmax cost more than the
-    attention products themselves; :func:`explicit_attention` computes the same without them.
+    On CPU through :func:`~mergekit_vision.students.rel_pos_attention.rel_pos_attention`
+    (blockwise, bias never materialised: PyTorch has no fused CPU kernel for a bias that needs a
+    gradient); elsewhere through :func:`~torch.nn.functional.scaled_dot_product_attention` with
+    the bias as ``attn_mask`` (on CUDA the memory-efficient kernel takes it with its gradient).
     """
-    if q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled():
-        return explicit_attention(q, k, v, bias)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-
-
-def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """SDPA's math, lean: the bias added inside the ``q k^T`` matmul (``baddbmm``), plain softmax.
-
-    Args:
-        q: ``[B, heads, Nq, d]``; k, v: ``[B, heads, Nk, d]``; bias: ``[B, heads, Nq, Nk]``.
-
-    Returns:
-        ``[B, heads, Nq, d]``.
-    """
-    batch, heads, queries, dim = q.shape
-    flat = batch * heads
-    scores = torch.baddbmm(
-        bias.reshape(flat, queries, -1),
-        q.reshape(flat, queries, dim),
-        k.reshape(flat, -1, dim).transpose(1, 2),
-        alpha=dim**-0.5,
+    rel_h, rel_w = _rel_pos_terms(q, attn, grid)
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_bias(rel_h, rel_w))
+    batch, heads, tokens, dim = q.shape
+    out = rel_pos_attention(
+        *(t.reshape(batch * heads, -1, t.shape[-1]) for t in (q, k, v)),
+        rel_h.reshape(batch * heads, tokens, -1),
+        rel_w.reshape(batch * heads, tokens, -1),
+        scale=attn.scale,
     )
-    out = torch.bmm(scores.softmax(dim=-1), v.reshape(flat, -1, v.shape[-1]))
-    return out.view(batch, heads, queries, -1)
+    return out.view(batch, heads, tokens, dim)
 
 
 def _split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,8 +148,7 @@ def _windowed_attention(x: Tensor, window: int, attn: torch.nn.Module) -> Tensor
     windows = qkv.view(batch, rows, window, cols, window, 3 * channels).transpose(2, 3)
     windows = windows.reshape(batch * rows * cols, window * window, 3 * channels)
     q, k, v = _split_heads(windows, heads)
-    rel_h, rel_w = _rel_pos_terms(q, attn, (window, window))
-    out = attend(q, k, v, _bias(rel_h, rel_w))
+    out = attend(q, k, v, attn, (window, window))
     # [B*nW, heads, ws*ws, d] -> [B, rows, ws, cols, ws, heads, d] -> [B, Hp, Wp, C]
     out = out.view(batch, rows, cols, heads, window, window, -1).permute(0, 1, 4, 2, 5, 3, 6)
     out = out.reshape(batch, rows * window, cols * window, channels)
@@ -167,19 +156,31 @@ def _windowed_attention(x: Tensor, window: int, attn: torch.nn.Module) -> Tensor
 
 
 def _global_attention(x: Tensor, attn: torch.nn.Module) -> Tensor:
-    """Attention over the whole grid, in chunks of query rows; ``[B, H, W, C]`` -> same."""
+    """Attention over the whole grid; ``[B, H, W, C]`` -> same."""
     batch, height, width, channels = x.shape
     heads = attn.num_heads
     qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).view(batch, height * width, 3 * channels)
-    # contiguous once, not once per chunk
-    q, k, v = (t.contiguous() for t in _split_heads(qkv, heads))
-    tokens = height * width
+    q, k, v = _split_heads(qkv, heads)
+    if x.device.type == "cpu":
+        out = attend(q, k, v, attn, (height, width))
+    else:
+        out = _global_attention_in_row_chunks(q, k, v, attn, (height, width))
+    return out.transpose(1, 2).reshape(batch, height, width, channels)
+
+
+def _global_attention_in_row_chunks(
+    q: Tensor, k: Tensor, v: Tensor, attn: torch.nn.Module, grid: tuple[int, int]
+) -> Tensor:
+    """SDPA over chunks of query rows, so one chunk's ``[B, heads, rows, N]`` bias stays small."""
+    q, k, v = (t.contiguous() for t in (q, k, v))  # once, not once per chunk
+    batch, heads, tokens, _ = q.shape
+    height, width = grid
     chunk_rows = max(1, GLOBAL_CHUNK_ELEMENTS // (batch * heads * width * tokens))
     outputs = []
     for start in range(0, height, chunk_rows):
         rows = slice(start, min(start + chunk_rows, height))
-        rel_h, rel_w = _rel_pos_terms(q, attn, (height, width), rows)
+        rel_h, rel_w = _rel_pos_terms(q, attn, grid, rows)
         q_rows = q[:, :, rows.start * width : rows.stop * width]
-        outputs.append(attend(q_rows, k, v, _bias(rel_h, rel_w)))
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
-    return out.transpose(1, 2).reshape(batch, height, width, channels)
+        mask = _bias(rel_h, rel_w)
+        outputs.append(F.scaled_dot_product_attention(q_rows, k, v, attn_mask=mask))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mergekit_vision.bench import PHASES, bench_student, bench_training
 from mergekit_vision.cli.main import main
@@ -74,3 +75,20 @@ def test_training_bench_splits_the_step_per_phase(tiny_checkpoints):
 def test_cli_refuses_unclear_requests(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_flop_count_includes_the_in_place_products_of_blockwise_attention():
+    """The blockwise CPU attention accumulates with ``baddbmm_``; executed FLOPs must count it:
+    forward ``q k^T`` and ``P v``, backward its recomputed ``q k^T`` and four gradient products."""
+    from mergekit_vision.bench import count_flops
+    from mergekit_vision.students.rel_pos_attention import rel_pos_attention
+
+    q = torch.randn(2, 12, 8, requires_grad=True)
+    k, v = torch.randn(2, 12, 8), torch.randn(2, 12, 8)
+    rel_h, rel_w = torch.randn(2, 12, 3), torch.randn(2, 12, 4)
+
+    def step():
+        rel_pos_attention(q, k, v, rel_h, rel_w, scale=1.0, block_elements=50).sum().backward()
+
+    product = 2 * 2 * 12 * 12 * 8
+    assert count_flops(step) == 7 * product

@@ -9,7 +9,7 @@ import torch
 from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
-from mergekit_vision.students import vitdet_attention
+from mergekit_vision.students import rel_pos_attention, vitdet_attention
 from mergekit_vision.students.vitdet import ViTDetStudent
 from mergekit_vision.students.vitdet_attention import block_forward_sdpa
 
@@ -45,9 +45,9 @@ def _output_and_grads(forward, block: Block, x: torch.Tensor) -> list[torch.Tens
     [(4, (8, 8)), (4, (10, 7)), (5, (3, 3)), (0, (6, 5)), (0, (9, 9))],
     ids=["windowed", "windowed-padded", "window-larger-than-grid", "global-odd", "global"],
 )
-@pytest.mark.parametrize("chunk_elements", [1 << 24, 300], ids=["one-chunk", "chunked"])
-def test_sdpa_block_matches_segment_anything(window, grid, chunk_elements, monkeypatch):
-    monkeypatch.setattr(vitdet_attention, "GLOBAL_CHUNK_ELEMENTS", chunk_elements)
+@pytest.mark.parametrize("block_elements", [1 << 24, 50], ids=["one-block", "blockwise"])
+def test_sdpa_block_matches_segment_anything(window, grid, block_elements, monkeypatch):
+    monkeypatch.setattr(rel_pos_attention, "BLOCK_ELEMENTS", block_elements)
     block = _block(window=window, grid=grid)
     x = torch.randn(2, *grid, 48, dtype=torch.double)
     expected = _output_and_grads(block, block, x)
@@ -121,14 +121,12 @@ def test_attention_param_reaches_the_student_and_rejects_typos():
         ViTDetStudent.Params(attention="flash")
 
 
-@pytest.mark.parametrize("needs_grad", [True, False], ids=["explicit-kernel", "sdpa-kernel"])
-def test_attend_equals_softmax_attention_with_the_bias(needs_grad):
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 20, 8, dtype=torch.double) for _ in range(3))
-    bias = torch.randn(2, 3, 20, 20, dtype=torch.double, requires_grad=needs_grad)
-    want = torch.softmax(q @ k.mT / 8**0.5 + bias, dim=-1) @ v
-    got = vitdet_attention.attend(q, k, v, bias)
-    torch.testing.assert_close(got, want)
-    if needs_grad:
-        want_grad = torch.autograd.grad(want.square().sum(), bias)
-        torch.testing.assert_close(torch.autograd.grad(got.square().sum(), bias), want_grad)
+@pytest.mark.parametrize("chunk_elements", [1 << 24, 300], ids=["one-chunk", "chunked"])
+def test_gpu_global_path_in_row_chunks_equals_the_cpu_path(chunk_elements, monkeypatch):
+    """The SDPA row-chunked global attention (taken on GPU) computes what the CPU path does."""
+    monkeypatch.setattr(vitdet_attention, "GLOBAL_CHUNK_ELEMENTS", chunk_elements)
+    block = _block(window=0, grid=(6, 5))
+    q, k, v = (torch.randn(2, 4, 30, 12, dtype=torch.double) for _ in range(3))
+    want = vitdet_attention.attend(q, k, v, block.attn, (6, 5))
+    got = vitdet_attention._global_attention_in_row_chunks(q, k, v, block.attn, (6, 5))
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
