@@ -43,6 +43,14 @@ def bench(
         str | None,
         typer.Option(help="Also time TASK online vs from its targets cache (images/s)."),
     ] = None,
+    keep_freed_memory: Annotated[
+        bool,
+        typer.Option(
+            "--keep-freed-memory/--system-malloc",
+            help="--student: keep freed memory for reuse (as training does on CPU), or time "
+            "with glibc's default allocator settings.",
+        ),
+    ] = True,
 ) -> None:
     """Training throughput, step-time split and MFU, SDPA vs original attention interleaved."""
     from mergekit_vision.bench import bench_student, bench_training
@@ -64,6 +72,7 @@ def bench(
                 batch=batch,
                 steps=steps,
                 attentions=attentions,
+                keep_memory=keep_freed_memory,
             )
         )
         print_student_bench(console, result)
@@ -164,9 +173,10 @@ def print_student_bench(console: Console, result: dict[str, Any]) -> None:
     table.add_row(speedup.replace("_", " "), *(f"{result[speedup][a]:.2f}x" for a in attentions))
     table.add_row("executed GFLOP", *(f"{result['executed_gflops'][a]:.0f}" for a in attentions))
     console.print(table)
+    allocator = "freed memory kept" if result["freed_memory_kept"] else "system malloc"
     console.print(
         f"model {result['model_gflops']:.0f} GFLOP per step (segment_anything's encoder); "
-        f"matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s (median of rounds)"
+        f"matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s (median of rounds); {allocator}"
     )
 
 

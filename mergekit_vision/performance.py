@@ -1,14 +1,18 @@
 """The recipe's speed switches applied to a built model: activation checkpointing,
-``torch.compile``, channels-last, and the autocast precision of the student and heads.
+``torch.compile``, channels-last, the autocast precision of the student and heads, and how the
+CPU allocator treats freed memory.
 
 None of them changes what is computed beyond float rounding (bf16 autocast on GPU rounds more);
 each is opt-in from the recipe's ``performance`` section except autocast, whose ``auto`` default
-is bf16 on CUDA and fp32 elsewhere (CPU bf16 matmuls are slower than fp32 on most CPUs).
+is bf16 on CUDA and fp32 elsewhere (CPU bf16 matmuls are slower than fp32 on most CPUs), and
+``keep_freed_memory``, on by default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,6 +39,31 @@ def autocast_context(
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory in the process, for reuse by the next tensor.
+
+    By default glibc serves every block over 32 MB with a fresh ``mmap`` and unmaps it on free,
+    and trims the heap's free top: a training step that allocates and frees activations and
+    attention blocks of tens of MB then page-faults every page of them in again, at every step.
+    With a 1 GB mmap threshold and no trimming, freed blocks return to the heap and are reused
+    warm (what jemalloc or tcmalloc, the allocators PyTorch's CPU tuning guide suggests, do on
+    their own). The process then holds its peak memory until it exits. Process-wide; no-op off
+    glibc (returns False).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl, or no libc.so.6
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def apply_performance(model: nn.Module, spec: PerformanceSpec, *, device: torch.device) -> None:
     """Set the switches of ``spec`` on a built :class:`MergedModel` (in place).
 
@@ -43,6 +72,8 @@ def apply_performance(model: nn.Module, spec: PerformanceSpec, *, device: torch.
     ``nn.Module.compile`` so parameter names, and so checkpoints, are unchanged.
     """
     student = model.student
+    if spec.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()
     if spec.activation_checkpointing:
         if not hasattr(student, "activation_checkpointing"):
             raise ValueError(

@@ -167,6 +167,11 @@ class PerformanceSpec(Frozen):
     autocast: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="student and heads' precision; auto: bf16 on CUDA, fp32 on CPU"
     )
+    keep_freed_memory: bool = Field(
+        True,
+        description="CPU: glibc malloc keeps freed memory for reuse instead of page-faulting "
+        "large tensors in afresh each step (the process keeps its peak memory)",
+    )
 
 
 class DryRunSpec(Frozen):

@@ -104,3 +104,38 @@ def test_run_with_checkpointing_trains_the_backbone(tiny_recipe_args, tmp_path):
     rows = [json.loads(line) for line in lines]
     assert [row["step"] for row in rows] == [1, 2]
     assert rows[1]["stage"] == "multitask_distillation"  # the backbone trains, checkpointed
+
+
+def _mmapped_bytes() -> int | None:
+    """glibc's count of bytes in mmapped blocks (``mallinfo2().hblkhd``), or None off glibc."""
+    import ctypes
+
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+    fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in fields.split()]
+
+    mallinfo2.restype = MallInfo2
+    return int(mallinfo2().hblkhd)
+
+
+def test_kept_freed_memory_serves_large_tensors_from_the_heap():
+    """After keep_freed_memory, a 64 MB tensor is no fresh mmap (whose pages would fault in anew
+    at every step) but heap memory that stays mapped for the next one."""
+    from mergekit_vision.performance import keep_freed_memory
+
+    if _mmapped_bytes() is None or not keep_freed_memory():
+        pytest.skip("needs glibc")
+    before = _mmapped_bytes()
+    tensor = torch.empty(16 << 20)  # 64 MB of fp32, over glibc's default 32 MB mmap ceiling
+    assert _mmapped_bytes() == before
+    del tensor
+
+
+def test_recipe_keeps_freed_memory_by_default():
+    assert PerformanceSpec().keep_freed_memory is True
