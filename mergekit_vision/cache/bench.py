@@ -64,10 +64,17 @@ def bench_cached_targets(
         name: build_components(variant, allow_random_init=random_weights)
         for name, variant in variants.items()
     }
+    # What each model trains by design, read once: a stage's build freezes the parts it does not
+    # train, and the next stage must not mistake that for design (the engine reads it likewise).
+    by_design = {
+        name: {id(p): p.requires_grad for p in c.model.parameters()} for name, c in built.items()
+    }
     results = {}
     for stage_spec in stages:
         spec = stage_spec.model_copy(update={"tasks": [task]})
-        results[stage_spec.name] = _time_stage(built, spec, task, steps=steps, warmup=warmup)
+        results[stage_spec.name] = _time_stage(
+            built, by_design, spec, task, steps=steps, warmup=warmup
+        )
     return {
         "task": task,
         "batch_size": recipe.tasks[task].batch_size,
@@ -79,10 +86,16 @@ def bench_cached_targets(
 
 
 def _time_stage(
-    built: dict[str, Components], spec: StageSpec, task: str, *, steps: int, warmup: int
+    built: dict[str, Components],
+    by_design: dict[str, dict[int, bool]],
+    spec: StageSpec,
+    task: str,
+    *,
+    steps: int,
+    warmup: int,
 ) -> dict[str, Any]:
     """Median step time of each variant: next batch, targets, student, backward, optimiser."""
-    steppers = {name: _stepper(c, spec, task) for name, c in built.items()}
+    steppers = {name: _stepper(c, spec, task, by_design[name]) for name, c in built.items()}
     times: dict[str, list[float]] = {name: [] for name in built}
     for round_index in range(warmup + steps):
         for name, step in steppers.items():
@@ -100,10 +113,11 @@ def _time_stage(
     }
 
 
-def _stepper(components: Components, spec: StageSpec, task: str) -> Callable[[int], None]:
+def _stepper(
+    components: Components, spec: StageSpec, task: str, trainable_by_design: dict[int, bool]
+) -> Callable[[int], None]:
     """One training step of ``task`` alone as the engine runs it (single process)."""
-    trainable = {id(p): p.requires_grad for p in components.model.parameters()}
-    stage = build_stage(components, spec, trainable_by_design=trainable)
+    stage = build_stage(components, spec, trainable_by_design=trainable_by_design)
     built = components.tasks[task]
     stream = BatchStream(
         built.dataset,

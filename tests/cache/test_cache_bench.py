@@ -26,3 +26,27 @@ def test_bench_reports_both_variants_per_stage(tiny_checkpoints, tmp_path):
         assert set(row["images_per_s"]) == {"online", "cached"}
         assert all(v > 0 for v in row["images_per_s"].values()) and row["speedup"] > 0
     assert (tmp_path / "clip" / "manifest.json").is_file()
+
+
+def test_a_later_stage_trains_the_backbone_an_earlier_stage_froze(tiny_checkpoints, tmp_path):
+    """Stages are timed one after the other on the same models: the multi-task stage must train
+    the backbone although head probing, timed first, froze it."""
+    import torch
+
+    from mergekit_vision.builder import build_components
+    from mergekit_vision.cache import bench
+    from mergekit_vision.recipe_io import load_recipe
+
+    overrides = [
+        f"teachers.{name}.params.checkpoint={path}" for name, path in tiny_checkpoints.items()
+    ]
+    recipe = load_recipe(TINY_RECIPE, overrides)
+    components = build_components(recipe)
+    by_design = {id(p): p.requires_grad for p in components.model.parameters()}
+    probing, multitask = (s.model_copy(update={"tasks": ["clip"]}) for s in recipe.stages[:2])
+    bench._stepper(components, probing, "clip", by_design)(0)
+    backbone = list(components.model.student.parameters())
+    assert not any(p.requires_grad for p in backbone)
+    before = [p.detach().clone() for p in backbone]
+    bench._stepper(components, multitask, "clip", by_design)(0)
+    assert any(not torch.equal(b, p) for b, p in zip(before, backbone, strict=True))
