@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from mergekit_vision.recipe_io import Issue, RecipeError
 from mergekit_vision.registry import CONFLICT, WEIGHTING
 from mergekit_vision.stage import StageRun, build_stage, stage_steps
 from mergekit_vision.streams import BatchStream
-from mergekit_vision.task_step import task_loss
+from mergekit_vision.task_step import estimate_target_statistics, task_loss
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Engine:
         shown = progress and self.recipe.logging.progress and self.world.is_main
         with _progress(enabled=shown) as bar:
             bar_task = bar.add_task("training", total=total, completed=state.global_step)
+            self._estimate_normalizers(lambda text: bar.update(bar_task, description=text))
             for index in range(state.stage_index, len(self.recipe.stages)):
                 stage = self._start_stage(index, saved if index == state.stage_index else None)
                 saved = None
@@ -242,6 +244,30 @@ class Engine:
             )
             for index, (name, task) in enumerate(self.c.tasks.items())
         }
+
+    def _estimate_normalizers(self, describe: Callable[[str], None]) -> None:
+        """Each target normaliser's statistics, from its own stream of the task's data (the
+        training streams stay untouched), before the first step; a no-op once frozen."""
+        for index, (name, task) in enumerate(self.c.tasks.items()):
+            if name not in self.c.model.normalizers or self.c.model.normalizers[name].frozen:
+                continue
+            stream = BatchStream(
+                task.dataset,
+                batch_size=task.spec.batch_size,
+                seed=self.recipe.seed + 7_919 * (index + 1),
+                num_workers=task.spec.num_workers,
+                rank=self.world.rank,
+                world_size=self.world.size,
+            )
+            describe(f"estimating the {name} task's target statistics")
+            estimate_target_statistics(
+                task,
+                stream.next,
+                model=self.c.model,
+                resolutions=task.spec.resolutions(),
+                generator=torch.Generator().manual_seed(self.recipe.seed + index),
+                device=self.c.device,
+            )
 
     def _initial_state(self, resume: bool) -> tuple[TrainState, dict[str, Any] | None]:
         last = find_last(self.checkpoints)

@@ -126,3 +126,34 @@ def teacher_targets(
             normalizer.observe(gather_rows(target))
         target = normalizer.normalise(target)
     return target
+
+
+@torch.no_grad()
+def estimate_target_statistics(
+    task: BuiltTask,
+    next_batch: Callable[[], dict[str, Any]],
+    *,
+    model: MergedModel,
+    resolutions: list[int],
+    generator: torch.Generator,
+    device: torch.device,
+) -> int:
+    """Feed ``task``'s target normaliser teacher targets until its statistics freeze.
+
+    Run before the first training step, so the head only ever learns one fixed map: a
+    normaliser still estimating during training moves its targets under the head, and PHI-S
+    switches its rotation on only when the statistics freeze (AM-RADIO and PHI-S likewise
+    estimate the teachers' statistics before distilling). Batches come from ``next_batch`` at
+    ``resolutions`` in turn. Returns the number of batches used (0 when already frozen, e.g.
+    resumed from a checkpoint).
+    """
+    normalizer = model.normalizers[task.name]
+    used = 0
+    while not normalizer.frozen:
+        batch = next_batch()
+        resolution = resolutions[used % len(resolutions)]
+        images, masks = prepare_images(batch, resolution=resolution, device=device)
+        prompts = sample_prompts(task, images, masks, generator, batch=batch)
+        teacher_targets(task, images, prompts, model=model, update_statistics=True, batch=batch)
+        used += 1
+    return used

@@ -2,9 +2,11 @@
 
 Teachers' features live on very different scales (AM-RADIO: SAM's feature std is ~191x DFN
 CLIP's), which silently reweights multi-teacher losses. A normaliser maps a teacher's targets to a
-standard scale before the loss; its statistics are estimated over the first ``estimate_steps``
-training steps, then frozen; at export its inverse folds into the head's last linear layer so the
-exported head predicts the teacher's raw targets.
+standard scale before the loss; its statistics are estimated from ``estimate_steps`` batches of
+teacher targets before the first training step (the engine's calibration pass,
+:func:`~mergekit_vision.task_step.estimate_target_statistics`), then frozen; at export its
+inverse folds into the head's last linear layer so the exported head predicts the teacher's raw
+targets.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ class PhiS(TargetNormalizer):
     (Bendel & Mickey 1978): the same equal per-dimension variance, hence the same property PHI-S
     relies on, for any ``D``. The map is orthogonal up to ``phi``, so :meth:`inverse` and
     :meth:`fold_into` are exact. During estimation only the running ``mu`` and ``phi`` apply (no
-    rotation, which is computed once when the statistics freeze): keep ``estimate_steps`` short.
+    rotation, which is computed once when the statistics freeze); a training run estimates them
+    all before its first step, so its head only ever learns the full map.
 
     Args:
         dim: feature width ``D``; targets are ``[..., D]``.

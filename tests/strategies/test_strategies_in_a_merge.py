@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from safetensors.torch import load_file
 
 from mergekit_vision.cli.main import main
 from mergekit_vision.registry import CONFLICT, NORMALIZATION, REPLAY, WEIGHTING
@@ -60,3 +61,22 @@ def test_unknown_strategy_lists_the_valid_names(tiny_recipe_args, capsys):
     assert main(["validate", *tiny_recipe_args, "--set", "stages.1.conflict={type: pcgard}"]) == 2
     err = capsys.readouterr().err
     assert "stages.1.conflict.type" in err and "pcgrad" in err and "upgrad" in err
+
+
+@pytest.mark.parametrize("name", NORMALIZATION.names())
+def test_normaliser_statistics_freeze_before_the_first_step(name, tiny_recipe_args, tmp_path):
+    """A normaliser estimating for longer than the run trains is still frozen from step 1: its
+    statistics come from a calibration pass before training, not from the training steps (with
+    PHI-S, freezing mid-run would switch its rotation on under a head trained without it)."""
+    run = tmp_path / "run"
+    args = [
+        *tiny_recipe_args,
+        "--set", f"tasks.clip.normalize={{type: {name}, params: {{estimate_steps: 6}}}}",
+        "--set", "stages.0.steps=1", "--set", "stages.1.steps=2",
+        "--output", str(run),
+    ]  # fmt: skip
+    assert main(["run", *args]) == 0
+    weights = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+    assert int(weights["normalizers.clip.updates"]) == 6  # 6 calibration batches, 3 steps
+    if name == "phi_s":
+        assert bool(weights["normalizers.clip.solved"])
