@@ -233,17 +233,22 @@ class Engine:
 
     def _open_streams(self, state: TrainState) -> dict[str, BatchStream]:
         return {
-            name: BatchStream(
-                task.dataset,
-                batch_size=task.spec.batch_size,
-                seed=self.recipe.seed + index,
-                num_workers=task.spec.num_workers,
-                start=state.streams.get(name),
-                rank=self.world.rank,
-                world_size=self.world.size,
-            )
-            for index, (name, task) in enumerate(self.c.tasks.items())
+            name: self._stream(name, seed=self.recipe.seed + index, start=state.streams.get(name))
+            for index, name in enumerate(self.c.tasks)
         }
+
+    def _stream(self, name: str, *, seed: int, start: dict[str, int] | None = None) -> BatchStream:
+        """Batches of task ``name``'s data, this rank's share of each."""
+        task = self.c.tasks[name]
+        return BatchStream(
+            task.dataset,
+            batch_size=task.spec.batch_size,
+            seed=seed,
+            num_workers=task.spec.num_workers,
+            start=start,
+            rank=self.world.rank,
+            world_size=self.world.size,
+        )
 
     def _estimate_normalizers(self, describe: Callable[[str], None]) -> None:
         """Each target normaliser's statistics, from its own stream of the task's data (the
@@ -251,14 +256,7 @@ class Engine:
         for index, (name, task) in enumerate(self.c.tasks.items()):
             if name not in self.c.model.normalizers or self.c.model.normalizers[name].frozen:
                 continue
-            stream = BatchStream(
-                task.dataset,
-                batch_size=task.spec.batch_size,
-                seed=self.recipe.seed + 7_919 * (index + 1),
-                num_workers=task.spec.num_workers,
-                rank=self.world.rank,
-                world_size=self.world.size,
-            )
+            stream = self._stream(name, seed=self.recipe.seed + 7_919 * (index + 1))
             describe(f"estimating the {name} task's target statistics")
             estimate_target_statistics(
                 task,

@@ -84,12 +84,16 @@ def task_loss(
     from this batch while ``update_statistics`` and the normaliser is still estimating.
     ``forward(images, head=, prompts=)`` replaces the plain student + head call (the DDP wrapper).
     """
-    images, masks = prepare_images(batch, resolution=resolution, device=device)
-    prompts = sample_prompts(task, images, masks, generator, batch=batch)
-    name = task.spec.target
-    target = teacher_targets(
-        task, images, prompts, model=model, update_statistics=update_statistics, batch=batch
+    images, prompts, target = batch_targets(
+        task,
+        batch,
+        model=model,
+        resolution=resolution,
+        generator=generator,
+        device=device,
+        update_statistics=update_statistics,
     )
+    name = task.spec.target
     with autocast_context(device, getattr(model, "autocast_dtype", None)):
         if forward is None:
             features = model.student(images)
@@ -97,6 +101,26 @@ def task_loss(
         else:
             prediction = forward(images, head=task.spec.head, prompts=prompts)
     return task.loss(prediction[name].float(), target)
+
+
+def batch_targets(
+    task: BuiltTask,
+    batch: dict[str, Any],
+    *,
+    model: MergedModel,
+    resolution: int,
+    generator: torch.Generator,
+    device: torch.device,
+    update_statistics: bool,
+) -> tuple[Tensor, Prompts | None, Tensor]:
+    """``batch``'s images at ``resolution``, their prompts and the teacher's (normalised)
+    target: everything of a task step before the student runs."""
+    images, masks = prepare_images(batch, resolution=resolution, device=device)
+    prompts = sample_prompts(task, images, masks, generator, batch=batch)
+    target = teacher_targets(
+        task, images, prompts, model=model, update_statistics=update_statistics, batch=batch
+    )
+    return images, prompts, target
 
 
 @torch.no_grad()
@@ -150,10 +174,14 @@ def estimate_target_statistics(
     normalizer = model.normalizers[task.name]
     used = 0
     while not normalizer.frozen:
-        batch = next_batch()
-        resolution = resolutions[used % len(resolutions)]
-        images, masks = prepare_images(batch, resolution=resolution, device=device)
-        prompts = sample_prompts(task, images, masks, generator, batch=batch)
-        teacher_targets(task, images, prompts, model=model, update_statistics=True, batch=batch)
+        batch_targets(
+            task,
+            next_batch(),
+            model=model,
+            resolution=resolutions[used % len(resolutions)],
+            generator=generator,
+            device=device,
+            update_statistics=True,
+        )
         used += 1
     return used
