@@ -38,8 +38,9 @@ def dry_run_recipe(recipe: Recipe) -> Recipe:
     """The recipe shrunk for ``--dry-run``: synthetic data, small batches, one step per stage.
 
     The recipe's own ``dry_run.set`` overrides apply first (e.g. reduced resolutions); checkpoint
-    files that do not exist are dropped so the teachers start from random weights, and target
-    caches are ignored (the synthetic images are not in them).
+    files that do not exist are dropped so the teachers start from random weights, target
+    caches are ignored (the synthetic images are not in them), and target normalisers estimate
+    from one batch.
     """
     data = recipe.model_dump(mode="json")
     for dotted, value in recipe.dry_run.set.items():
@@ -59,6 +60,8 @@ def dry_run_recipe(recipe: Recipe) -> Recipe:
         task["batch_size"] = recipe.dry_run.batch_size
         task["num_workers"] = 0
         task["targets_cache"] = None  # synthetic images are not in any cache: teachers run online
+        if task.get("normalize"):  # one calibration batch: the wiring, not the statistics
+            task["normalize"]["params"] = {**task["normalize"]["params"], "estimate_steps": 1}
     for stage in data["stages"]:
         stage.update(steps=1, epochs=None)
     data["logging"]["every"] = 1

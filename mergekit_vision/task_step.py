@@ -161,14 +161,14 @@ def estimate_target_statistics(
     resolutions: list[int],
     generator: torch.Generator,
     device: torch.device,
-) -> int:
+) -> None:
     """Feed ``task``'s target normaliser teacher targets until its statistics freeze.
 
     Run before the first training step, so the head only ever learns one fixed map: a
     normaliser still estimating during training moves its targets under the head, and PHI-S
     switches its rotation on only when the statistics freeze (AM-RADIO and PHI-S likewise
     estimate the teachers' statistics before distilling). Batches come from ``next_batch`` at
-    ``resolutions`` in turn. Returns the number of batches used (0 when already frozen, e.g.
+    ``resolutions`` in turn; nothing runs when the statistics are already frozen (e.g.
     resumed from a checkpoint).
     """
     normalizer = model.normalizers[task.name]
@@ -184,4 +184,3 @@ def estimate_target_statistics(
             update_statistics=True,
         )
         used += 1
-    return used

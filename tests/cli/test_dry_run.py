@@ -4,6 +4,8 @@
 import json
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from mergekit_vision.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,3 +37,13 @@ def test_dry_run_ignores_target_caches(tiny_recipe_args, tmp_path):
     assert main([*args, "--output", str(tmp_path / "real"), "--max-steps", "1"]) == 2
     assert main([*args, "--dry-run", "--output", str(tmp_path / "dry")]) == 0
     assert (tmp_path / "dry" / "metrics.jsonl").is_file()
+
+
+def test_dry_run_estimates_target_statistics_from_one_batch(tiny_recipe_args, tmp_path):
+    """A dry run checks the wiring: a normaliser asking for 100 batches estimates from one."""
+    normalize = "tasks.clip.normalize={type: standardize, params: {estimate_steps: 100}}"
+    out = tmp_path / "dry"
+    args = ["run", *tiny_recipe_args, "--set", normalize, "--dry-run", "--output", str(out)]
+    assert main(args) == 0
+    weights = load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
+    assert int(weights["normalizers.clip.updates"]) == 1
