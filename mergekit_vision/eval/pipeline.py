@@ -8,6 +8,8 @@ Both teachers run in full, plus one CLIP forward per mask: that is its cost.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,10 +52,12 @@ class SamThenClip:
         confidence and class for each (see :class:`~mergekit_vision.eval.tasks.Segmenter`)."""
         return [self._classified_masks(image) for image in images]
 
-    def labels(self, prepared: list[tuple[Tensor, Tensor, Tensor]], threshold: float) -> Tensor:
-        """``[B, R, R]``: each mask whose CLIP confidence reaches ``threshold`` painted with its
-        class, small masks last (on top); the rest is background."""
-        return torch.stack([_paint(*one, threshold) for one in prepared])
+    def labels(
+        self, prepared: list[tuple[Tensor, Tensor, Tensor]], thresholds: Sequence[float]
+    ) -> list[Tensor]:
+        """``[B, R, R]`` per threshold: each mask whose CLIP confidence reaches the threshold
+        painted with its class, small masks last (on top); the rest is background."""
+        return [torch.stack([_paint(*one, t) for one in prepared]) for t in thresholds]
 
     def _classified_masks(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         masks = self._masks(image[None])

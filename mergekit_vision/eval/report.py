@@ -23,9 +23,11 @@ from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherE
 from mergekit_vision.eval.pipeline import SamThenClip
 from mergekit_vision.eval.reuse import fingerprint, load_teacher_rows, save_teacher_rows
 from mergekit_vision.eval.tasks import (
+    Labeler,
     Segmenter,
     batches,
     class_text_embeddings,
+    dense_labeler,
     dense_segmenter,
     promptable_segmentation,
     refined_segmenter,
@@ -113,9 +115,11 @@ class Evaluation:
         names = dataset.class_names[1:] if skip_background else dataset.class_names
         return class_text_embeddings(self.clip, names, self.templates)
 
-    def _semseg(self, segmenter: Segmenter, dataset) -> dict[str, float]:
+    def _semseg(self, prepare, dataset, **labelers: Labeler) -> dict[str, dict[str, Any]]:
+        """Each labeler's mIoU and threshold, all reading the same ``prepare`` per batch."""
         return semantic_segmentation(
-            segmenter,
+            prepare,
+            labelers,
             dataset,
             num_classes=len(dataset.class_names) - 1,
             calibration=self.spec.calibration_samples,
@@ -135,7 +139,10 @@ class Evaluation:
         if instances is not None:
             out.update(
                 promptable_segmentation(
-                    self.merged, instances, max_prompts=self.spec.max_prompts_per_image
+                    self.merged,
+                    instances,
+                    max_prompts=self.spec.max_prompts_per_image,
+                    batch_size=self.spec.batch_size,
                 )
             )
             samples["instances"] = len(instances)
@@ -145,8 +152,15 @@ class Evaluation:
             refiner = refined_segmenter(
                 self.merged, texts, points_per_class=self.spec.points_per_class
             )
-            head = self._semseg(dense_segmenter(self.merged, texts), semantic)
-            refined = self._semseg(refiner, semantic)
+            # The CLIP head's own labels read the refiner's encoder pass (its patch embeddings).
+            head_only = dense_labeler(texts)
+            results = self._semseg(
+                refiner.prepare,
+                semantic,
+                refined=refiner.labels,
+                head=lambda prepared, thresholds: head_only(prepared[1:], thresholds),
+            )
+            head, refined = results["head"], results["refined"]
             out.update(
                 semseg_miou=head["miou"],
                 semseg_threshold=head["threshold"],
@@ -168,7 +182,8 @@ class Evaluation:
         semantic = self.dataset(self.spec.semantic, resolution)
         if semantic is not None:
             texts = self._texts(semantic, skip_background=True)
-            result = self._semseg(dense_segmenter(self.clip, texts), semantic)
+            dense = dense_segmenter(self.clip, texts)
+            result = self._semseg(dense.prepare, semantic, dense=dense.labels)["dense"]
             out.update(semseg_miou=result["miou"], semseg_threshold=result["threshold"])
         return out
 
@@ -177,7 +192,10 @@ class Evaluation:
         if instances is None:
             return {}
         return promptable_segmentation(
-            self.sam, instances, max_prompts=self.spec.max_prompts_per_image
+            self.sam,
+            instances,
+            max_prompts=self.spec.max_prompts_per_image,
+            batch_size=self.spec.batch_size,
         )
 
     def _pipeline(self, resolution: int) -> dict[str, Any]:
@@ -189,7 +207,7 @@ class Evaluation:
             sam=self.sam, clip=self.clip, texts=texts, grid=self.spec.pipeline_grid
         )
         segmenter = Segmenter(prepare=pipeline.prepare, labels=pipeline.labels)
-        result = self._semseg(segmenter, semantic)
+        result = self._semseg(pipeline.prepare, semantic, pipeline=pipeline.labels)["pipeline"]
         out = {"semseg_miou": result["miou"], "semseg_threshold": result["threshold"]}
         out.update(self._cost(lambda x: segmenter(x, result["threshold"]), semantic))
         return out

@@ -3,7 +3,7 @@ zero-shot semantic segmentation from patch embeddings, optionally refined by pro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,31 +78,44 @@ def _upsampled_masks(logits: Tensor, size: int) -> Tensor:
 
 
 @torch.no_grad()
-def promptable_segmentation(model: Any, dataset: Dataset, *, max_prompts: int) -> dict[str, float]:
-    """Single-point and box-prompted mask IoU against each instance, and box-prompted mask AP."""
+def promptable_segmentation(
+    model: Any, dataset: Dataset, *, max_prompts: int, batch_size: int = 16
+) -> dict[str, float]:
+    """Single-point and box-prompted mask IoU against each instance, and box-prompted mask AP.
+
+    Images are encoded ``batch_size`` at a time, and each one's prompts decoded on its own (the
+    images have different numbers of instances)."""
     point_ious, box_ious, gts, predictions, sizes = [], [], [], [], {}
-    for image_id, batch in enumerate(batches(dataset, batch_size=1)):
-        masks = batch["masks"][0][:max_prompts]
-        if masks.shape[0] == 0:
-            continue
+    image_id = -1
+    for batch in batches(dataset, batch_size=batch_size):
         size = batch["image"].shape[-1]
         encoded = model.encode(batch["image"])
-        points = interior_points(masks)[None, :, None]
-        point_prompts = Prompts(size, points, torch.ones(points.shape[:3], dtype=torch.long))
-        predicted = _upsampled_masks(model.mask_logits(encoded, point_prompts)[0], size) > 0
-        point_ious.append(mask_iou(predicted, masks))
-        box_logits = _upsampled_masks(
-            model.mask_logits(encoded, Prompts(size, boxes=_boxes(masks)))[0], size
-        )
-        box_ious.append(mask_iou(box_logits > 0, masks))
-        sizes[image_id] = (size, size)
-        for mask, logit in zip(masks, box_logits, strict=True):
-            gts.append({"image_id": image_id, "category_id": 1, "mask": mask.numpy()})
-            positive = logit > 0
-            score = float(torch.sigmoid(logit[positive]).mean()) if positive.any() else 0.0
-            predictions.append(
-                {"image_id": image_id, "category_id": 1, "mask": positive.numpy(), "score": score}
-            )
+        for index, all_masks in enumerate(batch["masks"]):
+            image_id += 1
+            masks = all_masks[:max_prompts]
+            if masks.shape[0] == 0:
+                continue
+            one = _select(encoded, index)
+            points = interior_points(masks)[None, :, None]
+            point_prompts = Prompts(size, points, torch.ones(points.shape[:3], dtype=torch.long))
+            predicted = _upsampled_masks(model.mask_logits(one, point_prompts)[0], size) > 0
+            point_ious.append(mask_iou(predicted, masks))
+            box_prompts = Prompts(size, boxes=_boxes(masks))
+            box_logits = _upsampled_masks(model.mask_logits(one, box_prompts)[0], size)
+            box_ious.append(mask_iou(box_logits > 0, masks))
+            sizes[image_id] = (size, size)
+            for mask, logit in zip(masks, box_logits, strict=True):
+                gts.append({"image_id": image_id, "category_id": 1, "mask": mask.numpy()})
+                positive = logit > 0
+                score = float(torch.sigmoid(logit[positive]).mean()) if positive.any() else 0.0
+                predictions.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": 1,
+                        "mask": positive.numpy(),
+                        "score": score,
+                    }
+                )
     ap = coco_mask_ap(gts, predictions, image_sizes=sizes)
     return {
         "prompt_seg_miou": float(torch.cat(point_ious).mean()),
@@ -121,70 +134,91 @@ def _boxes(masks: Tensor) -> Tensor:
     return torch.stack(boxes)[None]
 
 
+Labeler = Callable[[Any, Sequence[float]], list[Tensor]]
+
+
 @dataclass(frozen=True)
 class Segmenter:
     """Zero-shot semantic segmentation in two stages, so calibrating the background threshold
     runs the models once per image: ``prepare(images)`` does the work that does not depend on the
-    threshold (encoders, masks, crop classes), ``labels(prepared, threshold)`` the rest, giving
-    ``[B, R, R]`` labels (0 = background). Calling it does both."""
+    threshold (encoders, masks, crop classes), ``labels(prepared, thresholds)`` the rest, giving
+    one ``[B, R, R]`` label map (0 = background) per threshold. Calling it does both."""
 
     prepare: Callable[[Tensor], Any]
-    labels: Callable[[Any, float], Tensor]
+    labels: Labeler
 
     def __call__(self, images: Tensor, threshold: float) -> Tensor:
-        return self.labels(self.prepare(images), threshold)
+        return self.labels(self.prepare(images), [threshold])[0]
 
 
 def semantic_segmentation(
-    segmenter: Segmenter, dataset: Dataset, *, num_classes: int, calibration: int, batch_size: int
-) -> dict[str, float]:
-    """mIoU of ``segmenter`` on ``dataset``.
+    prepare: Callable[[Tensor], Any],
+    labelers: dict[str, Labeler],
+    dataset: Dataset,
+    *,
+    num_classes: int,
+    calibration: int,
+    batch_size: int,
+) -> dict[str, dict[str, float]]:
+    """mIoU of each of ``labelers`` on ``dataset``, all reading one ``prepare`` per batch (as a
+    model's CLIP-head and refined segmentations read one encoder pass).
 
-    The background threshold is the one of :data:`THRESHOLDS` with the best mIoU on the first
-    ``calibration`` images (prepared once, labelled at each threshold); the mIoU reported is on
-    the others.
+    Each labeler's background threshold is the one of :data:`THRESHOLDS` with the best mIoU on
+    the first ``calibration`` images (prepared once, labelled at every threshold at once); the
+    mIoU reported is on the others.
     """
-    threshold = 0.5
+    thresholds = dict.fromkeys(labelers, 0.5)
     if calibration > 0:
-        prepared = [
-            (segmenter.prepare(batch["image"]), batch["semantic"])
-            for batch in batches(dataset, batch_size=batch_size, stop=calibration)
-        ]
-        scores = {
-            t: _miou(((segmenter.labels(p, t), truth) for p, truth in prepared), num_classes)
-            for t in THRESHOLDS
-        }
-        threshold = max(scores, key=scores.get)
-    rest = (
-        (segmenter(batch["image"], threshold), batch["semantic"])
-        for batch in batches(dataset, batch_size=batch_size, start=calibration)
-    )
-    return {"miou": _miou(rest, num_classes), "threshold": threshold}
+        confusions = {name: [_confusion(num_classes) for _ in THRESHOLDS] for name in labelers}
+        for batch in batches(dataset, batch_size=batch_size, stop=calibration):
+            prepared = prepare(batch["image"])
+            for name, labels in labelers.items():
+                for confusion, predicted in zip(
+                    confusions[name], labels(prepared, THRESHOLDS), strict=True
+                ):
+                    confusion.update(predicted, batch["semantic"])
+        for name, matrices in confusions.items():
+            scores = [matrix.miou() for matrix in matrices]
+            thresholds[name] = THRESHOLDS[scores.index(max(scores))]
+    scored = {name: _confusion(num_classes) for name in labelers}
+    for batch in batches(dataset, batch_size=batch_size, start=calibration):
+        prepared = prepare(batch["image"])
+        for name, labels in labelers.items():
+            scored[name].update(labels(prepared, [thresholds[name]])[0], batch["semantic"])
+    return {name: {"miou": scored[name].miou(), "threshold": thresholds[name]} for name in labelers}
 
 
-def _miou(pairs: Iterable[tuple[Tensor, Tensor]], num_classes: int) -> float:
-    """mIoU over ``(predicted labels, ground truth)`` batches."""
-    confusion = ConfusionMatrix(num_classes=num_classes + 1, ignore_index=255)
-    for predicted, truth in pairs:
-        confusion.update(predicted, truth)
-    return confusion.miou()
+def _confusion(num_classes: int) -> ConfusionMatrix:
+    """Background plus ``num_classes`` classes; VOC's boundary pixels (255) are ignored."""
+    return ConfusionMatrix(num_classes=num_classes + 1, ignore_index=255)
+
+
+def _coarse_labels(
+    embeddings: Tensor, texts: Tensor, size: int, thresholds: Sequence[float]
+) -> tuple[list[Tensor], Tensor]:
+    """MaskCLIP labels ``[B, R, R]`` at each background threshold, and the class probabilities
+    ``[B, K, R, R]`` they come from (see :func:`dense_semseg_from_embeddings`)."""
+    labels, cosine = dense_semseg_from_embeddings(embeddings, texts, size=size)
+    probs = (LOGIT_SCALE * cosine).softmax(dim=1)
+    confidence = probs.amax(dim=1)
+    return [torch.where(confidence < t, 0, labels) for t in thresholds], probs
+
+
+def dense_labeler(texts: Tensor) -> Labeler:
+    """Labels from prepared ``(patch embeddings [B, h, w, D], R)`` alone."""
+
+    def labels(prepared: tuple[Tensor, int], thresholds: Sequence[float]) -> list[Tensor]:
+        embeddings, size = prepared
+        return _coarse_labels(embeddings, texts, size, thresholds)[0]
+
+    return labels
 
 
 def dense_segmenter(model: Any, texts: Tensor) -> Segmenter:
     """Zero-shot labels from patch embeddings alone (MaskCLIP; SAM-CLIP's CLIP-head semseg)."""
-
-    def labels(prepared: tuple[Tensor, int], threshold: float) -> Tensor:
-        embeddings, size = prepared
-        labels, _ = dense_semseg_from_embeddings(
-            embeddings,
-            texts,
-            size=size,
-            background_threshold=threshold,
-            temperature=LOGIT_SCALE,
-        )
-        return labels
-
-    return Segmenter(prepare=lambda x: (model.embed_patches(x), x.shape[-1]), labels=labels)
+    return Segmenter(
+        prepare=lambda x: (model.embed_patches(x), x.shape[-1]), labels=dense_labeler(texts)
+    )
 
 
 def dense_labels(model: Any, images: Tensor, texts: Tensor, threshold: float) -> Tensor:
@@ -200,8 +234,10 @@ def refined_segmenter(model: Any, texts: Tensor, *, points_per_class: int) -> Se
     mask's pixels, favour: a point's coarse class is only where the prompt came from, and an
     object whose coarse mask is a patchwork of classes would otherwise be painted as one. Each
     pixel takes the class of its highest-logit mask (background where none is positive).
-    The encoder and the CLIP head run in ``prepare``; the threshold decides the coarse masks,
-    hence the prompts, so the SAM head runs in ``labels``.
+    The encoder and the CLIP head run in ``prepare`` (whose output, ``(features, patch
+    embeddings, R)``, :func:`dense_labeler` also reads from index 1 on); the threshold decides
+    the coarse masks, hence the prompts, so the SAM head runs in ``labels``: once per image for
+    all thresholds asked.
     """
 
     @torch.no_grad()
@@ -210,21 +246,21 @@ def refined_segmenter(model: Any, texts: Tensor, *, points_per_class: int) -> Se
         return features, model.embed_patches_from(features), images.shape[-1]
 
     @torch.no_grad()
-    def labels(prepared: tuple[Any, Tensor, int], threshold: float) -> Tensor:
+    def labels(prepared: tuple[Any, Tensor, int], thresholds: Sequence[float]) -> list[Tensor]:
         features, embeddings, size = prepared
-        coarse, cosine = dense_semseg_from_embeddings(
-            embeddings,
-            texts,
-            size=size,
-            background_threshold=threshold,
-            temperature=LOGIT_SCALE,
-        )
-        probs = (LOGIT_SCALE * cosine).softmax(dim=1)  # [B, K, R, R]
-        out = torch.zeros_like(coarse)
-        for index in range(coarse.shape[0]):
-            out[index] = _refine_one(
-                model, features, index, coarse[index], probs[index], points_per_class
+        coarse, probs = _coarse_labels(embeddings, texts, size, thresholds)
+        out = [torch.zeros_like(c) for c in coarse]
+        for index in range(embeddings.shape[0]):
+            refined = _refine_one(
+                model,
+                features,
+                index,
+                [c[index] for c in coarse],
+                probs[index],
+                points_per_class,
             )
+            for labels_t, one in zip(out, refined, strict=True):
+                labels_t[index] = one
         return out
 
     return Segmenter(prepare=prepare, labels=labels)
@@ -238,20 +274,30 @@ def refined_labels(
 
 
 def _refine_one(
-    model, features, index: int, coarse: Tensor, probs: Tensor, points_per_class: int
-) -> Tensor:
-    size = coarse.shape[-1]
-    points = _class_points(coarse, points_per_class, seed=index)
-    if points is None:
+    model, features, index: int, coarse: list[Tensor], probs: Tensor, points_per_class: int
+) -> list[Tensor]:
+    """One image's refined labels for each of its coarse label maps (one per threshold): the
+    prompts of all of them are decoded in one SAM-head call."""
+    size = coarse[0].shape[-1]
+    point_sets = [_class_points(c, points_per_class, seed=index) for c in coarse]
+    counts = [0 if p is None else len(p) for p in point_sets]
+    if sum(counts) == 0:
         return coarse
+    points = torch.cat([p for p in point_sets if p is not None])
     prompts = Prompts(size, points[None, :, None], torch.ones(1, len(points), 1, dtype=torch.long))
-    logits = _upsampled_masks(model.mask_logits(_select(features, index), prompts)[0], size)
-    masks = logits > 0  # [N, R, R]
-    area = masks.flatten(1).sum(1).clamp(min=1)
-    votes = torch.einsum("nhw,khw->nk", masks.float(), probs) / area[:, None]
-    labels = votes.argmax(dim=1) + 1  # [N], 1-based classes
-    score, winner = logits.max(dim=0)
-    return torch.where(score > 0, labels[winner], torch.zeros_like(winner))
+    all_logits = _upsampled_masks(model.mask_logits(_select(features, index), prompts)[0], size)
+    out = []
+    for one_coarse, logits in zip(coarse, all_logits.split(counts), strict=True):
+        if len(logits) == 0:
+            out.append(one_coarse)
+            continue
+        masks = logits > 0  # [N, R, R]
+        area = masks.flatten(1).sum(1).clamp(min=1)
+        votes = torch.einsum("nhw,khw->nk", masks.float(), probs) / area[:, None]
+        labels = votes.argmax(dim=1) + 1  # [N], 1-based classes
+        score, winner = logits.max(dim=0)
+        out.append(torch.where(score > 0, labels[winner], torch.zeros_like(winner)))
+    return out
 
 
 def _class_points(coarse: Tensor, points_per_class: int, *, seed: int) -> Tensor | None:

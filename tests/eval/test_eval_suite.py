@@ -11,7 +11,13 @@ import torch
 
 from mergekit_vision.cli.main import main
 from mergekit_vision.contracts import Prompts
-from mergekit_vision.eval.tasks import interior_points, refined_labels
+from mergekit_vision.eval.tasks import (
+    THRESHOLDS,
+    interior_points,
+    refined_labels,
+    refined_segmenter,
+    semantic_segmentation,
+)
 from mergekit_vision.toy.export import export_all
 from mergekit_vision.toy.world import ToyWorldConfig
 
@@ -121,3 +127,67 @@ def test_refined_mask_takes_the_class_its_pixels_vote_for():
     labels = refined_labels(model, torch.zeros(1, 3, 8, 8), texts, 0.5, points_per_class=2)
     assert (labels[0, :, :6] == 1).all()
     assert (labels[0, :, 6:] == 0).all()
+
+
+class _SquareOracle:
+    """Random patch embeddings; each point prompt's mask is the 5x5 square around it, more
+    confident the further down its point, so every prompt's own mask matters."""
+
+    def __init__(self, batch: int = 3, grid: int = 4, dim: int = 3):
+        self.patches = torch.randn(
+            batch, grid, grid, dim, generator=torch.Generator().manual_seed(0)
+        )
+
+    def encode(self, images):
+        return images
+
+    def embed_patches_from(self, features):
+        return self.patches[: features.shape[0]]
+
+    def mask_logits(self, encoded, prompts: Prompts):
+        size = prompts.image_size
+        points = prompts.points[0, :, 0]  # [N, 2] xy
+        ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+        near = (xs - points[:, 0, None, None]).abs().le(2) & (
+            ys - points[:, 1, None, None]
+        ).abs().le(2)
+        return (torch.where(near, 1.0, -1.0) * (1.0 + points[:, 1, None, None]))[None]
+
+
+def test_refined_labels_at_all_thresholds_at_once_equal_each_alone():
+    # Calibration labels every image at every threshold in one SAM-head call per image; the
+    # prompts of one threshold must come back as that threshold's masks.
+    texts = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+    segmenter = refined_segmenter(_SquareOracle(), texts, points_per_class=2)
+    prepared = segmenter.prepare(torch.zeros(3, 3, 16, 16))
+    together = segmenter.labels(prepared, THRESHOLDS)
+    alone = [segmenter.labels(prepared, [t])[0] for t in THRESHOLDS]
+    assert len({tuple(labels.flatten().tolist()) for labels in alone}) > 2  # thresholds differ
+    for one, other in zip(together, alone, strict=True):
+        assert torch.equal(one, other)
+
+
+def test_semantic_segmentation_calibrates_each_labeler_on_the_first_images():
+    # Labeler "half" is right at threshold 0.5 only; "all" ignores the threshold. Four images
+    # of truth 1: the first calibrates, the other three are scored.
+    dataset = [
+        {"image": torch.zeros(3, 4, 4, dtype=torch.uint8), "semantic": torch.ones(4, 4).long()}
+        for _ in range(4)
+    ]
+
+    def half(prepared, thresholds):
+        return [torch.full((len(prepared), 4, 4), int(t == 0.5)) for t in thresholds]
+
+    def everything(prepared, thresholds):
+        return [torch.ones(len(prepared), 4, 4, dtype=torch.long) for _ in thresholds]
+
+    results = semantic_segmentation(
+        lambda images: images,
+        {"half": half, "all": everything},
+        dataset,
+        num_classes=1,
+        calibration=1,
+        batch_size=2,
+    )
+    assert results["half"] == {"miou": 1.0, "threshold": 0.5}
+    assert results["all"] == {"miou": 1.0, "threshold": THRESHOLDS[0]}
