@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mergekit_vision.contracts import Prompts, resize_and_normalise
 from mergekit_vision.eval.metrics import mask_iou
+from mergekit_vision.eval.tasks import interior_points
 from mergekit_vision.losses.focal_dice import dice_loss, sigmoid_focal_loss
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.sam_decoding import decode_masks
@@ -311,28 +312,6 @@ def fit_toy_sam(
             losses.append(shown["loss"])
             advance(**shown)
     return sam.eval(), losses
-
-
-def interior_points(masks: Tensor) -> Tensor:
-    """The pixel centre ``(x, y)`` deepest inside each mask (the maximum of its distance to the
-    background, found by repeated 3x3 erosion; the first such pixel in raster order).
-
-    Args:
-        masks: ``bool [N, H, W]``, non-empty.
-
-    Returns:
-        ``float [N, 2]``.
-    """
-    current = masks.unsqueeze(1).float()
-    deepest = current
-    while bool(current.any()):
-        alive = current.flatten(1).any(dim=1).view(-1, 1, 1, 1)
-        deepest = torch.where(alive, current, deepest)
-        # Zero padding: the image border counts as background, as in SAM's evaluation.
-        current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), kernel_size=3, stride=1)
-    index = deepest.flatten(1).argmax(dim=1)
-    width = masks.shape[-1]
-    return torch.stack([index % width, index // width], dim=1).float() + 0.5
 
 
 @torch.no_grad()

@@ -80,6 +80,15 @@ def test_interior_point_is_deep_inside():
     assert point.tolist() == [4.5, 4.5]
 
 
+def test_interior_point_treats_the_image_border_as_background():
+    # SAM's click protocol: a mask in the image corner is clicked one pixel in from the border,
+    # not on it; masks of different depths are handled in one batch.
+    masks = torch.zeros(2, 9, 9, dtype=torch.bool)
+    masks[0, 0:3, 0:5] = True  # deepest pixels: row 1, columns 1-3
+    masks[1, 1:8, 2:7] = True
+    assert interior_points(masks).tolist() == [[2.5, 1.5], [4.5, 4.5]]
+
+
 class _Oracle:
     """Patch embeddings say class 1 on the left half; masks are positive where x < 6."""
 
