@@ -79,7 +79,12 @@ def save_pictures(evaluation: Evaluation, path: Path, models: dict[str, Any]) ->
             "CLIP teacher": lambda x: dense_labels(clip, x, texts, t_clip),
             "merged (CLIP head)": lambda x: dense_labels(merged, x, texts, t_head),
             "merged (refined)": lambda x: refined_labels(
-                merged, x, texts, t_refined, points_per_class=points
+                merged,
+                x,
+                texts,
+                t_refined,
+                points_per_class=points,
+                mask_class=spec.refined_mask_class,
             ),
         },
     )

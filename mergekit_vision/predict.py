@@ -34,7 +34,12 @@ from mergekit_vision.data.transforms import (
 )
 from mergekit_vision.eval.models import ClipTeacherEval, MergedEval
 from mergekit_vision.eval.pictures import label_colours
-from mergekit_vision.eval.tasks import class_text_embeddings, dense_labels, refined_labels
+from mergekit_vision.eval.tasks import (
+    MaskClass,
+    class_text_embeddings,
+    dense_labels,
+    refined_labels,
+)
 from mergekit_vision.export import ExportError
 from mergekit_vision.export.card import read_eval
 from mergekit_vision.export.loading import LoadedRun, load_run
@@ -60,6 +65,7 @@ class Predictor:
     refine: bool
     points_per_class: int
     templates: tuple[str, ...]
+    mask_class: MaskClass = "pooled"
 
     @classmethod
     def load(
@@ -88,6 +94,7 @@ class Predictor:
             refine=refine,
             points_per_class=spec.points_per_class if spec else 3,
             templates=tuple(spec.templates) if spec else DEFAULT_TEMPLATES,
+            mask_class=spec.refined_mask_class if spec else "pooled",
         )
 
     def text_embeddings(self, class_names: Sequence[str]) -> Tensor:
@@ -107,7 +114,12 @@ class Predictor:
         """``[B, R, R]`` labels (0 background, ``k + 1`` class ``k``) of fitted images."""
         if self.refine:
             return refined_labels(
-                self.model, images, texts, self.threshold, points_per_class=self.points_per_class
+                self.model,
+                images,
+                texts,
+                self.threshold,
+                points_per_class=self.points_per_class,
+                mask_class=self.mask_class,
             )
         return dense_labels(self.model, images, texts, self.threshold)
 

@@ -215,6 +215,12 @@ class EvalSpec(Frozen):
     max_prompts_per_image: int = Field(8, ge=1)
     calibration_samples: int = Field(16, ge=0)
     points_per_class: int = Field(3, ge=1, le=16)
+    refined_mask_class: Literal["pooled", "vote"] = Field(
+        "pooled",
+        description="how refined semseg classifies each SAM-head mask: the CLIP head's pooled "
+        "embedding of the mask ('pooled') or its per-patch class probabilities averaged over the "
+        "mask ('vote')",
+    )
     pipeline_grid: int = Field(8, ge=2, description="SAM point grid of the two-model pipeline")
     pictures: int = Field(4, ge=0)
     teacher_results: Path | None = Field(

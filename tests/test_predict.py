@@ -161,3 +161,17 @@ def test_unreadable_image_exits_2_without_output(run_dir, tmp_path, capsys):
     assert main(["predict", str(run_dir), str(bad), "--points", "1,1", "--output", str(out)]) == 2
     assert "cannot read image" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_region_covering_the_image_embeds_as_the_image(merged):
+    # embed_regions pools the CLIP head's tokens over a region; over the whole image that is
+    # the head's image embedding, and a smaller region gets an embedding of its own.
+    model, _ = merged
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    features = model.encode(images)
+    regions = torch.zeros(2, 64, 64, dtype=torch.bool)
+    regions[0] = True
+    regions[1, :20, :20] = True
+    embedded = model.embed_regions(model.head_tokens(features)[0], regions)
+    torch.testing.assert_close(embedded[0], model.embed_images(images)[0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(embedded[1], embedded[0], atol=1e-3)

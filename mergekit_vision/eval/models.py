@@ -4,7 +4,10 @@
 - ``embed_patches(images) -> [B, h, w, D]``: dense zero-shot segmentation (CLIP teacher through
   MaskCLIP, merged CLIP head per token);
 - ``encode(images)`` then ``mask_logits(encoded, prompts) -> [B, N, h, w]``: promptable segmentation
-  (SAM teacher, merged SAM head).
+  (SAM teacher, merged SAM head);
+- ``head_tokens(encoded)``, then ``embed_tokens(tokens) -> [B, h, w, D]`` (the patch embeddings) and
+  ``embed_regions(tokens[i], regions) -> [N, D]``: an image embedding per region of one image (the
+  merged CLIP head pooled over the region's tokens), to classify the SAM head's masks.
 
 A model lacking an ability leaves the method out; :func:`abilities` says which it has.
 Images are ``[B, 3, R, R]`` in [0, 1]; prompts are in pixels of that image.
@@ -109,6 +112,33 @@ class MergedEval:
     @torch.no_grad()
     def embed_patches_from(self, features: Any) -> Tensor:
         return self._in_teacher_space(self.clip_head.dense_embeddings(features))
+
+    @torch.no_grad()
+    def head_tokens(self, features: Any) -> Tensor:
+        """``[B, h, w, C]``: the CLIP head's blocks on the student's tokens, before pooling."""
+        if not all(hasattr(self.clip_head, name) for name in ("encode_tokens", "pool", "embed")):
+            raise ValueError(
+                f"the CLIP head ({type(self.clip_head).__name__}) cannot pool a region's tokens "
+                "(it has no encode_tokens, pool and embed); set eval.refined_mask_class: vote"
+            )
+        return self.clip_head.encode_tokens(features)
+
+    @torch.no_grad()
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """Head tokens ``[B, h, w, C]`` -> per-patch embeddings ``[B, h, w, D]``."""
+        return self._in_teacher_space(self.clip_head.embed(tokens))
+
+    @torch.no_grad()
+    def embed_regions(self, tokens: Tensor, regions: Tensor) -> Tensor:
+        """``[N, D]``: the CLIP head's image embedding of each region ``bool [N, R, R]`` of one
+        image, from its head tokens ``[h, w, C]``: the head's pooling over the tokens the region
+        covers (at least half of a token, or its best-covered tokens when none is half
+        covered)."""
+        coverage = F.adaptive_avg_pool2d(regions.float()[:, None], tuple(tokens.shape[:2]))[:, 0]
+        best = coverage.flatten(1).amax(dim=1).clamp(max=0.5)
+        keep = coverage >= best[:, None, None]
+        pooled = self.clip_head.pool(tokens.expand(len(regions), -1, -1, -1), keep)
+        return self._in_teacher_space(self.clip_head.embed(pooled))
 
     @torch.no_grad()
     def mask_logits(self, encoded: Any, prompts: Prompts) -> Tensor:

@@ -150,7 +150,10 @@ class Evaluation:
         if semantic is not None:
             texts = self._texts(semantic, skip_background=True)
             refiner = refined_segmenter(
-                self.merged, texts, points_per_class=self.spec.points_per_class
+                self.merged,
+                texts,
+                points_per_class=self.spec.points_per_class,
+                mask_class=self.spec.refined_mask_class,
             )
             # The CLIP head's own labels read the refiner's encoder pass (its patch embeddings).
             head_only = dense_labeler(texts)
@@ -158,7 +161,7 @@ class Evaluation:
                 refiner.prepare,
                 semantic,
                 refined=refiner.labels,
-                head=lambda prepared, thresholds: head_only(prepared[1:], thresholds),
+                head=lambda prepared, thresholds: head_only(prepared[1:3], thresholds),
             )
             head, refined = results["head"], results["refined"]
             out.update(

@@ -18,7 +18,14 @@ from typing import Any
 from mergekit_vision.recipe import Recipe
 
 # Evaluation settings that change only the merged model's rows.
-MERGED_ONLY = {"clip_head", "sam_head", "extra_resolutions", "pictures", "teacher_results"}
+MERGED_ONLY = {
+    "clip_head",
+    "sam_head",
+    "extra_resolutions",
+    "pictures",
+    "teacher_results",
+    "refined_mask_class",
+}
 
 
 def fingerprint(recipe: Recipe) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +142,7 @@ def _boxes(masks: Tensor) -> Tensor:
 
 
 Labeler = Callable[[Any, Sequence[float]], list[Tensor]]
+MaskClass = Literal["pooled", "vote"]
 
 
 @dataclass(frozen=True)
@@ -233,28 +234,48 @@ def dense_labels(model: Any, images: Tensor, texts: Tensor, threshold: float) ->
     return dense_segmenter(model, texts)(images, threshold)
 
 
-def refined_segmenter(model: Any, texts: Tensor, *, points_per_class: int) -> Segmenter:
+def refined_segmenter(
+    model: Any, texts: Tensor, *, points_per_class: int, mask_class: MaskClass = "pooled"
+) -> Segmenter:
     """SAM-CLIP's zero-shot segmentation with both heads (arXiv 2310.15308, sec. 5.2): the CLIP
     head's per-class masks give 1-3 points per class and the SAM head turns them into masks.
 
-    Each SAM mask then takes the class that the CLIP head's probabilities, averaged over the
-    mask's pixels, favour: a point's coarse class is only where the prompt came from, and an
-    object whose coarse mask is a patchwork of classes would otherwise be painted as one. Each
-    pixel takes the class of its highest-logit mask (background where none is positive).
+    A point's coarse class is only where its prompt came from (an object whose coarse mask is a
+    patchwork of classes would otherwise be painted as one), so each SAM mask is classified
+    again, by ``mask_class``:
+
+    - ``"pooled"``: the CLIP head's image embedding of the mask, its own token pooling over the
+      tokens the mask covers (``model.embed_regions``), against the class texts: the head's
+      image-level ability, which is far better than its per-patch one, applied to the region
+      the SAM head found;
+    - ``"vote"``: the class that the CLIP head's per-patch probabilities, averaged over the
+      mask's pixels, favour.
+
+    Each pixel takes the class of its highest-logit mask (background where none is positive).
     The encoder and the CLIP head run in ``prepare`` (whose output, ``(features, patch
-    embeddings, R)``, :func:`dense_labeler` also reads from index 1 on); the threshold decides
-    the coarse masks, hence the prompts, so the SAM head runs in ``labels``: once per image for
-    all thresholds asked.
+    embeddings, R, head tokens or None)``, :func:`dense_labeler` also reads at ``[1:3]``); the
+    threshold decides the coarse masks, hence the prompts, so the SAM head runs in ``labels``:
+    once per image for all thresholds asked.
     """
+    pooled = mask_class == "pooled"
+    needed = ("head_tokens", "embed_tokens", "embed_regions")
+    if pooled and not all(callable(getattr(model, name, None)) for name in needed):
+        raise ValueError(
+            f"mask_class='pooled' needs a model with {', '.join(needed)}; "
+            f"{type(model).__name__} lacks them (use mask_class='vote')"
+        )
 
     @torch.no_grad()
-    def prepare(images: Tensor) -> tuple[Any, Tensor, int]:
+    def prepare(images: Tensor) -> tuple[Any, Tensor, int, Tensor | None]:
         features = model.encode(images)
-        return features, model.embed_patches_from(features), images.shape[-1]
+        if not pooled:
+            return features, model.embed_patches_from(features), images.shape[-1], None
+        tokens = model.head_tokens(features)  # once, for the patches and the masks' classes
+        return features, model.embed_tokens(tokens), images.shape[-1], tokens
 
     @torch.no_grad()
-    def labels(prepared: tuple[Any, Tensor, int], thresholds: Sequence[float]) -> list[Tensor]:
-        features, embeddings, size = prepared
+    def labels(prepared: tuple[Any, Tensor, int, Any], thresholds: Sequence[float]) -> list[Tensor]:
+        features, embeddings, size, tokens = prepared
         coarse, probs = _coarse_labels(embeddings, texts, size, thresholds)
         out = [torch.zeros_like(c) for c in coarse]
         for index in range(embeddings.shape[0]):
@@ -263,6 +284,7 @@ def refined_segmenter(model: Any, texts: Tensor, *, points_per_class: int) -> Se
                 features,
                 index,
                 [c[index] for c in coarse],
+                None if tokens is None else (tokens[index], texts),
                 probs[index],
                 points_per_class,
             )
@@ -274,17 +296,34 @@ def refined_segmenter(model: Any, texts: Tensor, *, points_per_class: int) -> Se
 
 
 def refined_labels(
-    model: Any, images: Tensor, texts: Tensor, threshold: float, *, points_per_class: int
+    model: Any,
+    images: Tensor,
+    texts: Tensor,
+    threshold: float,
+    *,
+    points_per_class: int,
+    mask_class: MaskClass = "pooled",
 ) -> Tensor:
     """:func:`refined_segmenter`'s labels for ``images``."""
-    return refined_segmenter(model, texts, points_per_class=points_per_class)(images, threshold)
+    segmenter = refined_segmenter(
+        model, texts, points_per_class=points_per_class, mask_class=mask_class
+    )
+    return segmenter(images, threshold)
 
 
 def _refine_one(
-    model, features, index: int, coarse: list[Tensor], probs: Tensor, points_per_class: int
+    model,
+    features,
+    index: int,
+    coarse: list[Tensor],
+    pooling: tuple[Tensor, Tensor] | None,
+    probs: Tensor,
+    points_per_class: int,
 ) -> list[Tensor]:
     """One image's refined labels for each of its coarse label maps (one per threshold): the
-    prompts of all of them are decoded in one SAM-head call."""
+    prompts of all of them are decoded in one SAM-head call. With ``pooling`` (the image's head
+    tokens and the class texts), masks are classified by their pooled CLIP-head embedding;
+    without, by the vote of ``probs``."""
     size = coarse[0].shape[-1]
     point_sets = [_class_points(c, points_per_class, seed=index) for c in coarse]
     counts = [0 if p is None else len(p) for p in point_sets]
@@ -292,18 +331,25 @@ def _refine_one(
         return coarse
     points = torch.cat([p for p in point_sets if p is not None])
     prompts = Prompts(size, points[None, :, None], torch.ones(1, len(points), 1, dtype=torch.long))
-    all_logits = _upsampled_masks(model.mask_logits(_select(features, index), prompts)[0], size)
+    one = _select(features, index)
+    all_logits = _upsampled_masks(model.mask_logits(one, prompts)[0], size)
+    all_masks = all_logits > 0  # [N, R, R]
+    if pooling is not None:
+        tokens, texts = pooling
+        all_classes = (model.embed_regions(tokens, all_masks) @ texts.T).argmax(dim=1) + 1
+    else:
+        area = all_masks.flatten(1).sum(1).clamp(min=1)
+        votes = torch.einsum("nhw,khw->nk", all_masks.float(), probs) / area[:, None]
+        all_classes = votes.argmax(dim=1) + 1  # [N], 1-based classes
     out = []
-    for one_coarse, logits in zip(coarse, all_logits.split(counts), strict=True):
+    for one_coarse, logits, classes in zip(
+        coarse, all_logits.split(counts), all_classes.split(counts), strict=True
+    ):
         if len(logits) == 0:
             out.append(one_coarse)
             continue
-        masks = logits > 0  # [N, R, R]
-        area = masks.flatten(1).sum(1).clamp(min=1)
-        votes = torch.einsum("nhw,khw->nk", masks.float(), probs) / area[:, None]
-        labels = votes.argmax(dim=1) + 1  # [N], 1-based classes
         score, winner = logits.max(dim=0)
-        out.append(torch.where(score > 0, labels[winner], torch.zeros_like(winner)))
+        out.append(torch.where(score > 0, classes[winner], torch.zeros_like(winner)))
     return out
 
 

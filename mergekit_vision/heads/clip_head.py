@@ -6,6 +6,7 @@ import copy
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -148,13 +149,28 @@ class ClipHead(Head):
         Returns:
             ``{target: [B, D]}`` the pooled image embedding.
         """
-        tokens = self.encode_tokens(features).flatten(1, 2)
-        pooled = tokens.amax(dim=1) if self.pooling == "max" else tokens.mean(dim=1)
-        return {self.target: self.mlp(self.norm(pooled))}
+        return {self.target: self.embed(self.pool(self.encode_tokens(features)))}
+
+    def pool(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
+        """The head's token pooling: ``[..., h, w, C]`` -> ``[..., C]``, over the tokens where
+        ``keep`` (``bool [..., h, w]``) is True, or over all of them. Pooling a region's tokens
+        gives that region its own image embedding (``embed(pool(tokens, region))``)."""
+        if keep is None:
+            keep = tokens.new_ones(tokens.shape[:-1], dtype=torch.bool)
+        keep = keep.unsqueeze(-1)
+        if self.pooling == "max":
+            masked = tokens.masked_fill(~keep, torch.finfo(tokens.dtype).min)
+            return masked.flatten(-3, -2).amax(dim=-2)
+        total = (tokens * keep).flatten(-3, -2).sum(dim=-2)
+        return total / keep.flatten(-3, -2).sum(dim=-2).clamp(min=1)
+
+    def embed(self, pooled: Tensor) -> Tensor:
+        """Pooled tokens ``[..., C]`` -> embeddings ``[..., D]`` in the teacher's space."""
+        return self.mlp(self.norm(pooled))
 
     def dense_embeddings(self, features: StudentFeatures) -> Tensor:
         """Per-patch embeddings ``[B, h, w, D]`` in the teacher's space (LN + MLP per token)."""
-        return self.mlp(self.norm(self.encode_tokens(features)))
+        return self.embed(self.encode_tokens(features))
 
     def encode_tokens(self, features: StudentFeatures) -> Tensor:
         """The head's blocks applied to ``features.tokens`` ``[B, h, w, C]`` (shape kept)."""

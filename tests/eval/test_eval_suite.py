@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mergekit_vision.cli.main import main
 from mergekit_vision.contracts import Prompts
@@ -107,10 +108,26 @@ class _Oracle:
         mask = torch.where(xs < 6, 5.0, -5.0).expand(size, size)
         return mask.expand(1, prompts.count, size, size)
 
+    def head_tokens(self, features):
+        return self.embed_patches_from(features)  # tokens are the patch embeddings here
 
-def test_refinement_follows_the_promptable_masks():
+    def embed_tokens(self, tokens):
+        return tokens
+
+    def embed_regions(self, tokens, regions):
+        """Each region's mean patch embedding (patches spread over the pixels they cover)."""
+        patches = tokens.permute(2, 0, 1)  # [D, h, w]
+        pixels = F.interpolate(patches[None], size=regions.shape[-2:], mode="nearest")[0]
+        area = regions.flatten(1).sum(1, keepdim=True).clamp(min=1)
+        return torch.einsum("nhw,dhw->nd", regions.float(), pixels) / area
+
+
+@pytest.mark.parametrize("mask_class", ["pooled", "vote"])
+def test_refinement_follows_the_promptable_masks(mask_class):
     texts = torch.eye(2)
-    labels = refined_labels(_Oracle(), torch.zeros(1, 3, 8, 8), texts, 0.5, points_per_class=2)
+    labels = refined_labels(
+        _Oracle(), torch.zeros(1, 3, 8, 8), texts, 0.5, points_per_class=2, mask_class=mask_class
+    )
     # coarse labels split at x=4; the refined masks (positive for x < 6) move the boundary
     assert (labels[0, :, :6] > 0).all()
     assert (labels[0, :, 6:] == 0).all()
@@ -133,9 +150,37 @@ def test_refined_mask_takes_the_class_its_pixels_vote_for():
     # the masks prompted from class 1's points have the larger logits.
     texts = torch.eye(2)
     model = _ConfidentRightOracle()
-    labels = refined_labels(model, torch.zeros(1, 3, 8, 8), texts, 0.5, points_per_class=2)
+    labels = refined_labels(
+        model, torch.zeros(1, 3, 8, 8), texts, 0.5, points_per_class=2, mask_class="vote"
+    )
     assert (labels[0, :, :6] == 1).all()
     assert (labels[0, :, 6:] == 0).all()
+
+
+class _PooledSaysRightOracle(_ConfidentRightOracle):
+    """The same masks and patch votes, but every region's pooled embedding is class 1's text."""
+
+    def embed_regions(self, tokens, regions):
+        return torch.tensor([[0.0, 1.0]]).expand(len(regions), -1)
+
+
+def test_pooled_mask_class_is_the_regions_own_embedding():
+    # The votes say class 0 for the object (previous test); its pooled embedding says class 1,
+    # and with mask_class="pooled" that is what the object is painted with.
+    texts = torch.eye(2)
+    model = _PooledSaysRightOracle()
+    labels = refined_labels(model, torch.zeros(1, 3, 8, 8), texts, 0.5, points_per_class=2)
+    assert (labels[0, :, :6] == 2).all()
+    assert (labels[0, :, 6:] == 0).all()
+    voted = refined_labels(
+        model, torch.zeros(1, 3, 8, 8), texts, 0.5, points_per_class=2, mask_class="vote"
+    )
+    assert (voted[0, :, :6] == 1).all()
+
+
+def test_pooled_mask_class_needs_region_embeddings():
+    with pytest.raises(ValueError, match="embed_regions"):
+        refined_segmenter(object(), torch.eye(2), points_per_class=2)
 
 
 class _SquareOracle:
@@ -162,12 +207,27 @@ class _SquareOracle:
         ).abs().le(2)
         return (torch.where(near, 1.0, -1.0) * (1.0 + points[:, 1, None, None]))[None]
 
+    def head_tokens(self, features):
+        return self.embed_patches_from(features)
 
-def test_refined_labels_at_all_thresholds_at_once_equal_each_alone():
+    def embed_tokens(self, tokens):
+        return tokens
+
+    def embed_regions(self, tokens, regions):
+        """A region's embedding depends on where it is: its centroid, lifted to 3 dims."""
+        ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+        area = regions.flatten(1).sum(1).clamp(min=1)
+        cy = (regions * ys).flatten(1).sum(1) / area
+        cx = (regions * xs).flatten(1).sum(1) / area
+        return torch.stack([torch.sin(cx), torch.cos(cy), torch.sin(cx + cy)], dim=1)
+
+
+@pytest.mark.parametrize("mask_class", ["pooled", "vote"])
+def test_refined_labels_at_all_thresholds_at_once_equal_each_alone(mask_class):
     # Calibration labels every image at every threshold in one SAM-head call per image; the
     # prompts of one threshold must come back as that threshold's masks.
     texts = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
-    segmenter = refined_segmenter(_SquareOracle(), texts, points_per_class=2)
+    segmenter = refined_segmenter(_SquareOracle(), texts, points_per_class=2, mask_class=mask_class)
     prepared = segmenter.prepare(torch.zeros(3, 3, 16, 16))
     together = segmenter.labels(prepared, THRESHOLDS)
     alone = [segmenter.labels(prepared, [t])[0] for t in THRESHOLDS]

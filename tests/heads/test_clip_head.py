@@ -149,3 +149,17 @@ def test_build_errors():
         )
     with pytest.raises(ValidationError):
         ClipHead.Params(teacher="clip", pooling="avg")
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_pooling_a_region_pools_only_its_tokens(pooling: str):
+    head = build_head(tiny_student(), pooling=pooling).eval()
+    tokens = torch.randn(2, 3, 3, 64)
+    keep = torch.zeros(2, 3, 3, dtype=torch.bool)
+    keep[0, 0, :2] = True  # region 0: two tokens of the top row
+    keep[1] = True  # region 1: everything, as the image embedding pools
+    pooled = head.pool(tokens, keep)
+    inside = tokens[0, 0, :2]
+    expected = inside.amax(dim=0) if pooling == "max" else inside.mean(dim=0)
+    torch.testing.assert_close(pooled[0], expected)
+    torch.testing.assert_close(pooled[1], head.pool(tokens[1]))
