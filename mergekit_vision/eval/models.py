@@ -125,7 +125,8 @@ class MergedEval:
 
     @torch.no_grad()
     def embed_tokens(self, tokens: Tensor) -> Tensor:
-        """Head tokens ``[B, h, w, C]`` -> per-patch embeddings ``[B, h, w, D]``."""
+        """Head tokens ``[..., C]`` (e.g. ``[B, h, w, C]``, or pooled ``[N, C]``) -> embeddings
+        ``[..., D]`` in the teacher's space, unit-normalised."""
         return self._in_teacher_space(self.clip_head.embed(tokens))
 
     @torch.no_grad()
@@ -138,7 +139,7 @@ class MergedEval:
         best = coverage.flatten(1).amax(dim=1).clamp(max=0.5)
         keep = coverage >= best[:, None, None]
         pooled = self.clip_head.pool(tokens.expand(len(regions), -1, -1, -1), keep)
-        return self._in_teacher_space(self.clip_head.embed(pooled))
+        return self.embed_tokens(pooled)
 
     @torch.no_grad()
     def mask_logits(self, encoded: Any, prompts: Prompts) -> Tensor:

@@ -16,8 +16,7 @@ from torch import Tensor
 
 from mergekit_vision.contracts import Prompts
 from mergekit_vision.eval.models import ClipTeacherEval, SamTeacherEval
-
-LOGIT_SCALE = 100.0
+from mergekit_vision.eval.tasks import LOGIT_SCALE
 
 
 class SamThenClip:
