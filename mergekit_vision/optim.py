@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # types only: the toy trainers use this module without the recipe schema
+from mergekit_vision.lr_schedule import warmup_cosine
+
+if TYPE_CHECKING:
     from mergekit_vision.recipe import OptimizerSpec, ScheduleSpec, StageSpec
 
 
@@ -61,22 +62,3 @@ def build_schedule(
         )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def warmup_cosine(
-    step: int,
-    *,
-    warmup: int,
-    total_steps: int,
-    constant: bool = False,
-    min_lr_ratio: float = 0.0,
-) -> float:
-    """LR factor at ``step``: linear warmup, then cosine decay to ``min_lr_ratio`` (or flat)."""
-    warmup = min(warmup, max(total_steps - 1, 0))
-    if step < warmup:
-        return (step + 1) / warmup
-    if constant:
-        return 1.0
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return min_lr_ratio + (1 - min_lr_ratio) * cosine
