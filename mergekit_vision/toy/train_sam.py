@@ -44,8 +44,9 @@ SAM_EVAL_SEED = 7
 
 class ToySamTraining(PluginParams):
     """How the toy SAM teacher trains. With the default world and architecture
-    (:data:`~mergekit_vision.toy.teachers.TOY_SAM`) the defaults take 0.55-0.65 s a step on one
-    CPU core (~10 minutes) and reach single-point mIoU 0.74 (0.77 with centre points) on
+    (:data:`~mergekit_vision.toy.teachers.TOY_SAM`) the defaults take 0.55-0.95 s a step on one
+    CPU core, depending on the host (9.4-10.5 minutes in a fresh run, sharing 2 cores with the
+    CLIP teacher), and reach single-point mIoU 0.74 (0.77 with centre points) on
     held-out scenes; docs/toy-world.md measures what other settings buy.
 
     Args:
