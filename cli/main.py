@@ -281,6 +281,9 @@ def toy_teachers(recipe: RecipeArg, set_: SetOption = None) -> None:
     console.print("[green]toy data and teachers ready[/]")
 
 
+toy_app.command("sam-cost")(perf.toy_sam_cost)
+
+
 @toy_app.command("data")
 def toy_data(recipe: RecipeArg, set_: SetOption = None) -> None:
     """Export the recipe's toy data only (training and evaluation scenes in real formats)."""

@@ -217,3 +217,61 @@ def print_profile(console: Console, result: dict[str, Any]) -> None:
     )
     if result["random_weights"]:
         console.print("(checkpoints missing: measured with random weights)")
+
+
+def toy_sam_cost(
+    recipe: RecipeArg,
+    variant: Annotated[
+        list[str],
+        typer.Option(
+            help="Toy SAM training overrides to time against the recipe's own, e.g. "
+            '"prompts_per_image=16" or "batch_size=4,prompts_per_image=32" (repeatable).'
+        ),
+    ],
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds; the settings alternate in each.")] = 3,
+    steps: Annotated[int, typer.Option(min=1, help="Timed steps per setting and round.")] = 3,
+    set_: SetOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """What a toy SAM training step costs under other settings, timed side by side."""
+    from mergekit_vision.recipe_io import Issue, RecipeError, load_recipe
+    from mergekit_vision.registry import TEACHERS, params_of
+    from mergekit_vision.toy.sam_cost import parse_overrides, time_sam_steps, training_variant
+
+    def measure() -> dict[str, Any]:
+        resolved = load_recipe(recipe, set_)
+        toy = resolved.toy
+        if toy is None:
+            raise RecipeError(str(recipe), [Issue("toy", "no 'toy' section: nothing to time")])
+        variants = {"recipe": toy.sam_training}
+        for text in variant:
+            try:
+                variants[text] = training_variant(toy.sam_training, parse_overrides(text))
+            except ValueError as err:
+                raise RecipeError(str(recipe), [Issue(f"--variant {text!r}", str(err))]) from None
+        sam_params = params_of(TEACHERS, resolved.teachers[toy.sam_teacher])
+        return time_sam_steps(
+            sam_params=sam_params, world=toy.world, variants=variants, rounds=rounds, steps=steps
+        )
+
+    result = guarded(measure)
+    table = Table(
+        title=f"toy SAM training step, {result['threads']} thread(s), "
+        f"{result['rounds']} rounds x {result['steps']} steps, median"
+    )
+    table.add_column("setting", overflow="fold")
+    for column in ("scenes x prompts", "steps", "s/step", "step cost", "total cost"):
+        table.add_column(column, justify="right")
+    for name, row in result["variants"].items():
+        training = row["training"]
+        table.add_row(
+            name,
+            f"{training['batch_size']} x {training['prompts_per_image']}",
+            str(training["steps"]),
+            f"{row['step_s']:.3f}",
+            f"{row['step_cost']:.2f}x",
+            f"{row['total_cost']:.2f}x",
+        )
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))

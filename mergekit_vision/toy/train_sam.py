@@ -279,41 +279,50 @@ def fit_toy_sam(
         warmup=training.warmup,
         steps=training.steps,
     )
-    num_boxes = round(training.prompts_per_image * training.box_fraction)
-    num_points = training.prompts_per_image - num_boxes
     rng = np.random.default_rng([training.seed, 1])
     losses: list[float] = []
     with training_progress(
         total=training.steps, description="toy SAM", enabled=progress
     ) as advance:
         for step in range(training.steps):
-            scenes = scene_batch(
-                world,
-                seed=training.seed,
-                start=step * training.batch_size,
-                count=training.batch_size,
+            shown = sam_training_step(
+                sam, optimizer, training=training, world=world, step=step, rng=rng
             )
-            prompts, targets = sample_prompts(
-                scenes,
-                num_points=num_points,
-                num_boxes=num_boxes,
-                box_noise=training.box_noise,
-                rng=rng,
-            )
-            loss, shown = sam_training_loss(
-                sam,
-                images=scene_images(scenes),
-                prompts=prompts,
-                targets=targets,
-                training=training,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             schedule.step()
             losses.append(shown["loss"])
             advance(**shown)
     return sam.eval(), losses
+
+
+def sam_training_step(
+    sam: Sam,
+    optimizer: torch.optim.Optimizer,
+    *,
+    training: ToySamTraining,
+    world: ToyWorldConfig,
+    step: int,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """One optimiser step on scenes ``step * batch_size ...`` with freshly sampled prompts (the
+    LR schedule is the caller's); returns :func:`sam_training_loss`'s display metrics."""
+    num_boxes = round(training.prompts_per_image * training.box_fraction)
+    scenes = scene_batch(
+        world, seed=training.seed, start=step * training.batch_size, count=training.batch_size
+    )
+    prompts, targets = sample_prompts(
+        scenes,
+        num_points=training.prompts_per_image - num_boxes,
+        num_boxes=num_boxes,
+        box_noise=training.box_noise,
+        rng=rng,
+    )
+    loss, shown = sam_training_loss(
+        sam, images=scene_images(scenes), prompts=prompts, targets=targets, training=training
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return shown
 
 
 @torch.no_grad()

@@ -1,0 +1,88 @@
+"""``vmerge toy sam-cost``: toy SAM training steps of several settings, timed side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mergekit_vision.cli.main import main
+from mergekit_vision.teachers.sam import SamParams
+from mergekit_vision.toy.sam_cost import parse_overrides, time_sam_steps, training_variant
+from mergekit_vision.toy.train_sam import ToySamTraining
+from mergekit_vision.toy.world import ToyWorldConfig
+
+TOY_RECIPE = Path(__file__).parents[2] / "recipes" / "sam_clip_tiny.yaml"
+WORLD = ToyWorldConfig(image_size=64)
+SAM = SamParams(
+    variant="custom",
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    patch_size=8,
+    window_size=4,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    decoder_num_heads=2,
+    mask_in_chans=4,
+)
+
+
+def test_overrides_parse_and_validate():
+    base = ToySamTraining()
+    variant = training_variant(base, parse_overrides("batch_size=4, prompts_per_image=16"))
+    assert (variant.batch_size, variant.prompts_per_image) == (4, 16)
+    assert variant.model_dump(exclude={"batch_size", "prompts_per_image"}) == base.model_dump(
+        exclude={"batch_size", "prompts_per_image"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prompt_per_image=16", "unknown toy SAM training setting(s) ['prompt_per_image']"),
+        ("batch_size=0", "batch_size: Input should be greater than or equal to 1"),
+        ("batch_size", "write KEY=VALUE"),
+        (" , ", "give at least one KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError) as raised:
+        training_variant(ToySamTraining(), parse_overrides(text))
+    assert message in str(raised.value)
+
+
+def test_costs_are_relative_to_the_first_setting():
+    base = ToySamTraining(steps=10, batch_size=2, prompts_per_image=2)
+    longer = base.model_copy(update={"steps": 30, "prompts_per_image": 4})
+    result = time_sam_steps(
+        sam_params=SAM, world=WORLD, variants={"base": base, "longer": longer}, rounds=2, steps=1
+    )
+    rows = result["variants"]
+    assert rows["base"]["step_cost"] == 1.0 and rows["base"]["total_cost"] == 1.0
+    assert rows["longer"]["masks_per_step"] == 8
+    assert rows["longer"]["total_cost"] == pytest.approx(3 * rows["longer"]["step_cost"])
+    assert all(row["step_s"] > 0 for row in rows.values())
+
+
+def test_cli_times_the_recipe_against_a_variant(tmp_path, capsys):
+    out = tmp_path / "cost.json"
+    code = main(
+        ["toy", "sam-cost", str(TOY_RECIPE), "--variant", "batch_size=2,steps=2000",
+         "--rounds", "1", "--steps", "1", "--json", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert list(result["variants"]) == ["recipe", "batch_size=2,steps=2000"]
+    assert result["variants"]["batch_size=2,steps=2000"]["training"]["batch_size"] == 2
+    assert "step cost" in capsys.readouterr().out
+
+
+def test_cli_rejects_an_unknown_setting_without_a_traceback(capsys):
+    code = main(["toy", "sam-cost", str(TOY_RECIPE), "--variant", "nope=1", "--rounds", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown toy SAM training setting(s) ['nope']" in err and "Traceback" not in err
