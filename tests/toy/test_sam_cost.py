@@ -8,27 +8,12 @@ from pathlib import Path
 import pytest
 
 from mergekit_vision.cli.main import main
-from mergekit_vision.teachers.sam import SamParams
 from mergekit_vision.toy.sam_cost import parse_overrides, time_sam_steps, training_variant
 from mergekit_vision.toy.train_sam import ToySamTraining
-from mergekit_vision.toy.world import ToyWorldConfig
+
+from .conftest import SAM, WORLD
 
 TOY_RECIPE = Path(__file__).parents[2] / "recipes" / "sam_clip_tiny.yaml"
-WORLD = ToyWorldConfig(image_size=64)
-SAM = SamParams(
-    variant="custom",
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    image_size=64,
-    patch_size=8,
-    window_size=4,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    decoder_num_heads=2,
-    mask_in_chans=4,
-)
 
 
 def test_overrides_parse_and_validate():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mergekit_vision.teachers.open_clip import OpenClipParams, OpenClipTeacher
-from mergekit_vision.teachers.sam import SamParams, SamTeacher
+from mergekit_vision.teachers.sam import SamTeacher
 from mergekit_vision.toy import fitting
 from mergekit_vision.toy import teachers as toy_teachers
 from mergekit_vision.toy.fitting import save_atomically
@@ -36,23 +36,9 @@ from mergekit_vision.toy.train_sam import (
     scene_batch,
     train_toy_sam,
 )
-from mergekit_vision.toy.world import ToyWorldConfig
 
-WORLD = ToyWorldConfig(image_size=64)
-SAM = SamParams(
-    variant="custom",
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    image_size=64,
-    patch_size=8,
-    window_size=4,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    decoder_num_heads=2,
-    mask_in_chans=4,
-)
+from .conftest import SAM, WORLD
+
 CLIP = OpenClipParams(
     model="toy-clip-test",
     model_cfg={
