@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from mergekit_vision.export import ExportError
-from mergekit_vision.recipe_io import BuildError, RecipeError
+from mergekit_vision.recipe_io import BuildError, Issue, RecipeError, load_recipe
 from mergekit_vision.registry import UnknownPluginError
 
 console = Console()
@@ -44,3 +44,12 @@ def guarded(fn: Callable[..., Any]) -> Any:
         return fn()
     except USER_ERRORS as err:
         user_error(err)
+
+
+def load_toy_recipe(recipe: Path, overrides: list[str] | None, *, missing: str) -> Any:
+    """The resolved recipe of a ``vmerge toy`` command; without a ``toy`` section it is a
+    recipe error whose message is ``missing``."""
+    resolved = load_recipe(recipe, overrides)
+    if resolved.toy is None:
+        raise RecipeError(str(recipe), [Issue("toy", missing)])
+    return resolved

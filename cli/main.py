@@ -20,10 +20,11 @@ from mergekit_vision.cli.common import (
     SetOption,
     console,
     guarded,
+    load_toy_recipe,
     user_error,
 )
 from mergekit_vision.recipe import Recipe
-from mergekit_vision.recipe_io import Issue, RecipeError, dump_recipe, load_recipe
+from mergekit_vision.recipe_io import dump_recipe, load_recipe
 from mergekit_vision.registry import ALL_REGISTRIES
 
 app = typer.Typer(
@@ -272,9 +273,7 @@ def toy_teachers(recipe: RecipeArg, set_: SetOption = None) -> None:
     from mergekit_vision.toy.prepare import prepare_toy
 
     def prepare() -> None:
-        resolved = load_recipe(recipe, set_)
-        if resolved.toy is None:
-            raise RecipeError(str(recipe), [Issue("toy", "no 'toy' section to prepare")])
+        resolved = load_toy_recipe(recipe, set_, missing="no 'toy' section to prepare")
         prepare_toy(resolved)
 
     guarded(prepare)
@@ -290,9 +289,7 @@ def toy_data(recipe: RecipeArg, set_: SetOption = None) -> None:
     from mergekit_vision.toy.prepare import prepare_toy
 
     def prepare() -> None:
-        resolved = load_recipe(recipe, set_)
-        if resolved.toy is None:
-            raise RecipeError(str(recipe), [Issue("toy", "no 'toy' section to prepare")])
+        resolved = load_toy_recipe(recipe, set_, missing="no 'toy' section to prepare")
         prepare_toy(resolved, teachers=False)
 
     guarded(prepare)

@@ -10,7 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mergekit_vision.cli.common import RecipeArg, SetOption, console, guarded, user_error
+from mergekit_vision.cli.common import (
+    RecipeArg,
+    SetOption,
+    console,
+    guarded,
+    load_toy_recipe,
+    user_error,
+)
 
 
 def bench(
@@ -234,15 +241,13 @@ def toy_sam_cost(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
     """What a toy SAM training step costs under other settings, timed side by side."""
-    from mergekit_vision.recipe_io import Issue, RecipeError, load_recipe
+    from mergekit_vision.recipe_io import Issue, RecipeError
     from mergekit_vision.registry import TEACHERS, params_of
     from mergekit_vision.toy.sam_cost import parse_overrides, time_sam_steps, training_variant
 
     def measure() -> dict[str, Any]:
-        resolved = load_recipe(recipe, set_)
+        resolved = load_toy_recipe(recipe, set_, missing="no 'toy' section: nothing to time")
         toy = resolved.toy
-        if toy is None:
-            raise RecipeError(str(recipe), [Issue("toy", "no 'toy' section: nothing to time")])
         variants = {"recipe": toy.sam_training}
         for text in variant:
             try:

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mergekit_vision.cli.main import main
@@ -51,3 +52,17 @@ def test_run_with_missing_paths_stops_before_work(tmp_path, capsys):
     assert "tasks.sam.data.params.root" in err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["toy", "data"], "no 'toy' section to prepare"),
+        (["toy", "teachers"], "no 'toy' section to prepare"),
+        (["toy", "sam-cost", "--variant", "steps=2"], "no 'toy' section: nothing to time"),
+    ],
+)
+def test_toy_commands_refuse_a_recipe_without_a_toy_section(command, message, capsys):
+    assert main([*command[:2], str(REFERENCE), *command[2:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
