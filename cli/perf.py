@@ -231,8 +231,10 @@ def toy_sam_cost(
     variant: Annotated[
         list[str],
         typer.Option(
-            help="Toy SAM training overrides to time against the recipe's own, e.g. "
-            '"prompts_per_image=16" or "batch_size=4,prompts_per_image=32" (repeatable).'
+            help="Toy SAM overrides to time against the recipe's own setting (repeatable): "
+            'training keys, e.g. "prompts_per_image=16" or "batch_size=4,prompts_per_image=32", '
+            "and architecture keys of the SAM teacher's params as model.KEY, e.g. "
+            '"model.decoder_depth=1".'
         ),
     ],
     rounds: Annotated[int, typer.Option(min=1, help="Rounds; the settings alternate in each.")] = 3,
@@ -243,21 +245,25 @@ def toy_sam_cost(
     """What a toy SAM training step costs under other settings, timed side by side."""
     from mergekit_vision.recipe_io import Issue, RecipeError
     from mergekit_vision.registry import TEACHERS, params_of
-    from mergekit_vision.toy.sam_cost import parse_overrides, time_sam_steps, training_variant
+    from mergekit_vision.toy.sam_cost import (
+        SamSetting,
+        parse_overrides,
+        setting_variant,
+        time_sam_steps,
+    )
 
     def measure() -> dict[str, Any]:
         resolved = load_toy_recipe(recipe, set_, missing="no 'toy' section: nothing to time")
         toy = resolved.toy
-        variants = {"recipe": toy.sam_training}
+        sam_params = params_of(TEACHERS, resolved.teachers[toy.sam_teacher])
+        base = SamSetting(sam_params, toy.sam_training)
+        variants = {"recipe": base}
         for text in variant:
             try:
-                variants[text] = training_variant(toy.sam_training, parse_overrides(text))
+                variants[text] = setting_variant(base, parse_overrides(text))
             except ValueError as err:
                 raise RecipeError(str(recipe), [Issue(f"--variant {text!r}", str(err))]) from None
-        sam_params = params_of(TEACHERS, resolved.teachers[toy.sam_teacher])
-        return time_sam_steps(
-            sam_params=sam_params, world=toy.world, variants=variants, rounds=rounds, steps=steps
-        )
+        return time_sam_steps(world=toy.world, variants=variants, rounds=rounds, steps=steps)
 
     result = guarded(measure)
     table = Table(

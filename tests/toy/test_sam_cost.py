@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from mergekit_vision.cli.main import main
-from mergekit_vision.toy.sam_cost import parse_overrides, time_sam_steps, training_variant
+from mergekit_vision.toy.sam_cost import (
+    SamSetting,
+    parse_overrides,
+    setting_variant,
+    time_sam_steps,
+    training_variant,
+)
 from mergekit_vision.toy.train_sam import ToySamTraining
 
 from .conftest import SAM, WORLD
@@ -25,29 +31,43 @@ def test_overrides_parse_and_validate():
     )
 
 
+def test_model_overrides_change_the_architecture_only():
+    base = SamSetting(SAM, ToySamTraining())
+    variant = setting_variant(base, parse_overrides("model.decoder_depth=1,steps=500"))
+    assert variant.params.decoder_depth == 1 and variant.training.steps == 500
+    assert variant.params.model_dump(exclude={"decoder_depth"}) == SAM.model_dump(
+        exclude={"decoder_depth"}
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("prompt_per_image=16", "unknown toy SAM training setting(s) ['prompt_per_image']"),
+        ("prompt_per_image=16", "(architecture: model.KEY, e.g. model.decoder_depth)"),
         ("batch_size=0", "batch_size: Input should be greater than or equal to 1"),
+        ("model.depth=2", "unknown SAM architecture setting(s) ['model.depth']; valid: model."),
+        ("model.decoder_depth=x", "model.decoder_depth: Input should be a valid integer"),
         ("batch_size", "write KEY=VALUE"),
         (" , ", "give at least one KEY=VALUE"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(text, message):
     with pytest.raises(ValueError) as raised:
-        training_variant(ToySamTraining(), parse_overrides(text))
+        setting_variant(SamSetting(SAM, ToySamTraining()), parse_overrides(text))
     assert message in str(raised.value)
 
 
 def test_costs_are_relative_to_the_first_setting():
     base = ToySamTraining(steps=10, batch_size=2, prompts_per_image=2)
     longer = base.model_copy(update={"steps": 30, "prompts_per_image": 4})
-    result = time_sam_steps(
-        sam_params=SAM, world=WORLD, variants={"base": base, "longer": longer}, rounds=2, steps=1
-    )
+    shallow = SAM.model_copy(update={"decoder_depth": 1})
+    variants = {"base": SamSetting(SAM, base), "longer": SamSetting(shallow, longer)}
+    result = time_sam_steps(world=WORLD, variants=variants, rounds=2, steps=1)
     rows = result["variants"]
     assert rows["base"]["step_cost"] == 1.0 and rows["base"]["total_cost"] == 1.0
+    assert rows["base"]["model_changes"] == {}
+    assert rows["longer"]["model_changes"] == {"decoder_depth": 1}
     assert rows["longer"]["masks_per_step"] == 8
     assert rows["longer"]["total_cost"] == pytest.approx(3 * rows["longer"]["step_cost"])
     assert all(row["step_s"] > 0 for row in rows.values())
@@ -57,12 +77,20 @@ def test_cli_times_the_recipe_against_a_variant(tmp_path, capsys):
     out = tmp_path / "cost.json"
     code = main(
         ["toy", "sam-cost", str(TOY_RECIPE), "--variant", "batch_size=2,steps=2000",
-         "--rounds", "1", "--steps", "1", "--json", str(out)]
+         "--variant", "model.prompt_embed_dim=32", "--rounds", "1", "--steps", "1",
+         "--json", str(out)]
     )  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
-    assert list(result["variants"]) == ["recipe", "batch_size=2,steps=2000"]
+    assert list(result["variants"]) == [
+        "recipe",
+        "batch_size=2,steps=2000",
+        "model.prompt_embed_dim=32",
+    ]
     assert result["variants"]["batch_size=2,steps=2000"]["training"]["batch_size"] == 2
+    assert result["variants"]["model.prompt_embed_dim=32"]["model_changes"] == {
+        "prompt_embed_dim": 32
+    }
     assert "step cost" in capsys.readouterr().out
 
 
