@@ -44,9 +44,9 @@ SAM_EVAL_SEED = 7
 
 class ToySamTraining(PluginParams):
     """How the toy SAM teacher trains. With the default world and architecture
-    (:data:`~mergekit_vision.toy.teachers.TOY_SAM`) the defaults take 0.55-0.95 s a step on one
-    CPU core, depending on the host (9.4-10.5 minutes in a fresh run, sharing 2 cores with the
-    CLIP teacher), and reach single-point mIoU 0.74 (0.77 with centre points) on
+    (:data:`~mergekit_vision.toy.teachers.TOY_SAM`) the defaults take 0.43-0.95 s a step on one
+    CPU core, depending on the host (8.1-10.5 minutes in a fresh run, sharing 2 cores with the
+    CLIP teacher), and reach single-point mIoU 0.76 (0.79 with centre points) on
     held-out scenes; docs/toy-world.md measures what other settings buy.
 
     Args:
@@ -55,7 +55,8 @@ class ToySamTraining(PluginParams):
         prompts_per_image: prompts per scene (each picks a visible instance, all before repeats).
         box_fraction: share of those prompts that are noisy boxes instead of one click.
         box_noise: std of each box corner's noise as a fraction of the box side (SAM: 0.1).
-        lr: peak AdamW learning rate.
+        lr: peak AdamW learning rate (from 7.5e-4 to 1.5e-3 the teacher ends equally good;
+            at 3e-3 it ends 0.02 worse, at 6e-3 0.10 worse: docs/toy-world.md).
         weight_decay: AdamW decay of weight matrices.
         warmup: linear warmup steps before the cosine decay.
         focal_weight: weight of the focal term (SAM: 20, dice 1).
@@ -74,7 +75,7 @@ class ToySamTraining(PluginParams):
     prompts_per_image: int = Field(default=8, ge=1)
     box_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
     box_noise: float = Field(default=0.1, ge=0.0)
-    lr: float = Field(default=3e-3, gt=0.0)
+    lr: float = Field(default=1.5e-3, gt=0.0)
     weight_decay: float = Field(default=0.05, ge=0.0)
     warmup: int = Field(default=20, ge=0)
     focal_weight: float = Field(default=20.0, ge=0.0)
