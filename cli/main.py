@@ -298,6 +298,9 @@ def toy_data(recipe: RecipeArg, set_: SetOption = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI in-process and return its exit code (what tests and ``python -m`` call)."""
+    from mergekit_vision.performance import flush_denormals
+
+    flush_denormals()  # before torch starts its threads, which inherit it
     command = typer.main.get_command(app)
     try:
         # Without standalone mode click returns the code of a typer.Exit instead of raising it.

@@ -139,3 +139,34 @@ def test_kept_freed_memory_serves_large_tensors_from_the_heap():
 
 def test_recipe_keeps_freed_memory_by_default():
     assert PerformanceSpec().keep_freed_memory is True
+
+
+_SUBNORMALS_LEFT = """
+import sys, torch
+if sys.argv[1] == "cli":
+    from mergekit_vision.cli.main import main
+    main(["plugins"])
+torch.set_num_threads(2)
+x = torch.full((1 << 20,), 1e-20)  # x * x = 1e-40 is below float32's normal range
+print(int(torch.count_nonzero(x * x)))
+"""
+
+
+def test_the_cli_flushes_subnormal_floats_in_all_threads():
+    """``vmerge`` computes subnormal floats as zero (x86 handles them many times slower), and
+    threads started afterwards inherit that; without the CLI they stay."""
+    import subprocess
+    import sys
+
+    def nonzero(mode: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", _SUBNORMALS_LEFT, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(done.stdout.split()[-1])
+
+    if nonzero("plain") == 0:
+        pytest.skip("this CPU already flushes subnormal floats")
+    assert nonzero("cli") == 0

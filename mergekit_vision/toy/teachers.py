@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from mergekit_vision.performance import flush_denormals
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.teachers.open_clip import OpenClipParams
 from mergekit_vision.teachers.sam import SamParams
@@ -189,8 +190,8 @@ def ensure_toy_teachers(
             far better than they split an operation over two, so on 2 cores this measured ~1.5x
             faster than training one after the other. The one still running then takes all
             threads, at a step that depends on timing, so two trainings of one config agree only
-            up to float rounding (two fresh clones: SAM point mIoU 0.748 in both, mask AP 0.480
-            and 0.489).
+            up to float rounding (two fresh clones of one config: SAM point mIoU 0.748 in both, mask
+            AP 0.480 and 0.489).
 
     Returns:
         ``{"sam": sam_path, "clip": clip_path}``.
@@ -264,6 +265,7 @@ class _Job:
 
 
 def _worker(job: _Job, queue: Any, running: Any, cores: int) -> None:
+    flush_denormals()  # a spawned process starts with the CPU's default
     torch.set_num_threads(1)
     report_progress_to(queue, cores=CoreShare(running, cores))
     try:
