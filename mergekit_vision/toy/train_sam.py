@@ -45,7 +45,7 @@ SAM_EVAL_SEED = 7
 class ToySamTraining(PluginParams):
     """How the toy SAM teacher trains. With the default world and architecture
     (:data:`~mergekit_vision.toy.teachers.TOY_SAM`) the defaults take 0.43-0.95 s a step on one
-    CPU core, depending on the host (8.1-10.5 minutes in a fresh run, sharing 2 cores with the
+    CPU core, depending on the host (6.5-10.5 minutes in a fresh run, sharing 2 cores with the
     CLIP teacher), and reach single-point mIoU 0.76 (0.79 with centre points) on
     held-out scenes; docs/toy-world.md measures what other settings buy.
 
