@@ -128,6 +128,7 @@ def time_sam_steps(
                 )
             seconds[name].append((time.perf_counter() - started) / steps)
     base_name, (base_params, base) = next(iter(variants.items()))
+    base_model = base_params.model_dump(mode="json")
     report = {}
     for name, (params, training) in variants.items():
         ratio = statistics.median(
@@ -138,7 +139,7 @@ def time_sam_steps(
             "model_changes": {
                 key: value
                 for key, value in params.model_dump(mode="json").items()
-                if value != base_params.model_dump(mode="json")[key]
+                if value != base_model[key]
             },
             "masks_per_step": training.batch_size * training.prompts_per_image,
             "step_s": statistics.median(seconds[name]),
