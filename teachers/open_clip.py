@@ -3,7 +3,10 @@
 Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021
 (arXiv 2103.00020); open_clip's reproductions (Cherti et al., arXiv 2212.07143). Its image
 embedding is the CLIP-branch target of SAM-CLIP (Wang et al., arXiv 2310.15308), whose teacher is
-open_clip "ViT-L-14" trained on DataComp-1B (tag "datacomp_xl_s13b_b90k").
+open_clip "ViT-L-14" trained on DataComp-1B (tag "datacomp_xl_s13b_b90k"). Its final feature map
+(``spatial``: a ViT's patch tokens after the final LayerNorm, a ResNet's last stage before the
+attention pool) is the per-location target AM-RADIO distils from CLIP as well (Ranzinger et al.,
+arXiv 2312.06709), read through open_clip's own ``forward_intermediates``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from mergekit_vision.registry import TEACHERS, PluginParams
 from mergekit_vision.weights import incompatible_keys, read_checkpoint_file
 
 _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+TARGETS = ("image_embedding", "spatial")
 _CUSTOM_PREFIX = "mergekit-custom-"
 
 
@@ -224,7 +228,8 @@ class OpenClipTextEncoder(nn.Module):
 
 @TEACHERS.register("open_clip")
 class OpenClipTeacher(Teacher):
-    """An open_clip CLIP (e.g. ViT-L-14 DataComp): its image embedding, and text embeddings."""
+    """An open_clip CLIP (e.g. ViT-L-14 DataComp): its image embedding and final feature map, and
+    text embeddings."""
 
     Params = OpenClipParams
 
@@ -253,6 +258,7 @@ class OpenClipTeacher(Teacher):
         self.pixel_std = tuple(preprocess["std"])
         size = clip.visual.image_size
         self.input_size = int(size[0] if isinstance(size, Sequence) else size)
+        self._spatial: tuple[int, int, int] | None = None
 
     @classmethod
     def build(cls, params: OpenClipParams, *, allow_random_init: bool = False) -> OpenClipTeacher:
@@ -285,7 +291,34 @@ class OpenClipTeacher(Teacher):
 
     def target_specs(self) -> dict[str, TargetSpec]:
         norm = "L2-normalised " if self.normalize else ""
-        return {"image_embedding": TargetSpec(("B", self.embed_dim), f"{norm}image embedding")}
+        channels, height, width = self._spatial_shape()
+        return {
+            "image_embedding": TargetSpec(("B", self.embed_dim), f"{norm}image embedding"),
+            "spatial": TargetSpec(("B", channels, height, width), "final feature map"),
+        }
+
+    def _spatial_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the final feature map, from one blank image (the teacher resizes
+        every input to its own size, so the grid is fixed)."""
+        if self._spatial is None:
+            blank = torch.zeros(1, 3, self.input_size, self.input_size)
+            with torch.no_grad():
+                spatial = self._forward_spatial(blank.to(self._device()))["spatial"]
+            self._spatial = tuple(int(s) for s in spatial.shape[1:])
+        return self._spatial
+
+    def _device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    def _forward_spatial(self, pixels: Tensor) -> dict[str, Tensor]:
+        visual = self.clip.visual
+        if not hasattr(visual, "forward_intermediates"):
+            raise ValueError(
+                f"open_clip image tower {type(visual).__name__} has no forward_intermediates, so "
+                "its feature map cannot be a target; use the image_embedding target only"
+            )
+        out = visual.forward_intermediates(pixels, indices=1, normalize_intermediates=True)
+        return {"image_embedding": out["image_features"], "spatial": out["image_intermediates"][-1]}
 
     def component_names(self) -> list[str]:
         return ["visual", "text"]
@@ -303,17 +336,25 @@ class OpenClipTeacher(Teacher):
         """
         Args:
             images: ``[B, 3, H, W]`` in [0, 1], resized to the visual tower's size here.
-            targets: ``["image_embedding"]``.
+            targets: any of ``["image_embedding", "spatial"]``.
             prompts: unused (CLIP takes none).
 
         Returns:
-            ``{"image_embedding": [B, D]}``.
+            ``{"image_embedding": [B, D], "spatial": [B, C, h, w]}`` (the requested ones).
         """
-        unknown = sorted(set(targets) - {"image_embedding"})
+        unknown = sorted(set(targets) - set(TARGETS))
         if unknown:
-            raise ValueError(f"open_clip teacher has no target {unknown}; it has image_embedding")
-        embedding = self.clip.encode_image(self.prepare(images), normalize=self.normalize)
-        return {"image_embedding": embedding}
+            raise ValueError(
+                f"open_clip teacher has no target {unknown}; it has {', '.join(TARGETS)}"
+            )
+        pixels = self.prepare(images)
+        if "spatial" in targets:
+            out = self._forward_spatial(pixels)
+            if self.normalize:
+                out["image_embedding"] = F.normalize(out["image_embedding"], dim=-1)
+        else:
+            out = {"image_embedding": self.clip.encode_image(pixels, normalize=self.normalize)}
+        return {target: out[target] for target in targets}
 
     @torch.no_grad()
     @torch.no_grad()

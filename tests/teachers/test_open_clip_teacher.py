@@ -221,3 +221,29 @@ def test_resnet_dense_embedding_of_a_one_location_grid_is_the_image_embedding():
         dense = teacher.dense_embeddings(images)[:, 0, 0]
         pooled = teacher(images, targets=["image_embedding"])["image_embedding"]
     assert torch.allclose(dense, torch.nn.functional.normalize(pooled, dim=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg, grid, channels", [(TINY_CFG, 4, 64), (RESNET_CFG, 2, 256)])
+def test_spatial_target_is_the_towers_final_feature_map(cfg, grid, channels):
+    """ViT: the patch tokens after ln_post; ResNet: layer4's output. Asking for it as well leaves
+    the image embedding unchanged."""
+    torch.manual_seed(0)
+    params = OpenClipParams(model=f"spatial-{grid}", model_cfg=cfg)
+    teacher = OpenClipTeacher.build(params, allow_random_init=True).eval()
+    assert teacher.target_specs()["spatial"].shape == ("B", channels, grid, grid)
+    images = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        alone = teacher(images, targets=["image_embedding"])
+        both = teacher(images, targets=["spatial", "image_embedding"])
+        visual, pixels = teacher.clip.visual, teacher.prepare(images)
+        if cfg is RESNET_CFG:
+            layers = [visual.stem, visual.layer1, visual.layer2, visual.layer3, visual.layer4]
+            expected = pixels
+            for layer in layers:
+                expected = layer(expected)
+        else:
+            tokens = visual.ln_post(visual.transformer(visual._embeds(pixels)))[:, 1:]
+            expected = tokens.reshape(2, grid, grid, -1).permute(0, 3, 1, 2)
+    assert set(both) == {"spatial", "image_embedding"}
+    assert torch.allclose(both["image_embedding"], alone["image_embedding"], atol=1e-6)
+    assert torch.allclose(both["spatial"], expected, atol=1e-5)
