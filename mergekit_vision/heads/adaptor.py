@@ -60,8 +60,8 @@ class AdaptorHead(Head):
 
     A summary MLP maps the student's summary (a class token, or the pooled patch tokens for a
     student without one) to the teacher's summary vector; a spatial MLP maps every patch token to
-    the teacher's feature vector, and the map is optionally upsampled (bilinearly) to the
-    teacher's fixed token grid, as RADIO matches the student's features to a teacher's resolution.
+    the teacher's feature vector, and the map is optionally resized (bilinearly, low-pass filtered
+    when it shrinks) to the teacher's fixed token grid, as RADIO matches the student's features to a teacher's resolution.
     Either side may be left out (``None``) for a teacher with only one kind of target.
     """
 
@@ -169,7 +169,12 @@ class AdaptorHead(Head):
         assert self.spatial_mlp is not None, "this adaptor has no spatial MLP"
         maps = self.spatial_mlp(features.tokens).permute(0, 3, 1, 2)
         if self.output_grid is not None and tuple(maps.shape[-2:]) != self.output_grid:
-            maps = F.interpolate(maps, size=self.output_grid, mode="bilinear", align_corners=False)
+            # Shrinking (a ResNet CLIP's 2 x 2 map from a 16 x 16 student) filters first, so every
+            # student token contributes instead of the few that bilinear sampling would hit.
+            shrink = any(o < i for o, i in zip(self.output_grid, maps.shape[-2:], strict=True))
+            maps = F.interpolate(
+                maps, size=self.output_grid, mode="bilinear", align_corners=False, antialias=shrink
+            )
         return maps
 
     def _summary(self, features: StudentFeatures) -> Tensor:

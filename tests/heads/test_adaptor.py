@@ -106,3 +106,34 @@ def test_a_few_steps_fit_fixed_teacher_features(teachers):
         value.backward()
         optimizer.step()
     assert value.item() < 0.5 * first
+
+
+def test_shrinking_to_a_resnet_clips_grid_reads_every_student_token():
+    """open_clip's ResNet gives a 2 x 2 map; from a 16 x 16 student grid, plain bilinear sampling
+    would read 4 tokens per cell and ignore the other 60. The filtered resize reads them all."""
+    from mergekit_vision.teachers.open_clip import OpenClipParams, OpenClipTeacher
+
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8},
+        "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2,
+                     "layers": 1},
+    }  # fmt: skip
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = OpenClipTeacher.build(
+            OpenClipParams(model="adaptor-rn", model_cfg=cfg), allow_random_init=True
+        )
+    student = vitdet_student()
+    head = AdaptorHead.build(
+        AdaptorHead.Params(teacher="clip", summary_target=None, spatial_target="spatial"),
+        student=student,
+        teachers={"clip": clip},
+    )
+    features = student(torch.rand(1, 3, 128, 128))  # a 16 x 16 grid
+    tokens = features.tokens.detach().requires_grad_(True)
+    out = head(StudentFeatures(tokens=tokens, feature_map=features.feature_map, image_size=128))
+    assert set(out) == {"spatial"} and out["spatial"].shape == (1, 256, 2, 2)
+    out["spatial"].sum().backward()
+    assert (tokens.grad.abs().sum(dim=-1) > 0).all()
