@@ -61,8 +61,9 @@ class AdaptorHead(Head):
     A summary MLP maps the student's summary (a class token, or the pooled patch tokens for a
     student without one) to the teacher's summary vector; a spatial MLP maps every patch token to
     the teacher's feature vector, and the map is optionally resized (bilinearly, low-pass filtered
-    when it shrinks) to the teacher's fixed token grid, as RADIO matches the student's features to a teacher's resolution.
-    Either side may be left out (``None``) for a teacher with only one kind of target.
+    when it shrinks) to the teacher's fixed token grid, as RADIO matches the student's features to
+    a teacher's resolution. Either side may be left out (``None``) for a teacher with only one
+    kind of target.
     """
 
     class Params(PluginParams):
