@@ -15,7 +15,6 @@ import difflib
 import hashlib
 import json
 import logging
-import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,18 +26,20 @@ import open_clip
 import open_clip.factory
 import torch
 import torch.nn.functional as F
-from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from open_clip.pretrained import get_pretrained_cfg
 from pydantic import model_validator
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
 from mergekit_vision.registry import TEACHERS, PluginParams
-from mergekit_vision.weights import incompatible_keys, read_checkpoint_file
+from mergekit_vision.teachers.open_clip_checkpoint import (
+    CUSTOM_PREFIX,
+    builtin_models,
+    load_open_clip_checkpoint,
+)
 
 _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 TARGETS = ("image_embedding", "spatial")
-_CUSTOM_PREFIX = "mergekit-custom-"
 
 
 class OpenClipParams(PluginParams):
@@ -82,18 +83,14 @@ class OpenClipParams(PluginParams):
 
 
 def _similar_models(name: str) -> list[str]:
-    return difflib.get_close_matches(name, _builtin_models(), n=8, cutoff=0.5) or ["ViT-L-14"]
-
-
-def _builtin_models() -> list[str]:
-    return [m for m in open_clip.list_models() if not m.startswith(_CUSTOM_PREFIX)]
+    return difflib.get_close_matches(name, builtin_models(), n=8, cutoff=0.5) or ["ViT-L-14"]
 
 
 def register_model_cfg(model_cfg: Mapping[str, Any]) -> str:
     """Register a custom architecture with open_clip under a name derived from its contents."""
     digest = hashlib.sha1(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:12]
     # A neutral name: open_clip picks tokenizers by name substrings such as "siglip".
-    name = f"{_CUSTOM_PREFIX}{digest}"
+    name = f"{CUSTOM_PREFIX}{digest}"
     # add_model_config only reads JSON files; the dict registry behind it is the same one.
     open_clip.factory._MODEL_CONFIGS[name] = deepcopy(dict(model_cfg))
     return name
@@ -136,78 +133,6 @@ def _without_random_init_warning() -> Iterator[None]:
         yield
     finally:
         logging.root.removeFilter(drop)
-
-
-def open_clip_state_dict_from_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, Tensor]:
-    """open_clip's released or training checkpoints -> a plain ``CLIP`` state dict.
-
-    Accepts a plain state dict (``open_clip_pytorch_model.bin``, ``open_clip_model.safetensors``)
-    and a training checkpoint ``{"state_dict": ..., "epoch": ...}`` whose keys carry DDP's
-    ``module.`` prefix.
-    """
-    if isinstance(checkpoint.get("state_dict"), Mapping):
-        checkpoint = checkpoint["state_dict"]
-    if not all(isinstance(v, Tensor) for v in checkpoint.values()):
-        raise ValueError("not a state dict: some values are not tensors")
-    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
-
-
-def describe_open_clip_checkpoint(weights: Mapping[str, Tensor]) -> str:
-    """Which built-in open_clip models the weights fit, for error messages."""
-    if "visual.conv1.weight" not in weights or "visual.proj" not in weights:
-        return "it does not look like an open_clip ViT checkpoint (no visual.conv1 / visual.proj)"
-    width, _, patch, _ = weights["visual.conv1.weight"].shape
-    embed_dim = int(weights["visual.proj"].shape[1])
-    blocks = r"visual\.transformer\.resblocks\.(\d+)\."
-    layers = len({m.group(1) for k in weights if (m := re.match(blocks, k))})
-    found = (width, layers, patch, embed_dim)
-    matches = [
-        name
-        for name in _builtin_models()
-        if _vision_sizes(open_clip.get_model_config(name)) == found
-    ]
-    sizes = f"vision width {width}, {layers} layers, patch {patch}, embed_dim {embed_dim}"
-    if not matches:
-        return f"it holds a ViT with {sizes}, like no built-in open_clip model"
-    return f"it holds a ViT with {sizes}, like open_clip {', '.join(matches[:4])}"
-
-
-def _vision_sizes(config: Mapping[str, Any]) -> tuple[Any, ...]:
-    vision = config.get("vision_cfg", {})
-    keys = ("width", "layers", "patch_size")
-    return (*(vision.get(k) for k in keys), config.get("embed_dim"))
-
-
-def load_open_clip_checkpoint(clip: nn.Module, path: Path, *, model: str) -> None:
-    """Load an open_clip checkpoint file into ``clip`` strictly, with errors that help."""
-    raw = read_checkpoint_file(path, what="open_clip")
-    try:
-        weights = open_clip_state_dict_from_checkpoint(raw)
-    except ValueError as error:
-        raise ValueError(f"open_clip checkpoint {path} is not a state dict: {error}") from error
-    _fit_position_tables(weights, clip)
-    problems = incompatible_keys(clip, weights)
-    if problems:
-        raise ValueError(
-            f"open_clip checkpoint {path} does not fit model {model!r}: {problems}. "
-            f"{describe_open_clip_checkpoint(weights)}."
-        )
-    clip.load_state_dict(weights, strict=True)
-
-
-def _fit_position_tables(weights: dict[str, Tensor], clip: nn.Module) -> None:
-    """Resize position tables to another image size or context length, as open_clip does.
-
-    Only tables of the model's width are touched: other widths mean another model, which the
-    strict key check reports better than open_clip's resizers would (they assert on width).
-    """
-    own = clip.state_dict()
-    for key, resize in (
-        ("visual.positional_embedding", resize_pos_embed),
-        ("positional_embedding", resize_text_pos_embed),
-    ):
-        if key in weights and key in own and weights[key].shape[-1] == own[key].shape[-1]:
-            resize(weights, clip)
 
 
 class OpenClipTextEncoder(nn.Module):

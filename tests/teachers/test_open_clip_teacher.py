@@ -12,12 +12,10 @@ from safetensors.torch import save_file
 
 import mergekit_vision.teachers.open_clip  # noqa: F401  (registers "open_clip")
 from mergekit_vision.contracts import Teacher
-from mergekit_vision.teachers.open_clip import (
-    OpenClipParams,
-    OpenClipTeacher,
+from mergekit_vision.teachers.open_clip import OpenClipParams, OpenClipTeacher, register_model_cfg
+from mergekit_vision.teachers.open_clip_checkpoint import (
     describe_open_clip_checkpoint,
     open_clip_state_dict_from_checkpoint,
-    register_model_cfg,
 )
 
 TINY_CFG = {
