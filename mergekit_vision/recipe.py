@@ -14,7 +14,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mergekit_vision.data.views import AugmentSpec
-from mergekit_vision.eval.tasks import MaskClass
 from mergekit_vision.prompts import PromptSamplerParams
 from mergekit_vision.toy.spec import ToySpec
 
@@ -216,7 +215,7 @@ class EvalSpec(Frozen):
     max_prompts_per_image: int = Field(8, ge=1)
     calibration_samples: int = Field(16, ge=0)
     points_per_class: int = Field(3, ge=1, le=16)
-    refined_mask_class: MaskClass = Field(
+    refined_mask_class: Literal["pooled", "vote"] = Field(
         "pooled",
         description="how refined semseg classifies each SAM-head mask: the CLIP head's pooled "
         "embedding of the mask ('pooled') or its per-patch class probabilities averaged over the "
