@@ -103,3 +103,15 @@ def test_yaml_tags_are_not_executed(tmp_path):
     path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
     (issue,) = issues_of(path)
     assert "not valid YAML" in issue
+
+
+def test_recipe_offers_exactly_the_mask_classifiers_the_eval_code_has():
+    """The schema keeps its own Literal (importing eval.tasks would tie the schema to the
+    evaluation code); this keeps the two lists equal."""
+    from typing import get_args
+
+    from mergekit_vision.eval.tasks import MaskClass
+    from mergekit_vision.recipe import EvalSpec
+
+    annotation = EvalSpec.model_fields["refined_mask_class"].annotation
+    assert set(get_args(annotation)) == set(get_args(MaskClass))
