@@ -282,7 +282,6 @@ class OpenClipTeacher(Teacher):
         return {target: out[target] for target in targets}
 
     @torch.no_grad()
-    @torch.no_grad()
     def dense_embeddings(self, images: Tensor) -> Tensor:
         """Per-patch embeddings ``[B, h, w, D]`` (L2-normalised) for dense zero-shot labels.
 
@@ -317,8 +316,7 @@ class OpenClipTeacher(Teacher):
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """L2-normalised text embeddings ``[T, D]`` (e.g. class prompts for zero-shot labels)."""
-        device = next(self.clip.parameters()).device
-        tokens = self.tokenizer(texts).to(device)
+        tokens = self.tokenizer(texts).to(self._device())
         return self.clip.encode_text(tokens, normalize=True)
 
 
