@@ -242,6 +242,8 @@ class OpenClipTeacher(Teacher):
                 f"open_clip image tower {type(visual).__name__} has no forward_intermediates, so "
                 "its feature map cannot be a target; use the image_embedding target only"
             )
+        # Only the last stage: open_clip's ResNet tower drops the stages after the last index
+        # asked for (unless stop_early) and would pool an earlier map into the embedding.
         out = visual.forward_intermediates(pixels, indices=1, normalize_intermediates=True)
         return {"image_embedding": out["image_features"], "spatial": out["image_intermediates"][-1]}
 
