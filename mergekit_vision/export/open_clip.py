@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mergekit_vision.export import ExportError
 from mergekit_vision.export.loading import LoadedRun
-from mergekit_vision.heads.clip_head import ClipHead
+from mergekit_vision.heads.clip_head import ClipHead, make_blocks
 from mergekit_vision.normalization.base import TargetNormalizer
 from mergekit_vision.recipe import task_of_head
 from mergekit_vision.registry import NORMALIZATION, STUDENTS, TEACHERS, params_of
@@ -130,6 +130,7 @@ def _merged_visual(run: LoadedRun, head_name: str, head: Any) -> tuple[MergedVis
         "student": {"type": recipe.student.type, "params": student_params},
         "clip_head": {
             "num_blocks": len(head.blocks),
+            "blocks": head.block_kind,
             "out_dim": head.out_dim,
             "target": head.target,
             "mlp_hidden_dim": head.mlp[0].out_features,
@@ -164,7 +165,7 @@ def build_merged_visual(config: dict[str, Any]) -> MergedVisual:
     )
     head_cfg = config["clip_head"]
     head = ClipHead(
-        blocks=[copy.deepcopy(student.last_block()) for _ in range(head_cfg["num_blocks"])],
+        blocks=make_blocks(head_cfg.get("blocks", "backbone"), head_cfg["num_blocks"], student),
         embed_dim=student.embed_dim,
         out_dim=head_cfg["out_dim"],
         target=head_cfg["target"],

@@ -64,6 +64,34 @@ def reinitialise(module: nn.Module) -> nn.Module:
     return module
 
 
+class ConvBlock(nn.Module):
+    """A residual block of two 3 x 3 convolutions over the token grid: ``[B, h, w, C]`` in and out.
+
+    LayerNorm, conv, GELU, conv, added to the input (He et al., "Deep Residual Learning",
+    arXiv 1512.03385, with a pre-norm as in ConvNeXt, arXiv 2201.03545).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.conv1 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(x).permute(0, 3, 1, 2)
+        y = self.conv2(self.act(self.conv1(y)))
+        return x + y.permute(0, 2, 3, 1)
+
+
+def make_blocks(kind: str, count: int, student: Student) -> list[nn.Module]:
+    """``count`` head blocks: copies of the student's last block (``backbone``) or
+    :class:`ConvBlock` s of its width (``conv``)."""
+    if kind == "conv":
+        return [ConvBlock(student.embed_dim) for _ in range(count)]
+    return [copy.deepcopy(student.last_block()) for _ in range(count)]
+
+
 @HEADS.register("clip_head")
 class ClipHead(Head):
     """SAM-CLIP's CLIP head (Wang et al., "SAM-CLIP: Merging Vision Foundation Models towards
@@ -75,12 +103,19 @@ class ClipHead(Head):
     CLIP teacher's embedding space. The same LayerNorm + MLP applied per token gives per-patch
     embeddings (:meth:`dense_embeddings`) for zero-shot segmentation. Outputs are not
     L2-normalised; the cosine loss and zero-shot classifiers normalise.
+
+    ``blocks: conv`` swaps the transformer blocks for residual 3 x 3 convolution blocks
+    (:class:`ConvBlock`) over the token grid, a departure from the paper: a convolution's
+    locality lets a small head read an object's *shape* from the grid of a backbone that
+    was trained for masks, which a few transformer blocks did not learn within the toy
+    world's budget (docs/toy-world.md).
     """
 
     class Params(PluginParams):
         teacher: str
         target: str = "image_embedding"
         num_blocks: int = Field(3, ge=0)
+        blocks: Literal["backbone", "conv"] = "backbone"
         init_from_last_block: bool = True
         mlp_hidden_dim: int | None = Field(None, gt=0)
         pooling: Literal["max", "mean"] = "max"
@@ -122,9 +157,8 @@ class ClipHead(Head):
     @classmethod
     def build(cls, params: Params, *, student: Student, teachers: dict[str, Teacher]) -> ClipHead:
         out_dim = target_width(teachers, params.teacher, params.target)
-        last = student.last_block()
-        blocks = [copy.deepcopy(last) for _ in range(params.num_blocks)]
-        if not params.init_from_last_block:
+        blocks = make_blocks(params.blocks, params.num_blocks, student)
+        if params.blocks == "backbone" and not params.init_from_last_block:
             blocks = [reinitialise(block) for block in blocks]
         for block in blocks:
             # The backbone may be frozen (stage I); the head always trains.
@@ -137,6 +171,11 @@ class ClipHead(Head):
             mlp_hidden_dim=params.mlp_hidden_dim,
             pooling=params.pooling,
         )
+
+    @property
+    def block_kind(self) -> str:
+        """``conv`` when the head's blocks are :class:`ConvBlock` s, else ``backbone``."""
+        return "conv" if any(isinstance(block, ConvBlock) for block in self.blocks) else "backbone"
 
     def forward(
         self, features: StudentFeatures, *, prompts: Prompts | None = None

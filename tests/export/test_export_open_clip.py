@@ -13,6 +13,7 @@ from mergekit_vision.eval.models import ClipTeacherEval, MergedEval
 from mergekit_vision.eval.tasks import class_text_embeddings
 from mergekit_vision.export import ExportError
 from mergekit_vision.export.open_clip import export_open_clip, load_open_clip
+from mergekit_vision.heads.clip_head import ClipHead, make_blocks
 
 CLASSES = ["red circle", "blue square", "green star"]
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}."]
@@ -57,6 +58,29 @@ def test_text_tower_and_zero_shot_classifier_are_the_teachers(tiny_run, exported
         image_features, text_features, scale = model(batch, tokenizer(CLASSES))
     assert image_features.shape == (3, 32) and text_features.shape == (3, 32)
     assert float(scale) == pytest.approx(float(tiny_run.teachers["clip"].clip.logit_scale.exp()))
+
+
+def test_a_conv_block_head_round_trips(tiny_run, tmp_path, images):
+    """A CLIP head of ``blocks: conv`` is rebuilt with conv blocks and loads strictly."""
+    trained = tiny_run.model.heads["clip_head"]
+    conv = ClipHead(
+        blocks=make_blocks("conv", 2, tiny_run.model.student),
+        embed_dim=tiny_run.model.student.embed_dim,
+        out_dim=trained.out_dim,
+        target=trained.target,
+    ).eval()
+    tiny_run.model.heads["clip_head"] = conv  # (ModuleDict: monkeypatch.setitem cannot)
+    try:
+        export_open_clip(tiny_run, tmp_path)
+        merged = MergedEval(tiny_run.model, clip_head="clip_head", sam_head="sam_head")
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        reference = merged.embed_images(pixels)
+    finally:
+        tiny_run.model.heads["clip_head"] = trained
+    model, preprocess, _ = load_open_clip(tmp_path)
+    assert model.visual.head.block_kind == "conv" and len(model.visual.head.blocks) == 2
+    batch = torch.stack([preprocess(Image.fromarray(image)) for image in images])
+    assert torch.allclose(model.encode_image(batch, normalize=True), reference, atol=1e-5)
 
 
 def test_non_clip_teacher_is_refused(tiny_run, tmp_path, monkeypatch):

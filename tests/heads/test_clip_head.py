@@ -51,18 +51,36 @@ def build_head(student: ViTDetStudent, **params) -> ClipHead:
     )
 
 
+@pytest.mark.parametrize("blocks", ["backbone", "conv"])
 @pytest.mark.parametrize("size", [64, 96])
-def test_shapes_of_pooled_and_dense_embeddings(size: int):
+def test_shapes_of_pooled_and_dense_embeddings(size: int, blocks: str):
     student = tiny_student()
-    head = build_head(student)
+    head = build_head(student, blocks=blocks)
+    assert head.block_kind == blocks
     features = student(torch.rand(2, 3, size, size))
     output = head(features)
     assert list(output) == ["image_embedding"]
     assert output["image_embedding"].shape == (2, 32)
     assert head.dense_embeddings(features).shape == (2, size // 16, size // 16, 32)
     output["image_embedding"].sum().backward()
-    assert head.blocks[0].attn.qkv.weight.grad is not None
+    assert all(p.grad is not None for p in head.parameters())
     assert student.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_conv_blocks_mix_only_neighbouring_tokens():
+    head = build_head(tiny_student(), blocks="conv", num_blocks=2).eval()
+    assert [type(block).__name__ for block in head.blocks] == ["ConvBlock", "ConvBlock"]
+    assert head.blocks[0].conv1.in_channels == 64  # the backbone's width
+    tokens = torch.randn(1, 9, 9, 64)
+    moved = tokens.clone()
+    moved[0, 0, 0] += 1.0  # a corner token changes
+    with torch.no_grad():
+        before = head.encode_tokens(StudentFeatures(tokens, torch.zeros(1, 1, 9, 9), 144))
+        after = head.encode_tokens(StudentFeatures(moved, torch.zeros(1, 1, 9, 9), 144))
+    changed = (after - before).abs().amax(dim=-1)[0] > 0
+    # two 3 x 3 blocks of two convolutions each reach 4 tokens away, no further
+    assert changed[:5, :5].all()
+    assert not changed[5:].any() and not changed[:, 5:].any()
 
 
 def test_blocks_are_independent_trainable_copies_of_the_last_block():
@@ -149,6 +167,8 @@ def test_build_errors():
         )
     with pytest.raises(ValidationError):
         ClipHead.Params(teacher="clip", pooling="avg")
+    with pytest.raises(ValidationError):
+        ClipHead.Params(teacher="clip", blocks="mlp")
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean"])
