@@ -84,7 +84,11 @@ class ConvBlock(nn.Module):
         return x + y.permute(0, 2, 3, 1)
 
 
-def make_blocks(kind: str, count: int, student: Student) -> list[nn.Module]:
+BlockKind = Literal["backbone", "conv"]
+"""What a CLIP head's blocks are: copies of the backbone's last block, or :class:`ConvBlock` s."""
+
+
+def make_blocks(kind: BlockKind, count: int, student: Student) -> list[nn.Module]:
     """``count`` head blocks: copies of the student's last block (``backbone``) or
     :class:`ConvBlock` s of its width (``conv``)."""
     if kind == "conv":
@@ -115,7 +119,7 @@ class ClipHead(Head):
         teacher: str
         target: str = "image_embedding"
         num_blocks: int = Field(3, ge=0)
-        blocks: Literal["backbone", "conv"] = "backbone"
+        blocks: BlockKind = "backbone"
         init_from_last_block: bool = True
         mlp_hidden_dim: int | None = Field(None, gt=0)
         pooling: Literal["max", "mean"] = "max"
@@ -173,7 +177,7 @@ class ClipHead(Head):
         )
 
     @property
-    def block_kind(self) -> str:
+    def block_kind(self) -> BlockKind:
         """``conv`` when the head's blocks are :class:`ConvBlock` s, else ``backbone``."""
         return "conv" if any(isinstance(block, ConvBlock) for block in self.blocks) else "backbone"
 
