@@ -21,6 +21,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.heads.clip_head",
     "mergekit_vision.heads.sam_head",
     "mergekit_vision.heads.adaptor",
+    "mergekit_vision.losses.contrastive",
     "mergekit_vision.losses.cosine",
     "mergekit_vision.losses.focal_dice",
     "mergekit_vision.losses.feature",

@@ -66,6 +66,7 @@ def _pair(*shape: int, perfect=lambda t: t.clone()):
 
 
 LOSS_INPUTS: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+    "contrastive": lambda: _pair(4, 16),
     "cosine": lambda: _pair(3, 16),
     # mask losses agree with a teacher's logits through sharp logits of the same sign
     "focal_dice": lambda: _pair(2, 3, 1, 8, 8, perfect=lambda t: 50 * t.sign()),
