@@ -25,6 +25,7 @@ MERGED_ONLY = {
     "pictures",
     "teacher_results",
     "refined_mask_class",
+    "points_per_class",
 }
 
 
