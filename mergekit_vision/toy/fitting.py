@@ -1,5 +1,5 @@
-"""What the toy teachers' training loops share: AdamW with warmup + cosine, a progress bar, and
-atomic checkpoint writes."""
+"""What the toy teachers' training loops share: AdamW (or Muon) with warmup + cosine, a progress
+bar, and atomic checkpoint writes."""
 
 from __future__ import annotations
 
@@ -46,6 +46,79 @@ def adamw_warmup_cosine(
         optimizer, lambda step: warmup_cosine(step, warmup=warmup, total_steps=steps)
     )
     return optimizer, schedule
+
+
+class Optimizers:
+    """Optimisers over disjoint parameters, zeroed and stepped as one (with one schedule each)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+class Schedules:
+    """One LR schedule per optimiser of an :class:`Optimizers`, stepped as one."""
+
+    def __init__(self, *schedules: torch.optim.lr_scheduler.LRScheduler):
+        self.schedules = schedules
+
+    def step(self) -> None:
+        for schedule in self.schedules:
+            schedule.step()
+
+
+def muon_warmup_cosine(
+    model: nn.Module, *, lr: float, weight_decay: float, warmup: int, steps: int
+) -> tuple[Optimizers, Schedules]:
+    """Muon for the weight matrices of ``nn.Linear`` layers, AdamW for every other tensor, both
+    with linear warmup then cosine decay to 0.
+
+    Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks") steps a
+    matrix along its momentum orthogonalised by Newton-Schulz iterations; torch's
+    ``torch.optim.Muon`` with ``adjust_lr_fn="match_rms_adamw"`` scales the update to AdamW's RMS
+    (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv 2502.16982), so ``lr`` and
+    ``weight_decay`` mean what they mean for AdamW. Embeddings, convolutions, positional tables,
+    norms and biases stay with AdamW (norms and biases without decay), as Muon's authors advise.
+
+    Raises:
+        RuntimeError: this torch has no ``torch.optim.Muon`` (added in torch 2.9).
+    """
+    if not hasattr(torch.optim, "Muon"):
+        raise RuntimeError(
+            f"optimizer 'muon' needs torch.optim.Muon (torch >= 2.9; this is torch "
+            f"{torch.__version__}): upgrade torch, or train with optimizer 'adamw'"
+        )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    matrices = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    matrix_ids = {id(p) for p in matrices if p.requires_grad}
+    muon = torch.optim.Muon(
+        [p for p in trainable if id(p) in matrix_ids],
+        lr=lr,
+        weight_decay=weight_decay,
+        adjust_lr_fn="match_rms_adamw",
+    )
+    others = [p for p in trainable if id(p) not in matrix_ids]
+    adamw = torch.optim.AdamW(
+        [
+            {"params": [p for p in others if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in others if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
+    schedules = [
+        torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup=warmup, total_steps=steps)
+        )
+        for optimizer in (muon, adamw)
+    ]
+    return Optimizers(muon, adamw), Schedules(*schedules)
 
 
 _COLUMNS = (

@@ -19,8 +19,12 @@ import torch
 from pydantic import ValidationError
 
 from mergekit_vision.teachers.sam import SamParams
-from mergekit_vision.toy.fitting import adamw_warmup_cosine
-from mergekit_vision.toy.train_sam import ToySamTraining, build_untrained_sam, sam_training_step
+from mergekit_vision.toy.train_sam import (
+    ToySamTraining,
+    build_untrained_sam,
+    sam_optimizer,
+    sam_training_step,
+)
 from mergekit_vision.toy.world import ToyWorldConfig
 
 MODEL_PREFIX = "model."
@@ -111,9 +115,7 @@ def time_sam_steps(
     for name, (params, training) in variants.items():
         torch.manual_seed(training.seed)
         sam = build_untrained_sam(params).train()
-        optimizer, _ = adamw_warmup_cosine(
-            sam, lr=training.lr, weight_decay=training.weight_decay, warmup=0, steps=1
-        )
+        optimizer, _ = sam_optimizer(sam, training.model_copy(update={"warmup": 0, "steps": 1}))
         states[name] = (sam, optimizer, np.random.default_rng([training.seed, 1]))
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):

@@ -84,12 +84,14 @@ def test_sam_prompts_cover_every_instance_and_hit_their_masks():
             assert targets[b, j, y, x]
 
 
-def test_toy_sam_trains_and_its_checkpoint_loads_in_the_sam_teacher(tmp_path: Path):
-    sam, losses = fit_toy_sam(sam_params=SAM, training=SAM_TRAINING, world=WORLD, progress=False)
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_toy_sam_trains_and_its_checkpoint_loads_in_the_sam_teacher(tmp_path: Path, optimizer: str):
+    training = SAM_TRAINING.model_copy(update={"optimizer": optimizer})
+    sam, losses = fit_toy_sam(sam_params=SAM, training=training, world=WORLD, progress=False)
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
     path = train_toy_sam(
         sam_params=SAM,
-        training=SAM_TRAINING,
+        training=training,
         world=WORLD,
         output=tmp_path / "sam.pth",
         progress=False,
