@@ -14,8 +14,9 @@ train with Muon instead of AdamW (``ToySamTraining.optimizer``; 0.86 point mIoU 
 0.78 at the same 1000 steps, and 0.84 at the default 800).
 
 Toy objects are unambiguous, so only SAM's single-mask output (token 0, what the ``sam``
-teacher returns by default) is trained; its three multimask tokens stay untrained. Masks are decoded for every prompt of every image at once
-by :func:`mergekit_vision.sam_decoding.decode_masks`.
+teacher returns by default) is trained; its three multimask tokens stay untrained. Masks are
+decoded for every prompt of every image at once by
+:func:`mergekit_vision.sam_decoding.decode_masks`.
 """
 
 from __future__ import annotations
