@@ -34,18 +34,35 @@ def adamw_warmup_cosine(
     """
     excluded = {id(p) for p in no_decay}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.ndim >= 2 and id(p) not in excluded]
-    rest = [p for p in trainable if p.ndim < 2 or id(p) in excluded]
-    optimizer = torch.optim.AdamW(
+    optimizer = _adamw(trainable, lr=lr, weight_decay=weight_decay, betas=betas, excluded=excluded)
+    return optimizer, _warmup_cosine_schedule(optimizer, warmup=warmup, steps=steps)
+
+
+def _adamw(
+    params: list[nn.Parameter],
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    excluded: set[int] | frozenset[int] = frozenset(),
+) -> torch.optim.AdamW:
+    """AdamW over ``params``; 1-D tensors and those whose ``id`` is in ``excluded`` undecayed."""
+    decay = [p for p in params if p.ndim >= 2 and id(p) not in excluded]
+    rest = [p for p in params if p.ndim < 2 or id(p) in excluded]
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=lr,
         betas=betas,
     )
-    # The engine's own warmup + cosine-to-zero formula, so both trainings share one.
-    schedule = torch.optim.lr_scheduler.LambdaLR(
+
+
+def _warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, *, warmup: int, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    # The engine's own warmup + cosine-to-zero formula, so every training shares one.
+    return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup=warmup, total_steps=steps)
     )
-    return optimizer, schedule
 
 
 class Optimizers:
@@ -96,8 +113,7 @@ def muon_warmup_cosine(
             f"{torch.__version__}): upgrade torch, or train with optimizer 'adamw'"
         )
     trainable = [p for p in model.parameters() if p.requires_grad]
-    matrices = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    matrix_ids = {id(p) for p in matrices if p.requires_grad}
+    matrix_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
     muon = torch.optim.Muon(
         [p for p in trainable if id(p) in matrix_ids],
         lr=lr,
@@ -105,19 +121,8 @@ def muon_warmup_cosine(
         adjust_lr_fn="match_rms_adamw",
     )
     others = [p for p in trainable if id(p) not in matrix_ids]
-    adamw = torch.optim.AdamW(
-        [
-            {"params": [p for p in others if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in others if p.ndim < 2], "weight_decay": 0.0},
-        ],
-        lr=lr,
-    )
-    schedules = [
-        torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup=warmup, total_steps=steps)
-        )
-        for optimizer in (muon, adamw)
-    ]
+    adamw = _adamw(others, lr=lr, weight_decay=weight_decay)
+    schedules = [_warmup_cosine_schedule(o, warmup=warmup, steps=steps) for o in (muon, adamw)]
     return Optimizers(muon, adamw), Schedules(*schedules)
 
 
