@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from mergekit_vision.errors import BuildError, Issue, RecipeError
 from mergekit_vision.export import ExportError
-from mergekit_vision.recipe_io import BuildError, Issue, RecipeError, load_recipe
+from mergekit_vision.recipe.io import load_recipe
 from mergekit_vision.registry import UnknownPluginError
 
 console = Console()

@@ -23,8 +23,8 @@ from mergekit_vision.cli.common import (
     load_toy_recipe,
     user_error,
 )
-from mergekit_vision.recipe import Recipe
-from mergekit_vision.recipe_io import dump_recipe, load_recipe
+from mergekit_vision.recipe.io import dump_recipe, load_recipe
+from mergekit_vision.recipe.schema import Recipe
 from mergekit_vision.registry import ALL_REGISTRIES
 
 app = typer.Typer(
@@ -79,7 +79,7 @@ def eval_(
     ] = None,
 ) -> None:
     """Measure the teachers, the two-model pipeline and the merged model (eval.json, eval.png)."""
-    from mergekit_vision.evaluate import evaluate_run
+    from mergekit_vision.eval.evaluate import evaluate_run
 
     results = guarded(lambda: evaluate_run(target, overrides=set_, output=output))
     console.print(f"[green]wrote[/] {results['files']['json']}")
@@ -98,7 +98,7 @@ def compare(
     ] = None,
 ) -> None:
     """Train and evaluate every variant of a grid; write compare.csv, compare.md, pareto.png."""
-    from mergekit_vision.compare import compare as run_compare
+    from mergekit_vision.tools.compare import compare as run_compare
 
     def go() -> list[dict[str, Any]]:
         folder = output or Path("runs") / f"{load_recipe(recipe, set_).name}-compare"
@@ -206,7 +206,7 @@ def cache(
     ] = False,
 ) -> None:
     """Precompute teachers' targets per sample view into a resumable cache (docs/cache.md)."""
-    from mergekit_vision.cache.writer import DTYPES, cache_recipe
+    from mergekit_vision.tools.cache_writer import DTYPES, cache_recipe
 
     if dtype not in DTYPES:
         user_error(ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"))
@@ -298,7 +298,7 @@ def toy_data(recipe: RecipeArg, set_: SetOption = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI in-process and return its exit code (what tests and ``python -m`` call)."""
-    from mergekit_vision.performance import flush_denormals
+    from mergekit_vision.engine.performance import flush_denormals
 
     flush_denormals()  # before torch starts its threads, which inherit it
     command = typer.main.get_command(app)

@@ -60,7 +60,7 @@ def bench(
     ] = True,
 ) -> None:
     """Training throughput, step-time split and MFU, SDPA vs original attention interleaved."""
-    from mergekit_vision.bench import bench_student, bench_training
+    from mergekit_vision.tools.bench import bench_student, bench_training
 
     if student is not None:
         from mergekit_vision.students.vitdet import VARIANTS
@@ -99,7 +99,7 @@ def bench(
 
 
 def _bench_conflict(recipe: Path, conflict: str, set_: list[str] | None, steps: int) -> dict:
-    from mergekit_vision.bench import bench_conflict
+    from mergekit_vision.tools.bench import bench_conflict
 
     names = [c.strip() for c in conflict.split(",") if c.strip()]
     result = guarded(lambda: bench_conflict(recipe, strategies=names, overrides=set_, steps=steps))
@@ -118,7 +118,7 @@ def profile(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
     """Parameters and FLOPs of the merged model vs running the teachers separately."""
-    from mergekit_vision.profile import profile_recipe
+    from mergekit_vision.tools.model_cost import profile_recipe
 
     result = guarded(lambda: profile_recipe(recipe, overrides=set_))
     print_profile(console, result)
@@ -127,7 +127,7 @@ def profile(
 
 
 def _bench_cached_targets(recipe: Path, task: str, set_: list[str] | None, steps: int) -> dict:
-    from mergekit_vision.cache.bench import bench_cached_targets
+    from mergekit_vision.tools.cache_bench import bench_cached_targets
 
     result = guarded(lambda: bench_cached_targets(recipe, task=task, overrides=set_, steps=steps))
     table = Table(
@@ -243,9 +243,9 @@ def toy_sam_cost(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
     """What a toy SAM training step costs under other settings, timed side by side."""
-    from mergekit_vision.recipe_io import Issue, RecipeError
+    from mergekit_vision.errors import Issue, RecipeError
     from mergekit_vision.registry import TEACHERS, params_of
-    from mergekit_vision.toy.sam_cost import (
+    from mergekit_vision.tools.toy_sam_cost import (
         SamSetting,
         parse_overrides,
         setting_variant,

@@ -7,18 +7,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergekit_vision.builder import build_components, missing_paths
-from mergekit_vision.distributed import World, barrier, close_world, init_world
-from mergekit_vision.engine import Engine, TrainState
-from mergekit_vision.recipe import Recipe
-from mergekit_vision.recipe_io import (
-    Issue,
-    RecipeError,
-    dump_recipe,
-    load_recipe,
-    set_dotted,
-    validate_recipe,
-)
+from mergekit_vision.engine.build import build_components, missing_paths
+from mergekit_vision.engine.distributed import World, barrier, close_world, init_world
+from mergekit_vision.engine.loop import Engine, TrainState
+from mergekit_vision.errors import Issue, RecipeError
+from mergekit_vision.recipe.io import dump_recipe, load_recipe, set_dotted, validate_recipe
+from mergekit_vision.recipe.schema import Recipe
 from mergekit_vision.registry import TEACHERS, params_of
 
 
@@ -144,7 +138,7 @@ def _run(
                 stacklevel=2,
             )
     elif finished and recipe.eval is not None and not dry_run:
-        from mergekit_vision.evaluate import evaluate_components
+        from mergekit_vision.eval.evaluate import evaluate_components
 
         components.model.eval()
         evaluate_components(components, output_dir=output)

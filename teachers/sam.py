@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
 from mergekit_vision.registry import TEACHERS, PluginParams
-from mergekit_vision.sam_decoding import decode_masks
+from mergekit_vision.sam.decoding import decode_masks
 from mergekit_vision.weights import incompatible_keys, read_checkpoint_file
 
 # Encoder sizes of the released checkpoints: (embed dim, depth, heads, global-attention blocks).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergekit_vision.bench import PHASES, bench_student, bench_training
 from mergekit_vision.cli.main import main
+from mergekit_vision.tools.bench import PHASES, bench_student, bench_training
 
 from .conftest import TINY_RECIPE
 
@@ -80,8 +80,8 @@ def test_cli_refuses_unclear_requests(argv, message, capsys):
 def test_flop_count_includes_the_in_place_products_of_blockwise_attention():
     """The blockwise CPU attention accumulates with ``baddbmm_``; executed FLOPs must count it:
     forward ``q k^T`` and ``P v``, backward its recomputed ``q k^T`` and four gradient products."""
-    from mergekit_vision.bench import count_flops
     from mergekit_vision.students.rel_pos_attention import rel_pos_attention
+    from mergekit_vision.tools.bench import count_flops
 
     q = torch.randn(2, 12, 8, requires_grad=True)
     k, v = torch.randn(2, 12, 8), torch.randn(2, 12, 8)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mergekit_vision.lr_schedule import warmup_cosine
+from mergekit_vision.engine.lr_schedule import warmup_cosine
 
 
 def test_linear_warmup_then_cosine_to_zero():

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from mergekit_vision.cli.main import main
-from mergekit_vision.optim import build_optimizer, fused_adamw_available
-from mergekit_vision.performance import apply_performance, autocast_context, autocast_dtype
-from mergekit_vision.recipe import OptimizerSpec, PerformanceSpec, StageSpec
+from mergekit_vision.engine.optim import build_optimizer, fused_adamw_available
+from mergekit_vision.engine.performance import apply_performance, autocast_context, autocast_dtype
+from mergekit_vision.recipe.schema import OptimizerSpec, PerformanceSpec, StageSpec
 from mergekit_vision.students.vitdet import ViTDetStudent
 
 STAGE = StageSpec(name="s", steps=1, tasks=["t"], train=["backbone"], lr=1e-3)
@@ -127,7 +127,7 @@ def _mmapped_bytes() -> int | None:
 def test_kept_freed_memory_serves_large_tensors_from_the_heap():
     """After keep_freed_memory, a 64 MB tensor is no fresh mmap (whose pages would fault in anew
     at every step) but heap memory that stays mapped for the next one."""
-    from mergekit_vision.performance import keep_freed_memory
+    from mergekit_vision.engine.performance import keep_freed_memory
 
     if _mmapped_bytes() is None or not keep_freed_memory():
         pytest.skip("needs glibc")

@@ -14,13 +14,13 @@ from PIL import Image
 
 from mergekit_vision.cli.main import main
 from mergekit_vision.contracts import Prompts
+from mergekit_vision.data.toy_world.world import ToyWorldConfig, class_names, generate_scene
 from mergekit_vision.data.transforms import load_image, resize_image
 from mergekit_vision.eval.metrics import dense_semseg_from_embeddings
 from mergekit_vision.eval.models import ClipTeacherEval, MergedEval
 from mergekit_vision.eval.tasks import class_text_embeddings, refined_labels
 from mergekit_vision.export.loading import load_run
-from mergekit_vision.predict import restore_labels
-from mergekit_vision.toy.world import ToyWorldConfig, class_names, generate_scene
+from mergekit_vision.export.predict import restore_labels
 
 TINY_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny_sam_clip.yaml"
 TEMPLATES = ["a photo of a {}."]  # the tiny recipe has no eval section: predict's default

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mergekit_vision.cli.main import main
-from mergekit_vision.profile import profile_recipe
+from mergekit_vision.tools.model_cost import profile_recipe
 
 from .conftest import TINY_RECIPE
 

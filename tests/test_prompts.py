@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mergekit_vision.contracts import Prompts
-from mergekit_vision.prompts import PromptSampler, PromptSamplerParams
+from mergekit_vision.sam.prompts import PromptSampler, PromptSamplerParams
 
 
 def _square_masks(squares: list[tuple[int, int, int]], size: int = 32) -> torch.Tensor:

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mergekit_vision.recipe_io import RecipeError, dump_recipe, load_recipe
+from mergekit_vision.errors import RecipeError
+from mergekit_vision.recipe.io import dump_recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "recipes" / "sam_clip.yaml"
@@ -111,7 +112,7 @@ def test_recipe_offers_exactly_the_mask_classifiers_the_eval_code_has():
     from typing import get_args
 
     from mergekit_vision.eval.tasks import MaskClass
-    from mergekit_vision.recipe import EvalSpec
+    from mergekit_vision.recipe.schema import EvalSpec
 
     annotation = EvalSpec.model_fields["refined_mask_class"].annotation
     assert set(get_args(annotation)) == set(get_args(MaskClass))

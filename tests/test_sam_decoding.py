@@ -7,7 +7,7 @@ import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from mergekit_vision.contracts import Prompts
-from mergekit_vision.sam_decoding import decode_masks
+from mergekit_vision.sam.decoding import decode_masks
 
 IMAGE_SIZE = 128
 GRID = 8  # 128 px with 16 px patches

@@ -94,7 +94,8 @@ class _Views:
 
     def view_of(self, sample: dict[str, Any], view: int) -> dict[str, Any]:
         """``sample`` as its view ``view``: augmented, with ``"view"`` and ``"view_seed"`` (the
-        seed of its prompts, see :func:`~mergekit_vision.cache.keyed.keyed_prompts`)."""
+        seed of its prompts, see
+        :func:`~mergekit_vision.data.targets_cache.keyed.keyed_prompts`)."""
         generator = view_generator(self.seed, self.task, sample["key"], view, "augment")
         out = augment_sample(sample, self.augment, generator)
         out["view"] = int(view)
@@ -110,8 +111,8 @@ class _Views:
 class ViewedDataset(_Views, Dataset):
     """A map-style dataset whose items are views; index it by ``(epoch, index)`` or ``index``.
 
-    ``indexed_by_epoch`` asks :class:`~mergekit_vision.streams.BatchStream` for ``(epoch, index)``
-    items; a plain index (held-out batches, evaluation) is view 0.
+    ``indexed_by_epoch`` asks :class:`~mergekit_vision.engine.streams.BatchStream` for
+    ``(epoch, index)`` items; a plain index (held-out batches, evaluation) is view 0.
     """
 
     indexed_by_epoch = True

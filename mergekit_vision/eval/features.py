@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-from mergekit_vision.builder import Components
+from mergekit_vision.engine.build import Components
 from mergekit_vision.eval.tasks import batches
 from mergekit_vision.losses.feature import align_prediction
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mergekit_vision.builder import MergedModel
 from mergekit_vision.contracts import Prompts, Teacher
-from mergekit_vision.sam_decoding import decode_masks
+from mergekit_vision.engine.build import MergedModel
+from mergekit_vision.sam.decoding import decode_masks
 
 ABILITIES = ("embed_images", "embed_patches", "mask_logits")
 

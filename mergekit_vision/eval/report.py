@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
-from mergekit_vision.builder import Components
+from mergekit_vision.engine.build import Components
 from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherEval
 from mergekit_vision.eval.pipeline import SamThenClip
 from mergekit_vision.eval.reuse import fingerprint, load_teacher_rows, save_teacher_rows
@@ -34,7 +34,7 @@ from mergekit_vision.eval.tasks import (
     semantic_segmentation,
     zero_shot_top1,
 )
-from mergekit_vision.recipe import EvalSpec, PluginSpec, task_of_head
+from mergekit_vision.recipe.schema import EvalSpec, PluginSpec, task_of_head
 from mergekit_vision.registry import DATASETS, params_of
 
 METRICS = (

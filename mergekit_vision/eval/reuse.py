@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mergekit_vision.recipe import Recipe
+from mergekit_vision.recipe.schema import Recipe
 
 # Evaluation settings that change only the merged model's rows.
 MERGED_ONLY = {

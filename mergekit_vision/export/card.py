@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mergekit_vision.checkpoint import MODEL_FILE, RECIPE_FILE
+from mergekit_vision.engine.run_folder import MODEL_FILE, RECIPE_FILE
 from mergekit_vision.export.loading import LoadedRun
-from mergekit_vision.recipe import Recipe
+from mergekit_vision.recipe.schema import Recipe
 
 CARD_FILE = "README.md"
 EVAL_FILE = "eval.json"

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from mergekit_vision.builder import MergedModel, build_components
-from mergekit_vision.checkpoint import MODEL_FILE, RECIPE_FILE, find_last
 from mergekit_vision.contracts import Teacher
+from mergekit_vision.engine.build import MergedModel, build_components
+from mergekit_vision.engine.run_folder import MODEL_FILE, RECIPE_FILE, find_last
 from mergekit_vision.export import ExportError
 from mergekit_vision.heads.clip_head import ClipHead
-from mergekit_vision.recipe import Recipe
-from mergekit_vision.recipe_io import load_recipe, validate_recipe
+from mergekit_vision.recipe.io import load_recipe, validate_recipe
+from mergekit_vision.recipe.schema import Recipe
 from mergekit_vision.registry import STUDENTS, TEACHERS, params_of
 
 

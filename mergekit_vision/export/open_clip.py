@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from mergekit_vision.export import ExportError
 from mergekit_vision.export.loading import LoadedRun
 from mergekit_vision.heads.clip_head import ClipHead, make_blocks
-from mergekit_vision.normalization.base import TargetNormalizer
-from mergekit_vision.recipe import task_of_head
+from mergekit_vision.recipe.schema import task_of_head
 from mergekit_vision.registry import NORMALIZATION, STUDENTS, TEACHERS, params_of
+from mergekit_vision.strategies.normalization.base import TargetNormalizer
 from mergekit_vision.teachers.open_clip import OpenClipParams, create_clip
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"

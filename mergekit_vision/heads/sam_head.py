@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from mergekit_vision.contracts import Head, Prompts, Student, StudentFeatures, Teacher
 from mergekit_vision.registry import HEADS, PluginParams
-from mergekit_vision.sam_decoding import decode_masks
+from mergekit_vision.sam.decoding import decode_masks
 
 
 @HEADS.register("sam_head")
@@ -19,7 +19,7 @@ class SamHead(Head):
 
     Both are deep copies of a SAM-like teacher's components, so the teacher stays untouched.
     The student's ``feature_map`` plays SAM's image embedding; prompts are decoded for every image
-    of the batch at once (:func:`~mergekit_vision.sam_decoding.decode_masks`).
+    of the batch at once (:func:`~mergekit_vision.sam.decoding.decode_masks`).
     """
 
     class Params(PluginParams):

@@ -14,7 +14,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from mergekit_vision.lr_schedule import warmup_cosine
+from mergekit_vision.engine.lr_schedule import warmup_cosine
 
 
 def adamw_warmup_cosine(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from mergekit_vision.data.toy_world.export import export_all, export_coco, export_webdataset
 from mergekit_vision.registry import TEACHERS
-from mergekit_vision.toy.export import export_all, export_coco, export_webdataset
 from mergekit_vision.toy.spec import ToySpec
 
 
@@ -22,7 +22,7 @@ def prepare_toy(
     recipe, *, progress: bool = True, console: Console | None = None, teachers: bool = True
 ) -> None:
     """Export the toy data and train the toy teachers a recipe needs (both cached on disk)."""
-    from mergekit_vision.recipe_io import Issue, RecipeError
+    from mergekit_vision.errors import Issue, RecipeError
     from mergekit_vision.registry import params_of
 
     toy: ToySpec = recipe.toy
@@ -66,7 +66,7 @@ def write_feature_teachers(recipe, *, console: Console) -> None:
     import timm
     import torch
 
-    from mergekit_vision.recipe_io import Issue, RecipeError
+    from mergekit_vision.errors import Issue, RecipeError
     from mergekit_vision.registry import params_of
 
     toy: ToySpec = recipe.toy

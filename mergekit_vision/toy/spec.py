@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import Field
 
+from mergekit_vision.data.toy_world.world import ToyWorldConfig
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.toy.train_clip import ToyClipTraining
 from mergekit_vision.toy.train_sam import ToySamTraining
-from mergekit_vision.toy.world import ToyWorldConfig
 
 
 class ToySpec(PluginParams):

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from mergekit_vision.performance import flush_denormals
+from mergekit_vision.data.toy_world.world import ToyWorldConfig
+from mergekit_vision.engine.performance import flush_denormals
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.teachers.open_clip import OpenClipParams
 from mergekit_vision.teachers.sam import SamParams
@@ -32,7 +33,6 @@ from mergekit_vision.toy import train_clip, train_sam
 from mergekit_vision.toy.fitting import CoreShare, ProgressRelay, report_progress_to
 from mergekit_vision.toy.train_clip import ToyClipTraining
 from mergekit_vision.toy.train_sam import ToySamTraining
-from mergekit_vision.toy.world import ToyWorldConfig
 
 # Bump when training code changes what a given configuration produces: old caches then retrain.
 TOY_TEACHER_FORMAT = 2

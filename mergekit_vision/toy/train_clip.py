@@ -7,11 +7,12 @@ it: symmetric InfoNCE over the batch with a learnable temperature (``logit_scale
 
 - Multi-positive targets (as in SupCon, Khosla et al., NeurIPS 2020): with 24 classes a batch
   holds many scenes with the same content, and pushing those apart as negatives would fight the
-  labels. Scenes whose canonical captions (:func:`~mergekit_vision.toy.world.describe`) match are
+  labels. Scenes whose canonical captions
+  (:func:`~mergekit_vision.data.toy_world.world.describe`) match are
   each other's positives; each row's target spreads evenly over them.
 - Single-object scenes are captioned with a random prompt template
-  (:func:`~mergekit_vision.toy.world.caption_templates`), as web alt-text phrases one object in
-  many ways, so zero-shot prompts like "a photo of a red circle." are in distribution.
+  (:func:`~mergekit_vision.data.toy_world.world.caption_templates`), as web alt-text phrases one
+  object in many ways, so zero-shot prompts like "a photo of a red circle." are in distribution.
 
 Scenes are drawn at ``world.image_size`` and resized to the visual tower's size exactly as the
 ``open_clip`` teacher does at merge time. Each generated scene is reused for ``reuse`` steps on
@@ -30,15 +31,15 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import resize_and_normalise
-from mergekit_vision.registry import PluginParams
-from mergekit_vision.teachers.open_clip import OpenClipParams, OpenClipTeacher, create_clip
-from mergekit_vision.toy.fitting import adamw_warmup_cosine, save_atomically, training_progress
-from mergekit_vision.toy.world import (
+from mergekit_vision.data.toy_world.world import (
     ToyWorldConfig,
     caption_templates,
     class_names,
     generate_scene,
 )
+from mergekit_vision.registry import PluginParams
+from mergekit_vision.teachers.open_clip import OpenClipParams, OpenClipTeacher, create_clip
+from mergekit_vision.toy.fitting import adamw_warmup_cosine, save_atomically, training_progress
 
 # Disjoint from the seeds evaluations use (0..999), and from the SAM teacher's training seed.
 CLIP_TRAIN_SEED = 2000

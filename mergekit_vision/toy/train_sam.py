@@ -16,7 +16,7 @@ train with Muon instead of AdamW (``ToySamTraining.optimizer``; 0.86 point mIoU 
 Toy objects are unambiguous, so only SAM's single-mask output (token 0, what the ``sam``
 teacher returns by default) is trained; its three multimask tokens stay untrained. Masks are
 decoded for every prompt of every image at once by
-:func:`mergekit_vision.sam_decoding.decode_masks`.
+:func:`mergekit_vision.sam.decoding.decode_masks`.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ from segment_anything.modeling import Sam
 from torch import Tensor
 
 from mergekit_vision.contracts import Prompts, resize_and_normalise
+from mergekit_vision.data.toy_world.world import Scene, ToyWorldConfig, generate_scene
 from mergekit_vision.eval.metrics import mask_iou
 from mergekit_vision.eval.tasks import interior_points
 from mergekit_vision.losses.focal_dice import dice_loss, sigmoid_focal_loss
 from mergekit_vision.registry import PluginParams
-from mergekit_vision.sam_decoding import decode_masks
+from mergekit_vision.sam.decoding import decode_masks
 from mergekit_vision.teachers.sam import SamParams, SamTeacher, build_sam_model
 from mergekit_vision.toy.fitting import (
     Optimizers,
@@ -46,7 +47,6 @@ from mergekit_vision.toy.fitting import (
     save_atomically,
     training_progress,
 )
-from mergekit_vision.toy.world import Scene, ToyWorldConfig, generate_scene
 
 # Disjoint from the seeds evaluations use (0..999): no evaluation scene is ever trained on.
 SAM_TRAIN_SEED = 1000

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mergekit_vision.cli.main import main
-from mergekit_vision.recipe import Recipe
-from mergekit_vision.recipe_io import load_recipe
+from mergekit_vision.recipe.io import load_recipe
+from mergekit_vision.recipe.schema import Recipe
 
 AUGMENT = "{scale: [0.5, 1.0], hflip: true}"
 TINY_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_sam_clip.yaml"

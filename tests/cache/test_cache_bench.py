@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mergekit_vision.cache.bench import bench_cached_targets
+from mergekit_vision.tools.cache_bench import bench_cached_targets
 
 from .conftest import TINY_RECIPE
 
@@ -33,9 +33,9 @@ def test_a_later_stage_trains_the_backbone_an_earlier_stage_froze(tiny_checkpoin
     the backbone although head probing, timed first, froze it."""
     import torch
 
-    from mergekit_vision.builder import build_components
-    from mergekit_vision.cache import bench
-    from mergekit_vision.recipe_io import load_recipe
+    from mergekit_vision.engine.build import build_components
+    from mergekit_vision.recipe.io import load_recipe
+    from mergekit_vision.tools import cache_bench as bench
 
     overrides = [
         f"teachers.{name}.params.checkpoint={path}" for name, path in tiny_checkpoints.items()

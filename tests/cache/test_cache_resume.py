@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergekit_vision.cache import writer
 from mergekit_vision.cli.main import main
+from mergekit_vision.tools import cache_writer as writer
 
 from .conftest import keyed_args
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergekit_vision.builder import build_components
-from mergekit_vision.cache.writer import without_caches
 from mergekit_vision.cli.main import main
 from mergekit_vision.data.base import collate_samples
-from mergekit_vision.task_step import prepare_images, sample_prompts
+from mergekit_vision.engine.build import build_components
+from mergekit_vision.engine.step import prepare_images, sample_prompts
+from mergekit_vision.tools.cache_writer import without_caches
 
 from .conftest import keyed_args, keyed_recipe
 
@@ -53,7 +53,7 @@ def test_views_differ_and_repeat(built_cache, tiny_recipe_args):
 
 
 def test_cached_task_never_runs_the_teacher(built_cache, tiny_recipe_args, monkeypatch):
-    from mergekit_vision.task_step import task_loss
+    from mergekit_vision.engine.step import task_loss
 
     components = build_components(keyed_recipe(tiny_recipe_args, built_cache))
     for task in components.tasks.values():

@@ -9,7 +9,7 @@ import torch
 
 from mergekit_vision.data.synthetic import SyntheticShapesDataset
 from mergekit_vision.data.views import AugmentSpec, augment_sample, with_views
-from mergekit_vision.streams import BatchStream
+from mergekit_vision.engine.streams import BatchStream
 
 
 def viewed(views: int = 3, augment: AugmentSpec | None = AugmentSpec(scale=(0.3, 1.0), hflip=True)):

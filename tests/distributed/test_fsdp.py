@@ -33,10 +33,11 @@ def test_fsdp_trains_and_resumes_on_two_ranks_and_in_one_process(runs, recipe_ar
 
 def test_fsdp_refuses_strategies_that_need_whole_task_gradients(runs, recipe_args, tmp_path):
     """Checked before any collective: no process group is needed to see the refusal."""
-    from mergekit_vision.builder import build_components
-    from mergekit_vision.distributed import World
-    from mergekit_vision.engine import Engine
-    from mergekit_vision.recipe_io import RecipeError, load_recipe
+    from mergekit_vision.engine.build import build_components
+    from mergekit_vision.engine.distributed import World
+    from mergekit_vision.engine.loop import Engine
+    from mergekit_vision.errors import RecipeError
+    from mergekit_vision.recipe.io import load_recipe
 
     sets = recipe_args[1:][1::2] + ["distributed.strategy=fsdp"]  # pcgrad in stage 1
     recipe = load_recipe(recipe_args[0], sets)
@@ -80,8 +81,8 @@ def test_fsdp_shards_the_student_block_by_block(make, tmp_path):
     import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule
 
-    from mergekit_vision.builder import MergedModel
-    from mergekit_vision.distributed import shard_model
+    from mergekit_vision.engine.build import MergedModel
+    from mergekit_vision.engine.distributed import shard_model
 
     torch.manual_seed(0)
     student, images = make()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from mergekit_vision.streams import BatchStream
+from mergekit_vision.engine.streams import BatchStream
 
 
 class Numbers(Dataset):

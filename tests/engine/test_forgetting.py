@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from mergekit_vision.cli.main import main
-from mergekit_vision.monitor import ForgettingMonitor
-from mergekit_vision.recipe import MonitorSpec
+from mergekit_vision.engine.monitor import ForgettingMonitor
+from mergekit_vision.recipe.schema import MonitorSpec
 
 
 def test_strikes_count_readings_above_the_best_by_more_than_the_tolerance():

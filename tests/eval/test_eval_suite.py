@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from mergekit_vision.cli.main import main
 from mergekit_vision.contracts import Prompts
+from mergekit_vision.data.toy_world.export import export_all
+from mergekit_vision.data.toy_world.world import ToyWorldConfig
 from mergekit_vision.eval.tasks import (
     THRESHOLDS,
     interior_points,
@@ -19,8 +21,6 @@ from mergekit_vision.eval.tasks import (
     refined_segmenter,
     semantic_segmentation,
 )
-from mergekit_vision.toy.export import export_all
-from mergekit_vision.toy.world import ToyWorldConfig
 
 
 @pytest.fixture(scope="module")

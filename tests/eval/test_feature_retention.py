@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from mergekit_vision.builder import MergedModel
+from mergekit_vision.engine.build import MergedModel
 from mergekit_vision.eval.features import feature_retention, feature_tasks
-from mergekit_vision.normalization.standardize import Standardize
+from mergekit_vision.strategies.normalization.standardize import Standardize
 from mergekit_vision.students.timm_vit import TimmViTStudent
 from mergekit_vision.teachers.timm import TimmParams, TimmTeacher
 

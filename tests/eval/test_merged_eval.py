@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mergekit_vision.builder import MergedModel
+from mergekit_vision.engine.build import MergedModel
 from mergekit_vision.eval.models import MergedEval
-from mergekit_vision.normalization.standardize import Standardize
-from mergekit_vision.recipe import task_of_head
+from mergekit_vision.recipe.schema import task_of_head
+from mergekit_vision.strategies.normalization.standardize import Standardize
 
 DIM = 8
 

@@ -19,8 +19,8 @@ from segment_anything.modeling import (
 )
 from torch import nn
 
-from mergekit_vision.builder import MergedModel
 from mergekit_vision.contracts import Prompts
+from mergekit_vision.engine.build import MergedModel
 from mergekit_vision.eval.models import MergedEval
 from mergekit_vision.export import ExportError
 from mergekit_vision.export.formats import export_run

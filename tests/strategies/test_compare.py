@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from mergekit_vision.cli.main import main
+from mergekit_vision.data.toy_world.export import export_all
+from mergekit_vision.data.toy_world.world import ToyWorldConfig
 from mergekit_vision.eval.reuse import fingerprint
-from mergekit_vision.recipe_io import load_recipe
-from mergekit_vision.toy.export import export_all
-from mergekit_vision.toy.world import ToyWorldConfig
+from mergekit_vision.recipe.io import load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_teacher_fingerprint_follows_what_the_teacher_rows_depend_on(
 def test_compare_flags_conflict_strategies_a_one_task_replay_makes_no_ops(
     tiny_recipe_args, replay, conflict, noop
 ):
-    from mergekit_vision.compare import conflict_noops
+    from mergekit_vision.tools.compare import conflict_noops
 
     recipe, *sets = tiny_recipe_args
     overrides = [s for s in sets if s != "--set"]

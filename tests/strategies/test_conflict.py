@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from mergekit_vision.conflict import torchjd_adapter
-from mergekit_vision.conflict.torchjd_adapter import MissingDependencyError
 from mergekit_vision.registry import CONFLICT
+from mergekit_vision.strategies.conflict import torchjd_adapter
+from mergekit_vision.strategies.conflict.torchjd_adapter import MissingDependencyError
 
 NAMES = [
     "pcgrad",
@@ -23,7 +23,7 @@ NAMES = [
     "nash_mtl",
 ]
 for _name in NAMES:
-    importlib.import_module(f"mergekit_vision.conflict.{_name}")
+    importlib.import_module(f"mergekit_vision.strategies.conflict.{_name}")
 
 
 def build(name: str, **params):

@@ -6,9 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from mergekit_vision.normalization.phi_s import PhiS, equalizing_rotation, sylvester_hadamard
-from mergekit_vision.normalization.standardize import Standardize
 from mergekit_vision.registry import NORMALIZATION
+from mergekit_vision.strategies.normalization.phi_s import (
+    PhiS,
+    equalizing_rotation,
+    sylvester_hadamard,
+)
+from mergekit_vision.strategies.normalization.standardize import Standardize
 
 
 def correlated_targets(dim: int, *, n: int = 4096, seed: int = 0) -> torch.Tensor:
@@ -131,9 +135,9 @@ def test_feature_maps_are_normalised_along_their_channel_axis(name):
     the spatial size (the builder sizes the normaliser by the target's axis 1)."""
     from types import SimpleNamespace
 
-    from mergekit_vision.builder import _build_normalizer
     from mergekit_vision.contracts import TargetSpec
-    from mergekit_vision.recipe import PluginSpec
+    from mergekit_vision.engine.build import _build_normalizer
+    from mergekit_vision.recipe.schema import PluginSpec
 
     channels = 4
     teacher = SimpleNamespace(

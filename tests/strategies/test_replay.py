@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 
 from mergekit_vision.registry import REPLAY
-from mergekit_vision.replay.alternating import Alternating
-from mergekit_vision.replay.base import TaskDraw
-from mergekit_vision.replay.curriculum import Curriculum
-from mergekit_vision.replay.forgetting_adaptive import ForgettingAdaptive
-from mergekit_vision.replay.proportional import Proportional
+from mergekit_vision.strategies.replay.alternating import Alternating
+from mergekit_vision.strategies.replay.base import TaskDraw
+from mergekit_vision.strategies.replay.curriculum import Curriculum
+from mergekit_vision.strategies.replay.forgetting_adaptive import ForgettingAdaptive
+from mergekit_vision.strategies.replay.proportional import Proportional
 
 SIZES = {"clip": 8, "sam": 4}
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from mergekit_vision.registry import WEIGHTING
-from mergekit_vision.weighting.dwa import DynamicWeightAverage
-from mergekit_vision.weighting.famo import FAMO
-from mergekit_vision.weighting.gradnorm import GradNorm
-from mergekit_vision.weighting.uncertainty import UncertaintyWeighting
+from mergekit_vision.strategies.weighting.dwa import DynamicWeightAverage
+from mergekit_vision.strategies.weighting.famo import FAMO
+from mergekit_vision.strategies.weighting.gradnorm import GradNorm
+from mergekit_vision.strategies.weighting.uncertainty import UncertaintyWeighting
 
 BASE = {"clip": 1.0, "sam": 10.0}
 

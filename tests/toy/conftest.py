@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from mergekit_vision.data.toy_world.world import ToyWorldConfig
 from mergekit_vision.teachers.sam import SamParams
-from mergekit_vision.toy.world import ToyWorldConfig
 
 WORLD = ToyWorldConfig(image_size=64)
 SAM = SamParams(

@@ -15,10 +15,7 @@ from pycocotools.coco import COCO
 from mergekit_vision.data.coco import CocoInstancesDataset
 from mergekit_vision.data.image_classes import ImageClassesDataset
 from mergekit_vision.data.image_folder import ImageFolderDataset
-from mergekit_vision.data.voc import VocSegmentationDataset
-from mergekit_vision.data.webdataset_shards import WebDatasetShards
-from mergekit_vision.registry import DATASETS
-from mergekit_vision.toy.export import (
+from mergekit_vision.data.toy_world.export import (
     MANIFEST_NAME,
     export_all,
     export_coco,
@@ -28,7 +25,10 @@ from mergekit_vision.toy.export import (
     export_webdataset,
     mixed_scene,
 )
-from mergekit_vision.toy.world import ToyWorldConfig, class_names, generate_scene
+from mergekit_vision.data.toy_world.world import ToyWorldConfig, class_names, generate_scene
+from mergekit_vision.data.voc import VocSegmentationDataset
+from mergekit_vision.data.webdataset_shards import WebDatasetShards
+from mergekit_vision.registry import DATASETS
 
 CONFIG = ToyWorldConfig(image_size=64, colours=ToyWorldConfig().colours[:3])  # 12 classes
 SEED, COUNT = 11, 6

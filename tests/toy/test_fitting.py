@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mergekit_vision.lr_schedule import warmup_cosine
+from mergekit_vision.engine.lr_schedule import warmup_cosine
 from mergekit_vision.toy import fitting
 from mergekit_vision.toy.fitting import muon_warmup_cosine
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mergekit_vision.cli.main import main
-from mergekit_vision.toy.sam_cost import (
+from mergekit_vision.tools.toy_sam_cost import (
     SamSetting,
     parse_overrides,
     setting_variant,

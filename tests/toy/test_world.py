@@ -7,8 +7,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mergekit_vision.toy.render import rasterise_shape, window_grid
-from mergekit_vision.toy.world import (
+from mergekit_vision.data.toy_world.render import rasterise_shape, window_grid
+from mergekit_vision.data.toy_world.world import (
     ToyObject,
     ToyWorldConfig,
     caption_templates,

@@ -1,0 +1,134 @@
+"""Serve a task's cached targets in training, after checking the cache fits the recipe.
+
+:meth:`CachedTargets.open` (called by the builder for a task with ``targets_cache``) refuses a
+cache that is missing, unfinished or computed from anything else than the recipe says (teacher
+checkpoint, resolution, views, augmentation, prompts, dataset), naming the difference. During
+training ``task_step`` asks it for the prompts and target of each keyed view in place of the
+teacher; shards are memory-mapped, so only the rows a batch needs are read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from mergekit_vision.contracts import Prompts
+from mergekit_vision.data.targets_cache.manifest import (
+    StaleCacheError,
+    cache_identity,
+    identity_differences,
+    read_manifest,
+)
+from mergekit_vision.recipe.schema import Recipe
+
+
+class CachedTargets:
+    """Prompts and targets of keyed sample views, read from a cache folder."""
+
+    def __init__(self, *, task: str, folder: Path, manifest: dict[str, Any]):
+        """
+        Args:
+            task: the task's recipe name (for error messages).
+            folder: the cache folder.
+            manifest: its (already checked) manifest.
+        """
+        self.task, self.folder = task, folder
+        self.views = int(manifest["identity"]["views"])
+        self.resolutions = list(manifest["identity"]["resolutions"])
+        self._files = [
+            safe_open(str(folder / s["file"]), framework="pt") for s in manifest["shards"]
+        ]
+        self._rows: dict[str, tuple[int, int]] = {}
+        for shard, handle in enumerate(self._files):
+            for position, key in enumerate(json.loads(handle.metadata()["keys"])):
+                self._rows[key] = (shard, position)
+        self._fields = set(self._files[0].keys()) if self._files else set()
+
+    @classmethod
+    def open(cls, recipe: Recipe, task: str, *, dataset: Any = None) -> CachedTargets:
+        """The task's cache, or :class:`StaleCacheError` saying what differs and how to fix it.
+
+        ``dataset``: the task's; a cache of another number of samples than its length is refused.
+        """
+        spec = recipe.tasks[task]
+        assert spec.targets_cache is not None
+        folder = Path(spec.targets_cache)
+        fix = f"run `vmerge cache <recipe> --task {task}` to (re)build it"
+        manifest = read_manifest(folder)
+        if manifest is None:
+            raise StaleCacheError(task, f"no targets cache in {folder} (no manifest.json); {fix}")
+        diffs = identity_differences(manifest.get("identity", {}), cache_identity(recipe, task))
+        if diffs:
+            raise StaleCacheError(
+                task,
+                f"the cache in {folder} was computed for other settings: {'; '.join(diffs)}; {fix}",
+            )
+        if not manifest.get("complete"):
+            raise StaleCacheError(task, f"the cache in {folder} is unfinished; {fix}")
+        missing = [s["file"] for s in manifest["shards"] if not (folder / s["file"]).is_file()]
+        if missing:
+            raise StaleCacheError(
+                task, f"the cache in {folder} lacks shard files {', '.join(missing[:5])}; {fix}"
+            )
+        samples = _length(dataset)
+        if samples is not None and manifest["samples"] != samples:
+            raise StaleCacheError(
+                task,
+                f"the cache in {folder} holds {manifest['samples']} samples but the dataset has "
+                f"{samples}; {fix}",
+            )
+        return cls(task=task, folder=folder, manifest=manifest)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def prompts(self, batch: dict[str, Any], images: Tensor) -> Prompts:
+        """The cached prompts of the batch's views at ``images``' resolution."""
+        size = images.shape[-1]
+        fields = {f: self._gather(batch, size, f) for f in ("points", "point_labels", "boxes")}
+        return Prompts(size, **fields).to(images.device)
+
+    def target(self, batch: dict[str, Any], images: Tensor) -> Tensor:
+        """The cached targets ``[B, ...]`` (float32, on ``images``' device) of the batch's views."""
+        target = self._gather(batch, images.shape[-1], "target")
+        assert target is not None
+        return target.to(device=images.device, dtype=torch.float32)
+
+    def _gather(self, batch: dict[str, Any], resolution: int, field: str) -> Tensor | None:
+        if resolution not in self.resolutions:
+            raise StaleCacheError(
+                self.task,
+                f"the cache in {self.folder} holds resolutions {self.resolutions}, not "
+                f"{resolution}; run `vmerge cache <recipe> --task {self.task}` to rebuild it",
+            )
+        name = f"{resolution}.{field}"
+        if name not in self._fields:
+            return None
+        rows = []
+        for key, view in zip(batch["key"], batch["view"].tolist(), strict=True):
+            shard, position = self._locate(key)
+            row = position * self.views + view % self.views
+            rows.append(self._files[shard].get_slice(name)[row : row + 1])
+        return torch.cat(rows)
+
+    def _locate(self, key: str) -> tuple[int, int]:
+        try:
+            return self._rows[key]
+        except KeyError:
+            raise StaleCacheError(
+                self.task,
+                f"sample {key!r} is not in the cache in {self.folder} (the dataset changed?); "
+                f"run `vmerge cache <recipe> --task {self.task} --overwrite` to rebuild it",
+            ) from None
+
+
+def _length(dataset: Any) -> int | None:
+    try:
+        return None if dataset is None else len(dataset)
+    except TypeError:  # a stream without a nominal length
+        return None

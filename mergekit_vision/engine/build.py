@@ -1,0 +1,223 @@
+"""Build every component a recipe names: teachers, the merged model (student + heads), tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mergekit_vision.contracts import Head, Loss, Student, Teacher
+from mergekit_vision.data.targets_cache.reader import CachedTargets
+from mergekit_vision.data.views import with_views
+from mergekit_vision.errors import BuildError, Issue
+from mergekit_vision.recipe.schema import (
+    BACKBONE,
+    PluginSpec,
+    Recipe,
+    TaskSpec,
+    task_load_resolution,
+)
+from mergekit_vision.registry import (
+    DATASETS,
+    HEADS,
+    LOSSES,
+    NORMALIZATION,
+    STUDENTS,
+    TEACHERS,
+    params_of,
+)
+from mergekit_vision.sam.prompts import PromptSampler, PromptSamplerParams
+from mergekit_vision.strategies.normalization.base import TargetNormalizer
+
+
+class MergedModel(nn.Module):
+    """The trained artefact: one student backbone and one head per teacher target."""
+
+    def __init__(
+        self,
+        *,
+        student: Student,
+        heads: dict[str, Head],
+        normalizers: dict[str, TargetNormalizer] | None = None,
+    ):
+        """
+        Args:
+            student: the backbone.
+            heads: one head per teacher target, by recipe name.
+            normalizers: per task, the teacher-target normalisation its head predicts in.
+        """
+        super().__init__()
+        self.student = student
+        self.heads = nn.ModuleDict(heads)
+        self.normalizers = nn.ModuleDict(normalizers or {})
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups a stage can train: ``backbone`` and each head by name."""
+        groups = {BACKBONE: list(self.student.parameters())}
+        groups.update({name: list(head.parameters()) for name, head in self.heads.items()})
+        return groups
+
+
+@dataclass
+class BuiltTask:
+    name: str
+    spec: TaskSpec
+    teacher: Teacher
+    loss: Loss
+    dataset: Any
+    heldout: Any
+    prompt_sampler: PromptSampler | None
+    prompt_source: str
+    has_masks: bool
+    # Read in place of the teacher for keyed views when set (a cache.reader.CachedTargets).
+    targets: Any = None
+
+
+@dataclass
+class Components:
+    recipe: Recipe
+    teachers: dict[str, Teacher]
+    model: MergedModel
+    tasks: dict[str, BuiltTask]
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def missing_paths(recipe: Recipe) -> list[Issue]:
+    """Every checkpoint or data path the recipe names that does not exist (checked before work)."""
+    issues: list[Issue] = []
+    for name, spec in recipe.teachers.items():
+        cls = TEACHERS.get(spec.type)
+        for field, path in cls.checkpoint_fields(params_of(TEACHERS, spec)).items():
+            where = f"teachers.{name}.params.{field}"
+            if path is None:
+                issues.append(Issue(where, "no checkpoint given; set it to a local file"))
+            elif not Path(path).is_file():
+                issues.append(Issue(where, f"checkpoint file {str(path)!r} does not exist"))
+    for name, task in recipe.tasks.items():
+        cls = DATASETS.get(task.data.type)
+        params = params_of(DATASETS, task.data)
+        for field, path in cls.path_fields(params).items():
+            if not Path(path).exists():
+                where = f"tasks.{name}.data.params.{field}"
+                issues.append(Issue(where, f"path {str(path)!r} does not exist"))
+    return issues
+
+
+def build_components(recipe: Recipe, *, allow_random_init: bool = False) -> Components:
+    device = resolve_device(recipe.device)
+    torch.manual_seed(recipe.seed)  # freshly initialised weights (heads) depend on the seed only
+    teachers: dict[str, Teacher] = {}
+    for name, spec in recipe.teachers.items():
+        with _blame(f"teachers.{name}"):
+            teacher = TEACHERS.get(spec.type).build(
+                params_of(TEACHERS, spec), allow_random_init=allow_random_init
+            )
+        teachers[name] = teacher.freeze().to(device)
+    with _blame("student"):
+        student = STUDENTS.get(recipe.student.type).build(
+            params_of(STUDENTS, recipe.student), teachers=teachers
+        )
+    heads = {}
+    for name, spec in recipe.heads.items():
+        with _blame(f"heads.{name}"):
+            heads[name] = HEADS.get(spec.type).build(
+                params_of(HEADS, spec), student=student, teachers=teachers
+            )
+    tasks = {}
+    for name, spec in recipe.tasks.items():
+        with _blame(f"tasks.{name}"):
+            tasks[name] = _build_task(name, spec, recipe, teachers)
+    normalizers = {}
+    for name, spec in recipe.tasks.items():
+        if spec.normalize is not None:
+            with _blame(f"tasks.{name}.normalize"):
+                normalizers[name] = _build_normalizer(spec, teachers[spec.teacher])
+    model = MergedModel(student=student, heads=heads, normalizers=normalizers).to(device)
+    return Components(recipe=recipe, teachers=teachers, model=model, tasks=tasks, device=device)
+
+
+@contextmanager
+def _blame(where: str) -> Iterator[None]:
+    """Turn a plugin's error about its input into one that names the recipe field."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        if isinstance(err, BuildError):
+            raise
+        raise BuildError(where, err) from err
+
+
+def _build_normalizer(spec: TaskSpec, teacher: Teacher) -> TargetNormalizer:
+    width = teacher.target_specs()[spec.target].shape[1]  # the feature axis (TargetSpec)
+    if not isinstance(width, int):
+        raise ValueError(f"target {spec.target!r} has no fixed feature width to normalise")
+    assert spec.normalize is not None
+    cls = NORMALIZATION.get(spec.normalize.type)
+    return cls.build(params_of(NORMALIZATION, spec.normalize), dim=width)
+
+
+def _build_dataset(spec: PluginSpec, task: TaskSpec, recipe: Recipe, name: str) -> Any:
+    return DATASETS.get(spec.type).build(
+        params_of(DATASETS, spec),
+        resolution=task_load_resolution(recipe, name),
+        resize=task.resize,
+        seed=recipe.seed,
+        max_masks=task.max_masks,
+    )
+
+
+def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> BuiltTask:
+    teacher = teachers[spec.teacher]
+    targets = teacher.target_specs()
+    if spec.target not in targets:
+        raise ValueError(
+            f"target: teacher {spec.teacher!r} has no target {spec.target!r}; "
+            f"it produces: {', '.join(targets)}"
+        )
+    dataset_cls = DATASETS.get(spec.data.type)
+    dataset = _build_dataset(spec.data, spec, recipe, name)
+    views = spec.sample_views()
+    if views is not None:
+        dataset = with_views(
+            dataset, views=views, augment=spec.augment, seed=recipe.seed, task=name
+        )
+    heldout = None if spec.heldout is None else _build_dataset(spec.heldout, spec, recipe, name)
+    sampler, source = None, "none"
+    if targets[spec.target].needs_prompts:
+        prompts = spec.prompts or PromptSamplerParams()
+        sampler = PromptSampler.build(prompts)
+        source = prompts.source
+        if source == "ground_truth" and not dataset_cls.has_masks:
+            raise ValueError(
+                f"prompts.source: 'ground_truth' needs a dataset with masks, but "
+                f"{spec.data.type!r} has none; use 'auto' or 'teacher'"
+            )
+        if source == "auto":
+            source = "ground_truth" if dataset_cls.has_masks else "teacher"
+    loss = LOSSES.get(spec.loss.type).build(params_of(LOSSES, spec.loss))
+    targets = None
+    if spec.targets_cache is not None:
+        targets = CachedTargets.open(recipe, name, dataset=dataset)
+    return BuiltTask(
+        name=name,
+        spec=spec,
+        teacher=teacher,
+        loss=loss,
+        dataset=dataset,
+        heldout=heldout,
+        prompt_sampler=sampler,
+        prompt_source=source,
+        has_masks=dataset_cls.has_masks,
+        targets=targets,
+    )

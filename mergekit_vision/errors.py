@@ -1,0 +1,34 @@
+"""The errors a user meets: a recipe's problems (each with its dotted path and YAML line) and a
+component that cannot be built from its recipe field. The CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        return f"{self.path or '<recipe>'}{where}: {self.message}"
+
+
+class BuildError(ValueError):
+    """A component could not be built from the recipe; names the recipe field at fault."""
+
+    def __init__(self, where: str, err: Exception):
+        self.where = where
+        super().__init__(f"{where}: {err}")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; ``issues`` lists every problem found."""
+
+    def __init__(self, source: str, issues: list[Issue]):
+        self.source, self.issues = source, issues
+        lines = "\n".join(f"  - {issue}" for issue in issues)
+        super().__init__(f"{source}: {len(issues)} problem(s) in the recipe:\n{lines}")

@@ -1,0 +1,98 @@
+"""``vmerge eval`` as a library call: a run folder (or a recipe's default run folder) in,
+``eval.json`` and ``eval.png`` out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from mergekit_vision.engine.build import Components, build_components
+from mergekit_vision.engine.run_folder import MODEL_FILE, find_last
+from mergekit_vision.eval.features import feature_retention_results, print_feature_table
+from mergekit_vision.eval.pictures import save_grid
+from mergekit_vision.eval.report import Evaluation, print_table, write_results
+from mergekit_vision.eval.tasks import dense_labels, iter_pictures, refined_labels
+from mergekit_vision.recipe.io import load_recipe
+
+
+def locate_run(target: Path, overrides: list[str] | None) -> tuple[Path, Any]:
+    """(run folder, recipe) for a run folder or a recipe file (whose run folder is runs/<name>)."""
+    if target.is_dir():
+        recipe_path = target / "recipe.resolved.yaml"
+        if not recipe_path.is_file():
+            raise FileNotFoundError(f"{target} is not a run folder: it has no recipe.resolved.yaml")
+        return target, load_recipe(recipe_path, overrides)
+    recipe = load_recipe(target, overrides)
+    return Path("runs") / recipe.name, recipe
+
+
+def load_merged(run_dir: Path, recipe: Any) -> Components:
+    checkpoint = find_last(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"no checkpoint under {run_dir / 'checkpoints'}; train first with vmerge run"
+        )
+    components = build_components(recipe)
+    components.model.load_state_dict(load_file(str(checkpoint / MODEL_FILE)))
+    components.model.eval()
+    return components
+
+
+def evaluate_components(
+    components: Components, *, output_dir: Path, console: Any = None
+) -> dict[str, Any]:
+    evaluation = Evaluation(components)
+    results = evaluation.run()
+    results.update(feature_retention_results(evaluation, components))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results["files"] = {"json": str(write_results(results, output_dir))}
+    picture = save_pictures(evaluation, output_dir / "eval.png", results["models"])
+    if picture is not None:
+        results["files"]["picture"] = str(picture)
+        write_results(results, output_dir)
+    print_table(results, console)
+    print_feature_table(results, console)
+    return results
+
+
+def save_pictures(evaluation: Evaluation, path: Path, models: dict[str, Any]) -> Path | None:
+    """The first scenes with each model's labels at its calibrated background threshold."""
+    spec = evaluation.spec
+    semantic = evaluation.dataset(spec.semantic, spec.resolution)
+    if semantic is None or spec.pictures == 0:
+        return None
+    batch = next(iter_pictures(semantic, spec.pictures))
+    names = semantic.class_names
+    texts = evaluation._texts(semantic, skip_background=True)
+    merged, clip, points = evaluation.merged, evaluation.clip, spec.points_per_class
+    t_clip = models["clip_teacher"].get("semseg_threshold", 0.5)
+    t_head = models["merged"].get("semseg_threshold", 0.5)
+    t_refined = models["merged"].get("semseg_refined_threshold", 0.5)
+    return save_grid(
+        path,
+        images=batch["image"],
+        truth=batch["semantic"],
+        class_names=names,
+        predictions={
+            "CLIP teacher": lambda x: dense_labels(clip, x, texts, t_clip),
+            "merged (CLIP head)": lambda x: dense_labels(merged, x, texts, t_head),
+            "merged (refined)": lambda x: refined_labels(
+                merged,
+                x,
+                texts,
+                t_refined,
+                points_per_class=points,
+                mask_class=spec.refined_mask_class,
+            ),
+        },
+    )
+
+
+def evaluate_run(
+    target: Path, *, overrides: list[str] | None = None, output: Path | None = None
+) -> dict[str, Any]:
+    run_dir, recipe = locate_run(target, overrides)
+    components = load_merged(run_dir, recipe)
+    return evaluate_components(components, output_dir=output or run_dir)

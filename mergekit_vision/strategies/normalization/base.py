@@ -1,0 +1,70 @@
+"""The teacher-target normalisation contract.
+
+Teachers' features live on very different scales (AM-RADIO: SAM's feature std is ~191x DFN
+CLIP's), which silently reweights multi-teacher losses. A normaliser maps a teacher's targets to a
+standard scale before the loss; its statistics are estimated from ``estimate_steps`` batches of
+teacher targets before the first training step (the engine's calibration pass,
+:func:`~mergekit_vision.engine.step.estimate_target_statistics`), then frozen; at export its
+inverse folds into the head's last linear layer so the exported head predicts the teacher's raw
+targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mergekit_vision.registry import PluginParams
+
+
+class TargetNormalizer(nn.Module):
+    """Args of every normaliser: ``dim`` (feature width D; targets are ``[..., D]``) and
+    ``estimate_steps`` (how many :meth:`update` calls feed the statistics before they freeze)."""
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+
+    def __init__(self, *, dim: int, estimate_steps: int):
+        super().__init__()
+        self.dim, self.estimate_steps = dim, estimate_steps
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def build(cls, params: Any, *, dim: int) -> TargetNormalizer:
+        return cls(dim=dim, **params.model_dump())
+
+    @property
+    def frozen(self) -> bool:
+        return int(self.updates) >= self.estimate_steps
+
+    def update(self, targets: Tensor) -> None:
+        """Accumulate statistics of raw targets ``[..., D]`` (no-op once frozen)."""
+        raise NotImplementedError
+
+    def forward(self, targets: Tensor) -> Tensor:
+        """Raw ``[..., D]`` -> normalised ``[..., D]``."""
+        raise NotImplementedError
+
+    def inverse(self, normalised: Tensor) -> Tensor:
+        """Normalised ``[..., D]`` -> raw ``[..., D]``."""
+        raise NotImplementedError
+
+    def fold_into(self, linear: nn.Linear) -> nn.Linear:
+        """A copy of ``linear`` whose outputs are ``inverse(linear(x))`` (export)."""
+        raise NotImplementedError
+
+    # Teacher targets are ``[B, D]`` vectors or ``[B, C, h, w]`` feature maps: the feature axis
+    # is 1 (see ``TargetSpec``). These apply the ``[..., D]`` methods above along it.
+
+    def observe(self, targets: Tensor) -> None:
+        """:meth:`update` with targets ``[B, D, ...]``."""
+        self.update(targets.movedim(1, -1))
+
+    def normalise(self, targets: Tensor) -> Tensor:
+        """Raw ``[B, D, ...]`` -> normalised, along the feature axis."""
+        return self(targets.movedim(1, -1)).movedim(-1, 1)
+
+    def denormalise(self, normalised: Tensor) -> Tensor:
+        """Normalised ``[B, D, ...]`` -> raw (what a head trained on normalised targets means)."""
+        return self.inverse(normalised.movedim(1, -1)).movedim(-1, 1)

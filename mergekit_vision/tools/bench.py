@@ -1,0 +1,368 @@
+"""``vmerge bench``: training-step cost of strategy variants, measured side by side.
+
+Machines drift (other jobs, turbo, thermal), so variants are timed interleaved in one process:
+step 1 of every variant, then step 2 of every variant, ... and each is reported as a ratio to the
+first variant over the same rounds. Weights do not matter for timing: missing teacher checkpoints
+are replaced by random weights (said in the report).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mergekit_vision.engine.build import BuiltTask, Components, build_components, missing_paths
+from mergekit_vision.engine.loop import Engine, TrainState
+from mergekit_vision.engine.performance import apply_performance, keep_freed_memory
+from mergekit_vision.engine.stage import build_stage
+from mergekit_vision.engine.step import prepare_images, sample_prompts, teacher_targets
+from mergekit_vision.engine.streams import BatchStream
+from mergekit_vision.errors import Issue, RecipeError
+from mergekit_vision.recipe.io import dump_recipe, load_recipe
+from mergekit_vision.recipe.schema import BACKBONE, PluginSpec
+from mergekit_vision.students.vitdet import ViTDetStudent
+
+
+def bench_conflict(
+    recipe_path: Path,
+    *,
+    strategies: list[str],
+    overrides: list[str] | None = None,
+    steps: int = 20,
+    warmup: int = 3,
+) -> dict[str, Any]:
+    """Median step time of each conflict strategy on the recipe's first multi-task stage."""
+    recipe = load_recipe(recipe_path, overrides)
+    index = next((i for i, s in enumerate(recipe.stages) if len(s.tasks) > 1), None)
+    if index is None:
+        raise RecipeError(str(recipe_path), [Issue("stages", "no stage runs more than one task")])
+    random_weights = bool(missing_paths(recipe))
+    components = build_components(recipe, allow_random_init=random_weights)
+    engine = Engine(
+        components,
+        output_dir=Path(tempfile.mkdtemp(prefix="vmerge-bench-")),
+        recipe_yaml=dump_recipe(recipe),
+    )
+    stage_spec = recipe.stages[index]
+    runs = {}
+    for name in strategies:
+        spec = stage_spec.model_copy(update={"conflict": PluginSpec(type=name)})
+        runs[name] = build_stage(components, spec, trainable_by_design=engine._trainable_by_design)
+    streams = engine._open_streams(TrainState())
+    times: dict[str, list[float]] = {name: [] for name in strategies}
+    for round_index in range(warmup + steps):
+        for name, stage in runs.items():
+            started = time.perf_counter()
+            engine._step(stage, TrainState(global_step=round_index), streams)
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - started)
+    base = strategies[0]
+    ratios = {
+        name: statistics.median(t / b for t, b in zip(times[name], times[base], strict=True))
+        for name in strategies
+    }
+    return {
+        "stage": stage_spec.name,
+        "steps": steps,
+        "random_weights": random_weights,
+        "median_step_s": {name: statistics.median(t) for name, t in times.items()},
+        "ratio_to_first": ratios,
+    }
+
+
+def matmul_peak(*, size: int = 3072, repeats: int = 3, device: str = "cpu") -> float:
+    """FLOP/s of the best of ``repeats`` square fp32 matmuls: this machine's attainable peak."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first one warms up
+        started = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of ``fn()`` (forward and whatever backward it runs), by torch's FLOP counter.
+
+    The counter knows ``baddbmm`` but not its in-place form, which the blockwise CPU attention
+    (``students/rel_pos_attention.py``) uses to accumulate into existing buffers; it is counted
+    with the same formula, so executed FLOPs include that attention's recomputation.
+    """
+    in_place = {torch.ops.aten.baddbmm_: _baddbmm_flops}
+    with FlopCounterMode(display=False, custom_mapping=in_place) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _baddbmm_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
+    """``baddbmm``'s product: ``2 * B * M * K * N`` for ``[B, M, K] @ [B, K, N]``."""
+    batch, rows, inner = a_shape
+    return 2 * batch * rows * inner * b_shape[-1]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_student(
+    *,
+    variant: str = "vit_b",
+    resolution: int = 1024,
+    batch: int = 1,
+    steps: int = 5,
+    warmup: int = 0,
+    attentions: Sequence[str] = ("sdpa", "original"),
+    activation_checkpointing: bool = False,
+    device: str = "cpu",
+    architecture: dict[str, Any] | None = None,
+    peak_size: int = 3072,
+    keep_memory: bool = True,
+) -> dict[str, Any]:
+    """MFU of the ViT-Det student's forward + backward, attention implementations interleaved.
+
+    Model FLOPs are counted on segment_anything's own encoder (``attention="original"``, so its
+    window padding counts as it computes it) and used for every variant; the FLOPs a variant
+    actually executes are reported beside. Each round times the matmul peak, then one step of
+    every variant, so machine drift hits all alike; MFU is the median over rounds of
+    ``model FLOPs / step time / that round's peak``. The FLOP-counting passes run every variant
+    once before timing, so ``warmup`` rounds are optional. ``architecture`` overrides the variant's
+    sizes (``ViTDetStudent.Params`` fields, e.g. for a tiny ``custom`` student). A variant
+    ``"<attention>+compile"`` runs the same student through ``torch.compile`` (compiled once
+    before timing; its executed FLOPs are those of the plain attention). ``keep_memory`` applies
+    :func:`~mergekit_vision.engine.performance.keep_freed_memory` on CPU, as training does by
+    default (process-wide, so it cannot be interleaved: compare it across two runs).
+    """
+    kept = keep_memory and torch.device(device).type == "cpu" and keep_freed_memory()
+    params = ViTDetStudent.Params(variant=variant, native_size=resolution, **(architecture or {}))
+    torch.manual_seed(0)
+    student = ViTDetStudent(**params.architecture()).to(device)
+    student.activation_checkpointing = activation_checkpointing
+    compiled = torch.compile(student) if any(a.endswith("+compile") for a in attentions) else None
+    images = torch.rand(batch, 3, resolution, resolution, device=device)
+
+    def step(name: str) -> None:
+        attention, _, how = name.partition("+")
+        student.attention = attention
+        features = (compiled if how == "compile" else student)(images)
+        (features.tokens.square().mean() + features.feature_map.square().mean()).backward()
+        student.zero_grad(set_to_none=True)
+
+    model_flops = count_flops(lambda: step("original"))
+    plain = {name.partition("+")[0] for name in attentions}
+    executed_by = {name: count_flops(lambda name=name: step(name)) for name in plain}
+    executed = {name: executed_by[name.partition("+")[0]] for name in attentions}
+    for name in attentions:
+        if name.endswith("+compile"):
+            step(name)  # compiles (same FLOPs as the plain attention, counted above)
+    times: dict[str, list[float]] = {name: [] for name in attentions}
+    mfu: dict[str, list[float]] = {name: [] for name in attentions}
+    peaks: list[float] = []
+    for round_index in range(warmup + steps):
+        peak = matmul_peak(size=peak_size, device=device)
+        for name in attentions:
+            started = time.perf_counter()
+            step(name)
+            _sync(device)
+            elapsed = time.perf_counter() - started
+            if round_index >= warmup:
+                times[name].append(elapsed)
+                mfu[name].append(model_flops / elapsed / peak)
+        if round_index >= warmup:
+            peaks.append(peak)
+    base = attentions[-1]
+    return {
+        "variant": variant,
+        "resolution": resolution,
+        "batch": batch,
+        "steps": steps,
+        "threads": torch.get_num_threads(),
+        "activation_checkpointing": activation_checkpointing,
+        "freed_memory_kept": kept,
+        "model_gflops": model_flops / 1e9,
+        "executed_gflops": {name: f / 1e9 for name, f in executed.items()},
+        "matmul_peak_gflops": statistics.median(peaks) / 1e9,
+        "median_step_s": {name: statistics.median(t) for name, t in times.items()},
+        "mfu": {name: statistics.median(m) for name, m in mfu.items()},
+        "rounds": {"peak_gflops": [p / 1e9 for p in peaks], "step_s": times, "mfu": mfu},
+        "speedup_vs_" + base: {
+            name: statistics.median(b / t for t, b in zip(times[name], times[base], strict=True))
+            for name in attentions
+        },
+    }
+
+
+PHASES = ("data", "teacher", "student_forward", "backward", "optimizer")
+
+
+def bench_training(
+    recipe_path: Path,
+    *,
+    overrides: list[str] | None = None,
+    steps: int = 10,
+    warmup: int = 2,
+    attentions: Sequence[str] = ("sdpa", "original"),
+    peak_size: int = 3072,
+) -> dict[str, Any]:
+    """Steady-state training throughput of the recipe's distillation stage, per attention.
+
+    The stage is the first that trains the backbone (else the last). A step runs every task of
+    the stage once (its batch: data, teacher target, student and head forward, backward), then
+    the optimiser, each phase timed apart; attention implementations are interleaved round by
+    round on the same model. MFU counts the trained model's FLOPs (student and heads, forward and
+    backward, segment_anything's attention) against the matmul peak timed in every round.
+    """
+    recipe = load_recipe(recipe_path, overrides)
+    spec = next((s for s in recipe.stages if BACKBONE in s.train), recipe.stages[-1])
+    random_weights = bool(missing_paths(recipe))
+    components = build_components(recipe, allow_random_init=random_weights)
+    apply_performance(components.model, recipe.performance, device=components.device)
+    student = components.model.student
+    if not hasattr(student, "attention"):
+        attentions = ("default",)
+    trainable = {id(p): p.requires_grad for p in components.model.parameters()}
+    stage = build_stage(components, spec, trainable_by_design=trainable)
+    streams = {
+        name: BatchStream(
+            components.tasks[name].dataset,
+            batch_size=components.tasks[name].spec.batch_size,
+            seed=recipe.seed,
+            num_workers=components.tasks[name].spec.num_workers,
+        )
+        for name in spec.tasks
+    }
+    step = _TrainingStep(components, stage, streams)
+    step.use_attention(attentions[-1])
+    flops = step.count_model_flops()
+    phases: dict[str, dict[str, list[float]]] = {a: {p: [] for p in PHASES} for a in attentions}
+    totals: dict[str, list[float]] = {a: [] for a in attentions}
+    peaks, device = [], str(components.device)
+    for round_index in range(warmup + steps):
+        peak = matmul_peak(size=peak_size, device=device)
+        for attention in attentions:
+            step.use_attention(attention)
+            timed = step.run(round_index)
+            if round_index >= warmup:
+                for phase, seconds in timed.items():
+                    phases[attention][phase].append(seconds)
+                totals[attention].append(sum(timed.values()))
+        if round_index >= warmup:
+            peaks.append(peak)
+    peak = statistics.median(peaks)
+    batch_sizes = {name: components.tasks[name].spec.batch_size for name in spec.tasks}
+    report = {}
+    for attention in attentions:
+        step_s = statistics.median(totals[attention])
+        report[attention] = {
+            "median_step_s": step_s,
+            "phase_s": {p: statistics.median(t) for p, t in phases[attention].items()},
+            "images_per_s": {name: b / step_s for name, b in batch_sizes.items()},
+            "mfu": flops["model"] / step_s / peak,
+        }
+    return {
+        "recipe": recipe.name,
+        "stage": spec.name,
+        "steps": steps,
+        "random_weights": random_weights,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "batch_sizes": batch_sizes,
+        "model_gflops_per_step": flops["model"] / 1e9,
+        "teacher_gflops_per_step": flops["teacher"] / 1e9,
+        "matmul_peak_gflops": peak / 1e9,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "attention": report,
+    }
+
+
+class _TrainingStep:
+    """One optimiser step of a stage, every task once, each phase timed apart."""
+
+    def __init__(self, components: Components, stage: Any, streams: dict[str, BatchStream]):
+        self.c, self.stage, self.streams = components, stage, streams
+
+    def use_attention(self, attention: str) -> None:
+        if attention != "default":
+            self.c.model.student.attention = attention
+
+    def run(self, index: int) -> dict[str, float]:
+        timed = dict.fromkeys(PHASES, 0.0)
+        clock = _Clock(str(self.c.device))
+        self.stage.optimizer.zero_grad(set_to_none=True)
+        for name in self.stage.spec.tasks:
+            task = self.c.tasks[name]
+            batch = self.streams[name].next()
+            images, masks, resolution = self._images(task, batch)
+            timed["data"] += clock.lap()
+            target, prompts = self._target(task, images, masks, index)
+            timed["teacher"] += clock.lap()
+            loss = self._loss(task, images, prompts, target)
+            timed["student_forward"] += clock.lap()
+            loss.backward()
+            timed["backward"] += clock.lap()
+        self.stage.optimizer.step()
+        timed["optimizer"] += clock.lap()
+        return timed
+
+    def count_model_flops(self) -> dict[str, int]:
+        """FLOPs of one step's trained model (forward and backward) and of its teachers."""
+        model = teacher = 0
+        for name in self.stage.spec.tasks:
+            task = self.c.tasks[name]
+            images, masks, _ = self._images(task, self.streams[name].next())
+            with FlopCounterMode(display=False) as counter:
+                target, prompts = self._target(task, images, masks, 0)
+            teacher += counter.get_total_flops()
+            with FlopCounterMode(display=False) as counter:
+                self._loss(task, images, prompts, target).backward()
+            model += counter.get_total_flops()
+        self.stage.optimizer.zero_grad(set_to_none=True)
+        return {"model": model, "teacher": teacher}
+
+    def _images(self, task: BuiltTask, batch: dict[str, Any]) -> tuple[Any, Any, int]:
+        sizes = self.stage.spec.resolution.get(task.name, task.spec.resolution)
+        resolution = sizes[0] if isinstance(sizes, list) else sizes
+        images, masks = prepare_images(batch, resolution=resolution, device=self.c.device)
+        return images, masks, resolution
+
+    def _target(self, task: BuiltTask, images: Any, masks: Any, index: int) -> tuple[Any, Any]:
+        generator = torch.Generator().manual_seed(index)
+        with torch.no_grad():
+            prompts = sample_prompts(task, images, masks, generator)
+        target = teacher_targets(task, images, prompts, model=self.c.model, update_statistics=False)
+        return target, prompts
+
+    def _loss(self, task: BuiltTask, images: Any, prompts: Any, target: Any) -> Any:
+        features = self.c.model.student(images)
+        prediction = self.c.model.heads[task.spec.head](features, prompts=prompts)
+        return task.loss(prediction[task.spec.target], target)
+
+
+class _Clock:
+    def __init__(self, device: str):
+        self.device = device
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        _sync(self.device)
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+
+def _peak_memory_mb(device: str) -> float:
+    """CUDA: max allocated; CPU: the process's peak resident set size."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

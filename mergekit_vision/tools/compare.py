@@ -1,0 +1,209 @@
+"""``vmerge compare``: run strategy variants of one recipe side by side and show which wins.
+
+Each variant is the recipe with some overrides (a grid over replay schedulers, conflict
+strategies, loss weightings or any dotted key), trained and evaluated in its own subfolder by a
+``vmerge run`` child process (so its peak memory is its own). Finished variants (with an
+``eval.json``) are not rerun; interrupted ones resume. The summary reports, per variant, how much of
+each teacher's ability the merged model retains, the new ability, step time and peak memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mergekit_vision.errors import Issue, RecipeError
+from mergekit_vision.recipe.io import load_recipe
+from mergekit_vision.recipe.schema import Recipe
+from mergekit_vision.registry import REPLAY
+
+STRATEGY_AXES = ("replay", "conflict", "weighting")  # set on every multi-task stage
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: tuple[str, ...]
+
+
+def parse_grid(grid: list[str], recipe: Recipe) -> list[Variant]:
+    """``["conflict=sum,pcgrad", "replay=fixed_ratio,alternating"]`` -> every combination."""
+    axes: list[tuple[str, list[str]]] = []
+    for item in grid:
+        key, _, values = item.partition("=")
+        if not values:
+            raise RecipeError("--grid", [Issue(item, "expected axis=value1,value2,...")])
+        axes.append((key.strip(), [v.strip() for v in values.split(",") if v.strip()]))
+    multi_task = [i for i, s in enumerate(recipe.stages) if len(s.tasks) > 1]
+    if any(key in STRATEGY_AXES for key, _ in axes) and not multi_task:
+        raise RecipeError("--grid", [Issue("stages", "no stage runs more than one task")])
+    variants = []
+    for combo in itertools.product(*[[(k, v) for v in vs] for k, vs in axes]):
+        overrides: list[str] = []
+        for key, value in combo:
+            if key in STRATEGY_AXES:
+                overrides += [f"stages.{i}.{key}={{type: {value}}}" for i in multi_task]
+            else:
+                overrides.append(f"{key}={value}")
+        name = ",".join(f"{k}={v}" for k, v in combo) or "recipe"
+        variants.append(Variant(name=name, overrides=tuple(overrides)))
+    return variants
+
+
+def conflict_noops(recipe: Recipe) -> list[str]:
+    """Stages whose conflict strategy cannot act: the replay runs one task per step, so each
+    step has a single gradient row, which every strategy returns unchanged (as ``sum`` does)."""
+    found = []
+    for stage in recipe.stages:
+        replay = REPLAY.get(stage.replay.type)
+        if stage.conflict.type != "sum" and replay.tasks_per_step == 1 and len(stage.tasks) > 1:
+            found.append(
+                f"stage {stage.name!r}: replay {stage.replay.type!r} runs one task per step, so "
+                f"conflict {stage.conflict.type!r} sees one gradient row and acts as 'sum'"
+            )
+    return found
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace(",", "__"))
+
+
+def run_variant(recipe_path: Path, variant: Variant, base: list[str], folder: Path) -> int:
+    """Train + evaluate one variant in a child process; return its peak memory in bytes."""
+    if (folder / "eval.json").is_file():
+        return int(json.loads((folder / "peak_memory.json").read_text())["bytes"])
+    args = [sys.executable, "-m", "mergekit_vision.cli", "run", str(recipe_path)]
+    for override in [*base, *variant.overrides]:
+        args += ["--set", override]
+    args += ["--output", str(folder)]
+    if (folder / "checkpoints").exists():
+        args.append("--resume")
+    child = subprocess.Popen(args)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"variant {variant.name} failed (exit {child.returncode}); see above")
+    peak = int(usage.ru_maxrss) * 1024  # Linux reports KiB
+    (folder / "peak_memory.json").write_text(json.dumps({"bytes": peak}))
+    return peak
+
+
+def summarise(variant: Variant, folder: Path, peak: int) -> dict[str, Any]:
+    models = json.loads((folder / "eval.json").read_text())["models"]
+    merged = models["merged"]
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    # Steps of the multi-task stages, whatever the replay scheduler runs in each step.
+    recipe = load_recipe(folder / "recipe.resolved.yaml")
+    stages = {stage.name for stage in recipe.stages if len(stage.tasks) > 1}
+    multi = [m["step_time"] for m in metrics if m.get("stage") in stages and "step_time" in m]
+    return {
+        "variant": variant.name,
+        "clip_retention": _ratio(merged, models["clip_teacher"], "zeroshot_cls_top1"),
+        "sam_retention": _ratio(merged, models["sam_teacher"], "prompt_seg_miou"),
+        "zeroshot_cls_top1": merged.get("zeroshot_cls_top1"),
+        "prompt_seg_miou": merged.get("prompt_seg_miou"),
+        "mask_ap": merged.get("mask_ap"),
+        "semseg_miou_refined": merged.get("semseg_miou_refined"),
+        "step_time_s": statistics.median(multi) if multi else None,
+        "peak_memory_gib": peak / 2**30,
+    }
+
+
+def _ratio(model: dict, teacher: dict, key: str) -> float | None:
+    if model.get(key) is None or not teacher.get(key):
+        return None
+    return model[key] / teacher[key]
+
+
+def compare(
+    recipe_path: Path, *, grid: list[str], overrides: list[str] | None, output: Path
+) -> list[dict[str, Any]]:
+    recipe = load_recipe(recipe_path, overrides)
+    if recipe.eval is None:
+        raise RecipeError(str(recipe_path), [Issue("eval", "compare needs an 'eval' section")])
+    variants = parse_grid(grid, recipe)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for variant in variants:  # a bad strategy name fails here, before any training
+        resolved = load_recipe(recipe_path, [*(overrides or []), *variant.overrides])
+        for problem in conflict_noops(resolved):
+            warnings.warn(f"variant {variant.name}: {problem}", stacklevel=2)
+    # The teachers and the pipeline are evaluated once and reused by every variant.
+    base = list(overrides or [])
+    if recipe.eval.teacher_results is None:
+        base.append(f"eval.teacher_results={(output / 'teacher_eval.json').resolve()}")
+    for variant in variants:
+        folder = output / slug(variant.name)
+        peak = run_variant(recipe_path, variant, base, folder)
+        rows.append(summarise(variant, folder, peak))
+    write_tables(rows, output)
+    return rows
+
+
+def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
+    with (output / "compare.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (output / "compare.md").write_text(markdown_table(rows))
+    pareto_plot(rows, output / "pareto.png")
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """CLIP retention vs SAM retention, the new ability (refined semseg mIoU) as colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in rows if r["clip_retention"] is not None and r["sam_retention"] is not None]
+    figure, ax = plt.subplots(figsize=(8, 5.5))
+    scatter = ax.scatter(
+        [r["clip_retention"] for r in points],
+        [r["sam_retention"] for r in points],
+        c=[r["semseg_miou_refined"] or 0.0 for r in points],
+        cmap="viridis",
+        s=70,
+        edgecolors="black",
+    )
+    # Variants at the same point (e.g. every conflict strategy under a one-task-per-step replay)
+    # share one label, one name per line.
+    labels: dict[tuple[float, float], list[str]] = {}
+    for row in points:
+        labels.setdefault((row["clip_retention"], row["sam_retention"]), []).append(row["variant"])
+    for xy, names in labels.items():
+        ax.annotate(
+            "\n".join(names), xy, fontsize=7, xytext=(4, 4), textcoords="offset points",
+            verticalalignment="bottom" if len(names) == 1 else "top",
+        )  # fmt: skip
+    ax.margins(x=0.45, y=0.25)  # room for the labels inside the axes
+    ax.set_xlabel("CLIP retention (merged / teacher zero-shot top-1)")
+    ax.set_ylabel("SAM retention (merged / teacher point mIoU)")
+    figure.colorbar(scatter, label="new ability: refined semseg mIoU")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
