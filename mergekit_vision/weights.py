@@ -1,9 +1,9 @@
 """Reading weight files the same way everywhere: safetensors or ``torch.load(weights_only=True)``,
-with errors that name the file and say what a strict load would trip on."""
+with errors that name the file, and loading them strictly with errors that say what does not fit."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -42,3 +42,31 @@ def incompatible_keys(model: nn.Module, weights: Mapping[str, Tensor], *, shown:
     problems += [f"missing {k}" for k in expected if k not in weights]
     more = f"; ... ({len(problems)} in all)" if len(problems) > shown else ""
     return "; ".join(problems[:shown]) + more
+
+
+def load_strict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    what: str,
+    describe: Callable[[Mapping[str, Tensor]], str] | None = None,
+) -> None:
+    """Load converted weights into ``model`` strictly, or say what does not fit.
+
+    Args:
+        model: the module to load into.
+        state_dict: its weights, already converted to its layout.
+        what: what was being loaded into what, the error's opening words (e.g. ``"SAM
+            checkpoint sam.pth does not fit variant 'vit_b'"``).
+        describe: what the weights look like instead (e.g. which variant), added to the error;
+            called only when something does not fit.
+
+    Raises:
+        ValueError: ``"{what}: {problems}"`` (mis-shaped, then unexpected, then missing keys),
+            followed by ``describe``'s sentence; nothing is loaded then.
+    """
+    problems = incompatible_keys(model, state_dict)
+    if problems:
+        described = f". {describe(state_dict)}." if describe is not None else ""
+        raise ValueError(f"{what}: {problems}{described}")
+    model.load_state_dict(state_dict, strict=True)

@@ -22,9 +22,9 @@ from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalise
-from mergekit_vision.registry import STUDENTS, PluginParams
+from mergekit_vision.registry import STUDENTS, PluginParams, TeacherName
 from mergekit_vision.teachers.timm import timm_state_dict_from_checkpoint
-from mergekit_vision.weights import incompatible_keys, read_checkpoint_file
+from mergekit_vision.weights import load_strict, read_checkpoint_file
 
 # create_model arguments the student sets itself.
 _OWNED_KWARGS = ("pretrained", "img_size", "dynamic_img_size", "num_classes", "checkpoint_path")
@@ -71,7 +71,7 @@ class TimmViTStudent(Student):
         model: str
         model_kwargs: dict[str, Any] = Field(default_factory=dict)
         native_size: int = Field(224, ge=8)
-        init_from: str | None = None
+        init_from: TeacherName | None = None
         checkpoint: Path | None = None
         mean: tuple[float, float, float] | None = None
         std: tuple[float, float, float] | None = None
@@ -155,13 +155,12 @@ class TimmViTStudent(Student):
         """Load timm weights (any grid; classifier weights dropped) into the backbone."""
         weights = timm_state_dict_from_checkpoint(checkpoint, self.model)
         weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
-        problems = incompatible_keys(self.model, weights)
-        if problems:
-            raise ValueError(
-                f"cannot initialise the timm_vit student from {source_name}; do model and "
-                f"model_kwargs match its architecture? {problems}"
-            )
-        self.model.load_state_dict(weights, strict=True)
+        load_strict(
+            self.model,
+            weights,
+            what=f"cannot initialise the timm_vit student from {source_name} (do model and "
+            "model_kwargs match its architecture?)",
+        )
 
     def forward(self, images: Tensor, *, return_intermediates: bool = False) -> StudentFeatures:
         """

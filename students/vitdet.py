@@ -4,7 +4,8 @@ The student *is* a ``segment_anything`` :class:`ImageEncoderViT` (windowed atten
 global blocks, decomposed relative position bias, absolute position embedding, conv neck), so its
 state dict has exactly the layout of SAM's ``image_encoder`` and exports back with a plain
 ``load_state_dict``. What it adds is variable resolution: the absolute position embedding is
-resampled to the actual token grid (bicubic, as timm's ``resample_abs_pos_embed``), and the
+resampled to the actual token grid (bicubic, as timm's ``resample_abs_pos_embed``: the
+``antialias=True`` convention of :mod:`mergekit_vision.sam.positions`), and the
 global blocks' relative position tables are resampled by segment_anything's own ``get_rel_pos``
 at run time (it linearly interpolates whenever ``2 * max(q, k) - 1`` differs from the table
 length); windowed blocks pad the grid to a multiple of the window, so any grid works.
@@ -18,57 +19,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from segment_anything.modeling.image_encoder import ImageEncoderViT
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalise
-from mergekit_vision.registry import STUDENTS, PluginParams
+from mergekit_vision.registry import STUDENTS, PluginParams, TeacherName
+from mergekit_vision.sam.positions import resample_encoder_positions, resample_pos_embed
+from mergekit_vision.sam.variants import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SAM_VARIANTS, SamVariant
 from mergekit_vision.students.vitdet_attention import ViTDetBlock
-from mergekit_vision.weights import read_checkpoint_file
+from mergekit_vision.weights import load_strict, read_checkpoint_file
 
-SAM_PIXEL_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
-SAM_PIXEL_STD = (58.395 / 255, 57.12 / 255, 57.375 / 255)
-
-# (embed_dim, depth, num_heads, global_attn_indexes), as segment_anything's build_sam.
-VARIANTS: dict[str, tuple[int, int, int, tuple[int, ...]]] = {
-    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
-}
 _SAM_PREFIX = "image_encoder."
-
-
-def resample_pos_embed(pos_embed: Tensor, grid: Sequence[int]) -> Tensor:
-    """Resample an absolute position embedding to another token grid.
-
-    Bicubic with ``align_corners=False`` and antialiasing (timm's ``resample_abs_pos_embed``),
-    computed in float32 so bf16 parameters do not lose the interpolation.
-
-    Args:
-        pos_embed: ``[1, h, w, C]``.
-        grid: the target ``(h', w')``.
-
-    Returns:
-        ``[1, h', w', C]``; ``pos_embed`` itself when the grid already matches.
-    """
-    if tuple(pos_embed.shape[1:3]) == tuple(grid):
-        return pos_embed
-    nchw = pos_embed.float().permute(0, 3, 1, 2)
-    resized = F.interpolate(
-        nchw, size=tuple(grid), mode="bicubic", align_corners=False, antialias=True
-    )
-    return resized.permute(0, 2, 3, 1).to(pos_embed.dtype)
-
-
-def resample_rel_pos(table: Tensor, length: int) -> Tensor:
-    """``[L, C]`` relative position table -> ``[length, C]``, linearly, as ``get_rel_pos`` does."""
-    if table.shape[0] == length:
-        return table
-    resized = F.interpolate(table.float().T.unsqueeze(0), size=length, mode="linear")
-    return resized.squeeze(0).T.to(table.dtype)
 
 
 def vitdet_state_dict_from_sam_encoder(
@@ -100,8 +63,7 @@ def vitdet_state_dict_from_sam_encoder(
             for key, value in state_dict.items()
             if key.startswith(_SAM_PREFIX)
         }
-    converted = dict(state_dict)
-    proj = converted.get("patch_embed.proj.weight")
+    proj = state_dict.get("patch_embed.proj.weight")
     if proj is None:
         raise ValueError("not a SAM image-encoder state dict: no 'patch_embed.proj.weight'")
     if proj.shape[-1] != patch_size:
@@ -109,15 +71,12 @@ def vitdet_state_dict_from_sam_encoder(
             f"source patch size {proj.shape[-1]} != student patch_size {patch_size}; "
             "patch embeddings are not resampled"
         )
-    grid = native_size // patch_size
-    if "pos_embed" in converted:
-        converted["pos_embed"] = resample_pos_embed(converted["pos_embed"], (grid, grid))
-    for index in global_attn_indexes:
-        for axis in ("h", "w"):
-            key = f"blocks.{index}.attn.rel_pos_{axis}"
-            if key in converted:
-                converted[key] = resample_rel_pos(converted[key], 2 * grid - 1)
-    return converted
+    return resample_encoder_positions(
+        state_dict,
+        grid=native_size // patch_size,
+        global_attn_indexes=global_attn_indexes,
+        antialias=True,
+    )
 
 
 @STUDENTS.register("vitdet")
@@ -128,7 +87,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
     pixel_std = SAM_PIXEL_STD
 
     class Params(PluginParams):
-        variant: Literal["vit_b", "vit_l", "vit_h", "custom"] = "vit_b"
+        variant: Literal[SamVariant, "custom"] = "vit_b"
         embed_dim: int | None = None
         depth: int | None = None
         num_heads: int | None = None
@@ -137,7 +96,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
         window_size: int = 14
         out_chans: int = 256
         native_size: int = 1024
-        init_from: str | None = None
+        init_from: TeacherName | None = None
         checkpoint: Path | None = None
         attention: Literal["sdpa", "original"] = Field(
             "sdpa",
@@ -169,7 +128,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
                     )
                 preset = overrides
             else:
-                preset = VARIANTS[self.variant]
+                preset = SAM_VARIANTS[self.variant]
             embed_dim, depth, num_heads, global_idx = (
                 given if given is not None else default
                 for given, default in zip(overrides, preset, strict=True)
@@ -266,13 +225,12 @@ class ViTDetStudent(ImageEncoderViT, Student):
             patch_size=self.patch_size,
             global_attn_indexes=self.global_attn_indexes,
         )
-        try:
-            self.load_state_dict(converted, strict=True)
-        except RuntimeError as error:
-            raise ValueError(
-                f"cannot initialise the vitdet student from {source}; do variant and overrides "
-                f"match its architecture? {error}"
-            ) from error
+        load_strict(
+            self,
+            converted,
+            what=f"cannot initialise the vitdet student from {source} (do variant and overrides "
+            "match its architecture?)",
+        )
 
     def forward(self, images: Tensor, *, return_intermediates: bool = False) -> StudentFeatures:
         """
@@ -291,7 +249,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
             )
         images = resize_and_normalise(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
         x = self.patch_embed(images)
-        x = x + resample_pos_embed(self.pos_embed, x.shape[1:3])
+        x = x + resample_pos_embed(self.pos_embed, x.shape[1:3], antialias=True)
         intermediates: list[Tensor] = []
         for block in self.blocks:
             x = self._run_block(block, x)

@@ -12,7 +12,7 @@ import open_clip
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from torch import Tensor, nn
 
-from mergekit_vision.weights import incompatible_keys, read_checkpoint_file
+from mergekit_vision.weights import load_strict, read_checkpoint_file
 
 CUSTOM_PREFIX = "mergekit-custom-"  # names of architectures registered from a recipe's model_cfg
 
@@ -70,13 +70,12 @@ def load_open_clip_checkpoint(clip: nn.Module, path: Path, *, model: str) -> Non
     except ValueError as error:
         raise ValueError(f"open_clip checkpoint {path} is not a state dict: {error}") from error
     _fit_position_tables(weights, clip)
-    problems = incompatible_keys(clip, weights)
-    if problems:
-        raise ValueError(
-            f"open_clip checkpoint {path} does not fit model {model!r}: {problems}. "
-            f"{describe_open_clip_checkpoint(weights)}."
-        )
-    clip.load_state_dict(weights, strict=True)
+    load_strict(
+        clip,
+        weights,
+        what=f"open_clip checkpoint {path} does not fit model {model!r}",
+        describe=describe_open_clip_checkpoint,
+    )
 
 
 def _fit_position_tables(weights: dict[str, Tensor], clip: nn.Module) -> None:

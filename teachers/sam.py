@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import torch.nn.functional as F
 from pydantic import model_validator
 from segment_anything.modeling import (
     ImageEncoderViT,
@@ -27,47 +26,42 @@ from torch import Tensor, nn
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
 from mergekit_vision.registry import TEACHERS, PluginParams
 from mergekit_vision.sam.decoding import decode_masks
-from mergekit_vision.weights import incompatible_keys, read_checkpoint_file
+from mergekit_vision.sam.positions import resample_encoder_positions
+from mergekit_vision.sam.variants import (
+    RELEASED_SIZES,
+    SAM_PIXEL_MEAN,
+    SAM_PIXEL_STD,
+    SAM_VARIANTS,
+    SamEncoderSizes,
+    SamVariant,
+)
+from mergekit_vision.weights import load_strict, read_checkpoint_file
 
-# Encoder sizes of the released checkpoints: (embed dim, depth, heads, global-attention blocks).
-SAM_VARIANTS: dict[str, tuple[int, int, int, tuple[int, ...]]] = {
-    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
-}
+_ENCODER = "image_encoder."
 _POS_EMBED = "image_encoder.pos_embed"
 _PATCH_WEIGHT = "image_encoder.patch_embed.proj.weight"
 # Sizes every variant shares, passed through to build_sam_model as they are.
-_OPEN_SIZES = {
-    "image_size",
-    "patch_size",
-    "window_size",
-    "prompt_embed_dim",
-    "decoder_depth",
-    "decoder_mlp_dim",
-    "decoder_num_heads",
-    "mask_in_chans",
-}
+_OPEN_SIZES = set(RELEASED_SIZES._fields)
 _REL_POS = re.compile(r"image_encoder\.blocks\.(\d+)\.attn\.rel_pos_[hw]")
 
 
 class SamParams(PluginParams):
     """Architecture and weights of a SAM teacher; encoder sizes default to ``variant``'s."""
 
-    variant: Literal["vit_b", "vit_l", "vit_h", "custom"] = "vit_b"
+    variant: Literal[SamVariant, "custom"] = "vit_b"
     checkpoint: Path | None = None
-    image_size: int = 1024
+    image_size: int = RELEASED_SIZES.image_size
     encoder_embed_dim: int | None = None
     encoder_depth: int | None = None
     encoder_num_heads: int | None = None
     encoder_global_attn_indexes: tuple[int, ...] | None = None
-    patch_size: int = 16
-    window_size: int = 14
-    prompt_embed_dim: int = 256
-    decoder_depth: int = 2
-    decoder_mlp_dim: int = 2048
-    decoder_num_heads: int = 8
-    mask_in_chans: int = 16
+    patch_size: int = RELEASED_SIZES.patch_size
+    window_size: int = RELEASED_SIZES.window_size
+    prompt_embed_dim: int = RELEASED_SIZES.prompt_embed_dim
+    decoder_depth: int = RELEASED_SIZES.decoder_depth
+    decoder_mlp_dim: int = RELEASED_SIZES.decoder_mlp_dim
+    decoder_num_heads: int = RELEASED_SIZES.decoder_num_heads
+    mask_in_chans: int = RELEASED_SIZES.mask_in_chans
     multimask_output: bool = False
 
     @model_validator(mode="after")
@@ -97,7 +91,7 @@ class SamParams(PluginParams):
             )
         return self
 
-    def encoder_sizes(self) -> tuple[int, int, int, tuple[int, ...]]:
+    def encoder_sizes(self) -> SamEncoderSizes:
         """(embed dim, depth, heads, global blocks), the variant's unless overridden."""
         default = SAM_VARIANTS.get(self.variant, (None, None, None, None))
         given = (
@@ -109,7 +103,7 @@ class SamParams(PluginParams):
         embed_dim, depth, heads, global_blocks = (
             d if g is None else g for g, d in zip(given, default, strict=True)
         )
-        return embed_dim, depth, heads, tuple(global_blocks)
+        return SamEncoderSizes(embed_dim, depth, heads, tuple(global_blocks))
 
 
 def build_sam_model(
@@ -118,14 +112,14 @@ def build_sam_model(
     encoder_depth: int,
     encoder_num_heads: int,
     encoder_global_attn_indexes: Sequence[int],
-    image_size: int = 1024,
-    patch_size: int = 16,
-    window_size: int = 14,
-    prompt_embed_dim: int = 256,
-    decoder_depth: int = 2,
-    decoder_mlp_dim: int = 2048,
-    decoder_num_heads: int = 8,
-    mask_in_chans: int = 16,
+    image_size: int = RELEASED_SIZES.image_size,
+    patch_size: int = RELEASED_SIZES.patch_size,
+    window_size: int = RELEASED_SIZES.window_size,
+    prompt_embed_dim: int = RELEASED_SIZES.prompt_embed_dim,
+    decoder_depth: int = RELEASED_SIZES.decoder_depth,
+    decoder_mlp_dim: int = RELEASED_SIZES.decoder_mlp_dim,
+    decoder_num_heads: int = RELEASED_SIZES.decoder_num_heads,
+    mask_in_chans: int = RELEASED_SIZES.mask_in_chans,
 ) -> Sam:
     """segment_anything's ``Sam``, assembled as its ``build_sam`` does but with every size open."""
     grid = image_size // patch_size
@@ -177,11 +171,12 @@ def sam_state_dict_from_checkpoint(
     Accepts the released layout (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``),
     also wrapped in ``{"model": ...}`` or ``{"state_dict": ...}`` and with a ``module.`` prefix.
     At another grid than the checkpoint's, the absolute position embedding is resized bicubically
-    (as ViTDet does) and the global-attention blocks' relative position tables linearly: that is
-    what segment_anything's ``get_rel_pos`` would do at run time, but the encoder allocates those
+    (detectron2 ViTDet's convention, without antialiasing: see :mod:`mergekit_vision.sam.positions`)
+    and the global-attention blocks' relative position tables linearly: that is what
+    segment_anything's ``get_rel_pos`` would do at run time, but the encoder allocates those
     tables at ``2 * grid - 1`` rows, so a strict load needs them resized up front. Windowed
     blocks' tables depend on the window only and stay. ``global_attn_indexes=None`` treats every
-    table with the old grid's length as global.
+    block whose tables have the old grid's length as global.
     """
     weights = _unwrap(state_dict)
     if _POS_EMBED not in weights:
@@ -190,23 +185,19 @@ def sam_state_dict_from_checkpoint(
     new_grid = image_size // patch_size
     if old_grid == new_grid:
         return weights
-    pos_embed = weights[_POS_EMBED]
-    resized = F.interpolate(
-        pos_embed.permute(0, 3, 1, 2).float(), size=(new_grid, new_grid), mode="bicubic"
+    if global_attn_indexes is None:
+        global_attn_indexes = {
+            int(match.group(1))
+            for key, table in weights.items()
+            if (match := _REL_POS.fullmatch(key)) and table.shape[0] == 2 * old_grid - 1
+        }
+    return resample_encoder_positions(
+        weights,
+        grid=new_grid,
+        global_attn_indexes=global_attn_indexes,
+        antialias=False,
+        prefix=_ENCODER,
     )
-    weights[_POS_EMBED] = resized.permute(0, 2, 3, 1).to(pos_embed.dtype)
-    for key, table in list(weights.items()):
-        match = _REL_POS.fullmatch(key)
-        if match is None:
-            continue
-        is_global = (
-            table.shape[0] == 2 * old_grid - 1
-            if global_attn_indexes is None
-            else int(match.group(1)) in global_attn_indexes
-        )
-        if is_global:
-            weights[key] = _resize_rel_pos(table, 2 * new_grid - 1)
-    return weights
 
 
 def _unwrap(state_dict: Mapping[str, object]) -> dict[str, Tensor]:
@@ -216,12 +207,6 @@ def _unwrap(state_dict: Mapping[str, object]) -> dict[str, Tensor]:
     if not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise ValueError("not a state dict: some values are not tensors")
     return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
-
-def _resize_rel_pos(table: Tensor, length: int) -> Tensor:
-    """The linear interpolation of segment_anything's ``get_rel_pos``, done once at load time."""
-    resized = F.interpolate(table.float().T.unsqueeze(0), size=length, mode="linear")
-    return resized[0].T.to(table.dtype)
 
 
 def describe_sam_checkpoint(weights: Mapping[str, Tensor]) -> str:
@@ -252,14 +237,13 @@ def load_sam_checkpoint(sam: Sam, path: Path, *, params: SamParams) -> None:
         )
     except ValueError as error:
         raise ValueError(f"SAM checkpoint {path} is not a SAM state dict: {error}") from error
-    problems = incompatible_keys(sam, weights)
-    if problems:
-        raise ValueError(
-            f"SAM checkpoint {path} does not fit variant {params.variant!r} "
-            f"(encoder sizes {params.encoder_sizes()[:3]}): {problems}. "
-            f"{describe_sam_checkpoint(weights)}."
-        )
-    sam.load_state_dict(weights, strict=True)
+    load_strict(
+        sam,
+        weights,
+        what=f"SAM checkpoint {path} does not fit variant {params.variant!r} "
+        f"(encoder sizes {params.encoder_sizes()[:3]})",
+        describe=describe_sam_checkpoint,
+    )
 
 
 @TEACHERS.register("sam")
@@ -267,8 +251,8 @@ class SamTeacher(Teacher):
     """Segment Anything (ViT-B/L/H): image embeddings and prompted mask logits."""
 
     Params = SamParams
-    pixel_mean = (123.675 / 255, 116.28 / 255, 103.53 / 255)
-    pixel_std = (58.395 / 255, 57.12 / 255, 57.375 / 255)
+    pixel_mean = SAM_PIXEL_MEAN
+    pixel_std = SAM_PIXEL_STD
 
     def __init__(self, *, sam: Sam, image_size: int, multimask_output: bool = False):
         """

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
 from mergekit_vision.registry import TEACHERS, PluginParams
-from mergekit_vision.weights import incompatible_keys
+from mergekit_vision.weights import load_strict
 
 TARGETS = ("summary", "spatial")
 # create_model arguments the teacher owns: weights come only from ``checkpoint``.
@@ -110,13 +110,11 @@ def load_timm_checkpoint(model: nn.Module, path: Path, *, name: str) -> None:
         weights = timm_state_dict_from_checkpoint(raw, model)
     except (ValueError, KeyError, RuntimeError) as error:
         raise ValueError(f"timm checkpoint {path} does not fit {name!r}: {error}") from error
-    problems = incompatible_keys(model, weights)
-    if problems:
-        raise ValueError(
-            f"timm checkpoint {path} does not fit model {name!r} with the given model_kwargs: "
-            f"{problems}"
-        )
-    model.load_state_dict(weights, strict=True)
+    load_strict(
+        model,
+        weights,
+        what=f"timm checkpoint {path} does not fit model {name!r} with the given model_kwargs",
+    )
 
 
 @TEACHERS.register("timm")

@@ -20,22 +20,17 @@ from torch import Tensor
 from mergekit_vision.export import ExportError
 from mergekit_vision.export.loading import LoadedRun
 from mergekit_vision.heads.sam_head import SamHead
+from mergekit_vision.sam.variants import (
+    RELEASED_SIZES,
+    SAM_PIXEL_MEAN_255,
+    SAM_PIXEL_STD_255,
+    SAM_VARIANTS,
+)
 from mergekit_vision.students.vitdet import ViTDetStudent
-from mergekit_vision.teachers.sam import SAM_VARIANTS, build_sam_model
+from mergekit_vision.teachers.sam import build_sam_model
 
 SAM_WEIGHTS = "sam.pth"
 SAM_CONFIG = "sam_config.json"
-# build_sam's fixed sizes for the released variants (sam_model_registry builds only these).
-_REGISTRY_SIZES = dict(
-    image_size=1024,
-    patch_size=16,
-    window_size=14,
-    prompt_embed_dim=256,
-    decoder_depth=2,
-    decoder_mlp_dim=2048,
-    decoder_num_heads=8,
-    mask_in_chans=16,
-)
 
 
 def sam_architecture(student: ViTDetStudent, head: SamHead) -> dict[str, Any]:
@@ -60,7 +55,8 @@ def sam_architecture(student: ViTDetStudent, head: SamHead) -> dict[str, Any]:
 
 
 def registry_variant(architecture: dict[str, Any]) -> str | None:
-    """The ``sam_model_registry`` key that builds exactly ``architecture``, if any."""
+    """The ``sam_model_registry`` key that builds exactly ``architecture``, if any (it builds
+    only the released variants, at their shared sizes)."""
     for name, (dim, depth, heads, global_blocks) in SAM_VARIANTS.items():
         encoder = dict(
             encoder_embed_dim=dim,
@@ -68,7 +64,7 @@ def registry_variant(architecture: dict[str, Any]) -> str | None:
             encoder_num_heads=heads,
             encoder_global_attn_indexes=list(global_blocks),
         )
-        if architecture == {**encoder, **_REGISTRY_SIZES}:
+        if architecture == {**encoder, **RELEASED_SIZES._asdict()}:
             return name
     return None
 
@@ -106,8 +102,8 @@ def export_sam(run: LoadedRun, output: Path) -> list[Path]:
     config = {
         "registry": registry_variant(architecture),
         "build_sam_model": architecture,
-        "pixel_mean": [123.675, 116.28, 103.53],
-        "pixel_std": [58.395, 57.12, 57.375],
+        "pixel_mean": list(SAM_PIXEL_MEAN_255),
+        "pixel_std": list(SAM_PIXEL_STD_255),
     }
     (output / SAM_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return [weights, output / SAM_CONFIG]

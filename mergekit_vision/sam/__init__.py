@@ -1,2 +1,4 @@
 """One SAM toolkit shared by the SAM teacher, the ViT-Det student, the SAM head, export and eval:
-prompt sampling (:mod:`.prompts`) and batched mask decoding (:mod:`.decoding`)."""
+the released variants and SAM's pixel statistics as data (:mod:`.variants`), position-table
+resampling (:mod:`.positions`), prompt sampling (:mod:`.prompts`) and batched mask decoding
+(:mod:`.decoding`)."""

@@ -26,7 +26,7 @@ from mergekit_vision.export import ExportError
 from mergekit_vision.export.formats import export_run
 from mergekit_vision.export.loading import LoadedRun
 from mergekit_vision.export.sam import export_sam, load_exported_sam, registry_variant
-from mergekit_vision.teachers.sam import SAM_VARIANTS
+from mergekit_vision.sam.variants import SAM_VARIANTS
 
 
 def sam_from_config(folder) -> Sam:

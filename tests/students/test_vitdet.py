@@ -13,13 +13,9 @@ from timm.layers import resample_abs_pos_embed_nhwc
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher, resize_and_normalise
-from mergekit_vision.students.vitdet import (
-    SAM_PIXEL_MEAN,
-    SAM_PIXEL_STD,
-    ViTDetStudent,
-    resample_pos_embed,
-    vitdet_state_dict_from_sam_encoder,
-)
+from mergekit_vision.sam.positions import resample_pos_embed
+from mergekit_vision.sam.variants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+from mergekit_vision.students.vitdet import ViTDetStudent, vitdet_state_dict_from_sam_encoder
 
 TINY = dict(embed_dim=64, depth=4, num_heads=2, global_attn_indexes=(1, 3), window_size=4)
 
@@ -114,10 +110,10 @@ def test_runs_and_backprops_at_other_sizes(size: int):
 
 def test_pos_embed_resampling_matches_timm_and_is_untouched_at_native_grid():
     pos_embed = torch.randn(1, 8, 8, 16)
-    assert resample_pos_embed(pos_embed, (8, 8)) is pos_embed
+    assert resample_pos_embed(pos_embed, (8, 8), antialias=True) is pos_embed
     for grid in [(4, 4), (6, 6), (14, 14), (16, 12)]:
         expected = resample_abs_pos_embed_nhwc(pos_embed, list(grid))
-        assert torch.equal(resample_pos_embed(pos_embed, grid), expected)
+        assert torch.equal(resample_pos_embed(pos_embed, grid, antialias=True), expected)
 
 
 def test_conversion_resamples_to_another_native_size_and_accepts_whole_sam_dicts():
