@@ -24,7 +24,7 @@ from mergekit_vision.cli.common import (
     user_error,
 )
 from mergekit_vision.recipe.io import dump_recipe, load_recipe
-from mergekit_vision.recipe.schema import Recipe
+from mergekit_vision.recipe.schema import recipe_json_schema
 from mergekit_vision.registry import ALL_REGISTRIES
 
 app = typer.Typer(
@@ -240,7 +240,7 @@ def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
 @app.command()
 def schema() -> None:
     """Print the recipe's JSON Schema (for editor completion)."""
-    console.print_json(json.dumps(Recipe.model_json_schema()))
+    console.print_json(json.dumps(recipe_json_schema()))
 
 
 @app.command()

@@ -63,12 +63,14 @@ def bench(
     from mergekit_vision.tools.bench import bench_student, bench_training
 
     if student is not None:
-        from mergekit_vision.students.vitdet import VARIANTS
+        from mergekit_vision.sam.variants import SAM_VARIANTS
 
         if recipe is not None:
             user_error(ValueError("give a RECIPE or --student, not both"))
-        if student not in VARIANTS:
-            user_error(ValueError(f"--student {student!r}: choose one of {', '.join(VARIANTS)}"))
+        if student not in SAM_VARIANTS:
+            user_error(
+                ValueError(f"--student {student!r}: choose one of {', '.join(SAM_VARIANTS)}")
+            )
         attentions = ("sdpa", "original")
         if compile_:
             attentions = ("sdpa+compile", "original+compile", *attentions)
@@ -244,7 +246,6 @@ def toy_sam_cost(
 ) -> None:
     """What a toy SAM training step costs under other settings, timed side by side."""
     from mergekit_vision.errors import Issue, RecipeError
-    from mergekit_vision.registry import TEACHERS, params_of
     from mergekit_vision.tools.toy_sam_cost import (
         SamSetting,
         parse_overrides,
@@ -255,7 +256,7 @@ def toy_sam_cost(
     def measure() -> dict[str, Any]:
         resolved = load_toy_recipe(recipe, set_, missing="no 'toy' section: nothing to time")
         toy = resolved.toy
-        sam_params = params_of(TEACHERS, resolved.teachers[toy.sam_teacher])
+        sam_params = resolved.teachers[toy.sam_teacher].params
         base = SamSetting(sam_params, toy.sam_training)
         variants = {"recipe": base}
         for text in variant:

@@ -57,6 +57,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.data.toy_world.dataset",
     "mergekit_vision.data.voc",
     "mergekit_vision.data.image_classes",
+    # apps: recipe sections they own
+    "mergekit_vision.toy.app",
 )
 
 _loaded = False

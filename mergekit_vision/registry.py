@@ -7,6 +7,10 @@ Contract
   (``extra="forbid"`` so a typo in a recipe is an error, never a silent default).
 - ``REGISTRY.get(name)`` returns the class; an unknown name raises :class:`UnknownPluginError`
   listing every valid name.
+- A ``Params`` field that names another part of the recipe (a teacher, head or task) says so with
+  :class:`RefersTo` (``teacher: TeacherName``); the recipe checks every such name exists.
+- Each kind's base class declares the one classmethod signature its plugins share (``build``; an
+  app's ``prepare``), and the registry instances below are typed by that base.
 - Built-ins are found through one explicit import list (:mod:`mergekit_vision.plugins`);
   plugins of other packages through the entry-point group ``mergekit_vision.<kind>``, where each
   entry point names a module (imported for its ``register`` side effect) or a class (registered
@@ -19,9 +23,18 @@ import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # the plugin bases sit above this leaf; only the type checker sees them
+    from mergekit_vision.contracts import Head, Loss, Student, Teacher
+    from mergekit_vision.data.base import ImageDataset
+    from mergekit_vision.recipe.app import App
+    from mergekit_vision.strategies.conflict.base import ConflictStrategy
+    from mergekit_vision.strategies.normalization.base import TargetNormalizer
+    from mergekit_vision.strategies.replay.base import ReplayScheduler
+    from mergekit_vision.strategies.weighting.base import LossWeighting
 
 T = TypeVar("T")
 
@@ -30,6 +43,19 @@ class PluginParams(BaseModel):
     """Base of every plugin's ``Params``: frozen and strict about unknown keys."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class RefersTo:
+    """Marks a ``Params`` field whose value names an entry of the recipe section ``section``
+    (``teachers``, ``heads`` or ``tasks``); in a ``dict`` key type it marks the keys."""
+
+    section: str
+
+
+TeacherName = Annotated[str, RefersTo("teachers")]
+HeadName = Annotated[str, RefersTo("heads")]
+TaskName = Annotated[str, RefersTo("tasks")]
 
 
 class UnknownPluginError(KeyError):
@@ -62,7 +88,8 @@ class PluginEntry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Named plugins of one kind (teachers, students, heads, ...)."""
+    """Named plugins of one kind (teachers, students, heads, ...); ``T`` is the kind's base class,
+    so :meth:`get` returns a ``type[T]``."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -132,17 +159,18 @@ class Registry(Generic[T]):
         self._entry_points_loaded = False
 
 
-TEACHERS: Registry = Registry("teachers")
-STUDENTS: Registry = Registry("students")
-HEADS: Registry = Registry("heads")
-LOSSES: Registry = Registry("losses")
-REPLAY: Registry = Registry("replay")
-CONFLICT: Registry = Registry("conflict")
-DATASETS: Registry = Registry("datasets")
-WEIGHTING: Registry = Registry("weighting")
-NORMALIZATION: Registry = Registry("normalization")
+TEACHERS: Registry[Teacher] = Registry("teachers")
+STUDENTS: Registry[Student] = Registry("students")
+HEADS: Registry[Head] = Registry("heads")
+LOSSES: Registry[Loss] = Registry("losses")
+REPLAY: Registry[ReplayScheduler] = Registry("replay")
+CONFLICT: Registry[ConflictStrategy] = Registry("conflict")
+DATASETS: Registry[ImageDataset] = Registry("datasets")
+WEIGHTING: Registry[LossWeighting] = Registry("weighting")
+NORMALIZATION: Registry[TargetNormalizer] = Registry("normalization")
+APPS: Registry[App] = Registry("apps")
 
-ALL_REGISTRIES: dict[str, Registry] = {
+ALL_REGISTRIES: dict[str, Registry[Any]] = {
     r.kind: r
     for r in (
         TEACHERS,
@@ -154,10 +182,6 @@ ALL_REGISTRIES: dict[str, Registry] = {
         WEIGHTING,
         NORMALIZATION,
         DATASETS,
+        APPS,
     )
 }
-
-
-def params_of(registry: Registry, spec: Any) -> Any:
-    """The validated parameters model of ``spec`` (a recipe's ``{type, params}`` entry)."""
-    return registry.params_model(spec.type).model_validate(spec.params)

@@ -28,9 +28,9 @@ def test_reference_recipe_is_valid_and_fully_resolved():
     recipe = load_recipe(REFERENCE)
     assert recipe.tasks["sam"].weight == 10.0
     assert recipe.stages[1].lr_mult == {"backbone": 0.1, "sam_head": 0.1}
-    # defaults of every plugin's params are filled in
-    assert recipe.heads["clip_head"].params["pooling"] == "max"
-    assert "focal_weight" in recipe.tasks["sam"].loss.params
+    # every plugin's params are typed, their defaults filled in
+    assert recipe.heads["clip_head"].params.pooling == "max"
+    assert recipe.tasks["sam"].loss.params.focal_weight == 20.0
     resolved = dump_recipe(recipe)
     again = yaml.safe_load(resolved)
     assert again["teachers"]["sam"]["params"]["variant"] == "vit_b"

@@ -18,29 +18,13 @@ from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 from torchvision.transforms import InterpolationMode
 
+from mergekit_vision.recipe.task_params import AugmentSpec
+
 _NEAREST = InterpolationMode.NEAREST_EXACT
-
-
-class AugmentSpec(BaseModel):
-    """``scale``: range of the crop's share of the image area (1 = no crop); ``hflip``: flip
-    half of the views horizontally."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    scale: tuple[float, float] = (1.0, 1.0)
-    hflip: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AugmentSpec:
-        low, high = self.scale
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {list(self.scale)}")
-        return self
 
 
 def stable_seed(*parts: object) -> int:
@@ -95,7 +79,7 @@ class _Views:
     def view_of(self, sample: dict[str, Any], view: int) -> dict[str, Any]:
         """``sample`` as its view ``view``: augmented, with ``"view"`` and ``"view_seed"`` (the
         seed of its prompts, see
-        :func:`~mergekit_vision.data.targets_cache.keyed.keyed_prompts`)."""
+        :func:`~mergekit_vision.engine.step.keyed_prompts`)."""
         generator = view_generator(self.seed, self.task, sample["key"], view, "augment")
         out = augment_sample(sample, self.augment, generator)
         out["view"] = int(view)

@@ -42,7 +42,7 @@ class WebDatasetShards(ImageDataset, IterableDataset):
 
     Splitting: DataLoader workers each read a disjoint subset of shards (``wds.split_by_worker``),
     so use at least as many shards as workers. Multi-rank training passes ``node_splitter`` (e.g.
-    ``wds.split_by_node``) to :meth:`build` to give each rank its own shards; without one,
+    ``wds.split_by_node``) to the constructor to give each rank its own shards; without one,
     webdataset refuses to run under torch.distributed rather than silently duplicate data.
     """
 
@@ -87,14 +87,7 @@ class WebDatasetShards(ImageDataset, IterableDataset):
 
     @classmethod
     def build(
-        cls,
-        params: Any,
-        *,
-        resolution: int,
-        resize: ResizeMode,
-        seed: int,
-        max_masks: int = 64,
-        node_splitter: NodeSplitter | None = None,
+        cls, params: Any, *, resolution: int, resize: ResizeMode, seed: int, max_masks: int = 64
     ) -> WebDatasetShards:
         problems = cls.check_paths(params)
         if problems:
@@ -113,7 +106,6 @@ class WebDatasetShards(ImageDataset, IterableDataset):
             seed=seed,
             shuffle_buffer=params.shuffle_buffer,
             num_samples=params.num_samples,
-            node_splitter=node_splitter,
         )
 
     @classmethod

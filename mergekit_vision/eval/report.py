@@ -34,8 +34,8 @@ from mergekit_vision.eval.tasks import (
     semantic_segmentation,
     zero_shot_top1,
 )
-from mergekit_vision.recipe.schema import EvalSpec, PluginSpec, task_of_head
-from mergekit_vision.registry import DATASETS, params_of
+from mergekit_vision.recipe.schema import DatasetSpec, EvalSpec, task_of_head
+from mergekit_vision.registry import DATASETS
 
 METRICS = (
     "zeroshot_cls_top1",
@@ -67,11 +67,11 @@ class Evaluation:
         )
         self.templates = templates or spec.templates
 
-    def dataset(self, spec: PluginSpec | None, resolution: int) -> Any:
+    def dataset(self, spec: DatasetSpec | None, resolution: int) -> Any:
         if spec is None:
             return None
         return DATASETS.get(spec.type).build(
-            params_of(DATASETS, spec), resolution=resolution, resize="pad", seed=self.seed
+            spec.params, resolution=resolution, resize="pad", seed=self.seed
         )
 
     def run(self) -> dict[str, Any]:

@@ -38,7 +38,9 @@ def fingerprint(recipe: Recipe) -> str:
         "seed": recipe.seed,
         "eval": spec.model_dump(mode="json", exclude=MERGED_ONLY),
         "teachers": {n: t.model_dump(mode="json") for n, t in teachers.items()},
-        "files": {n: _file_stamp(t.params.get("checkpoint")) for n, t in teachers.items()},
+        "files": {
+            n: _file_stamp(getattr(t.params, "checkpoint", None)) for n, t in teachers.items()
+        },
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

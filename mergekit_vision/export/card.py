@@ -102,7 +102,8 @@ def _loading_lines() -> list[str]:
 
 
 def _plugin(spec: Any) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in spec.params.items() if v is not None)
+    dumped = spec.params.model_dump(mode="json")
+    params = ", ".join(f"{k}={v}" for k, v in dumped.items() if v is not None)
     return f"`{spec.type}` ({params})" if params else f"`{spec.type}`"
 
 

@@ -16,12 +16,13 @@ from safetensors.torch import load_file
 
 from mergekit_vision.contracts import Teacher
 from mergekit_vision.engine.build import MergedModel, build_components
-from mergekit_vision.engine.run_folder import MODEL_FILE, RECIPE_FILE, find_last
+from mergekit_vision.engine.run_folder import CHECKPOINTS_DIR, MODEL_FILE, RECIPE_FILE, find_last
 from mergekit_vision.export import ExportError
 from mergekit_vision.heads.clip_head import ClipHead
 from mergekit_vision.recipe.io import load_recipe, validate_recipe
+from mergekit_vision.recipe.references import declared_references
 from mergekit_vision.recipe.schema import Recipe
-from mergekit_vision.registry import STUDENTS, TEACHERS, params_of
+from mergekit_vision.registry import STUDENTS, TEACHERS
 
 
 @dataclass
@@ -51,9 +52,11 @@ class LoadedRun:
         return found[0]
 
     def teacher_of(self, head_name: str) -> str:
-        """The teacher a head was distilled from (its ``teacher`` or ``init_from`` param)."""
+        """The teacher a head was distilled from: the first its params name (``teacher``,
+        ``init_from``)."""
         params = self.recipe.heads[head_name].params
-        return str(params.get("teacher", params.get("init_from")))
+        named = declared_references(type(params), params, "")
+        return str(next((name for _, section, name in named if section == "teachers"), None))
 
     def require_teacher(self, name: str, *, why: str) -> Teacher:
         """Teacher ``name`` with its real weights; a clear error when its checkpoint is missing."""
@@ -70,7 +73,7 @@ def find_checkpoint(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if (run_dir / MODEL_FILE).is_file() and (run_dir / RECIPE_FILE).is_file():
         return run_dir
-    checkpoint = find_last(run_dir / "checkpoints")
+    checkpoint = find_last(run_dir / CHECKPOINTS_DIR)
     if checkpoint is None:
         raise FileNotFoundError(
             f"{run_dir} is not a run folder: it has no checkpoints/last/{MODEL_FILE} "
@@ -81,7 +84,7 @@ def find_checkpoint(run_dir: Path) -> Path:
     return checkpoint
 
 
-def load_run(run_dir: Path) -> LoadedRun:
+def load_run(run_dir: str | Path) -> LoadedRun:
     """Rebuild ``run_dir``'s merged model from its last checkpoint and resolved recipe."""
     checkpoint = find_checkpoint(run_dir)
     recipe = load_recipe(checkpoint / RECIPE_FILE)
@@ -106,7 +109,7 @@ def _standalone_recipe(recipe: Recipe) -> tuple[Recipe, set[str]]:
     data = recipe.model_dump(mode="json")
     random_teachers = set()
     for name, spec in recipe.teachers.items():
-        fields = TEACHERS.get(spec.type).checkpoint_fields(params_of(TEACHERS, spec))
+        fields = TEACHERS.get(spec.type).checkpoint_fields(spec.params)
         for field, path in fields.items():
             if path is None or not Path(path).is_file():
                 data["teachers"][name]["params"][field] = None
@@ -116,6 +119,6 @@ def _standalone_recipe(recipe: Recipe) -> tuple[Recipe, set[str]]:
         task["heldout"] = None
     student = STUDENTS.get(recipe.student.type)
     fields = getattr(student, "checkpoint_fields", lambda params: {})
-    for field in fields(params_of(STUDENTS, recipe.student)):
+    for field in fields(recipe.student.params):
         data["student"]["params"][field] = None  # its weights are in the merged model
     return validate_recipe(data, source=f"{recipe.name} (loaded)"), random_teachers

@@ -26,7 +26,7 @@ from mergekit_vision.export import ExportError
 from mergekit_vision.export.loading import LoadedRun
 from mergekit_vision.heads.clip_head import ClipHead, make_blocks
 from mergekit_vision.recipe.schema import task_of_head
-from mergekit_vision.registry import NORMALIZATION, STUDENTS, TEACHERS, params_of
+from mergekit_vision.registry import NORMALIZATION, STUDENTS, TEACHERS
 from mergekit_vision.strategies.normalization.base import TargetNormalizer
 from mergekit_vision.teachers.open_clip import OpenClipParams, create_clip
 
@@ -98,7 +98,7 @@ def export_open_clip(run: LoadedRun, output: Path) -> list[Path]:
             "Possible: --format safetensors"
         )
     teacher = run.require_teacher(teacher_name, why="--format open_clip (the text tower)")
-    params = params_of(TEACHERS, spec)
+    params = spec.params
     model_cfg = params.model_cfg or open_clip.get_model_config(params.model)
     head = run.model.heads[head_name]
     visual, visual_cfg = _merged_visual(run, head_name, head)
@@ -123,9 +123,9 @@ def _merged_visual(run: LoadedRun, head_name: str, head: Any) -> tuple[MergedVis
     task = recipe.tasks[task_name]
     normalizer_spec = task.normalize
     size = recipe.eval.resolution if recipe.eval is not None else max(task.resolutions())
-    student_params = {
-        k: v for k, v in recipe.student.params.items() if k not in ("init_from", "checkpoint")
-    }
+    student_params = recipe.student.params.model_dump(
+        mode="json", exclude={"init_from", "checkpoint"}
+    )
     config = {
         "student": {"type": recipe.student.type, "params": student_params},
         "clip_head": {
@@ -138,7 +138,10 @@ def _merged_visual(run: LoadedRun, head_name: str, head: Any) -> tuple[MergedVis
         },
         "normalizer": None
         if normalizer_spec is None
-        else {"type": normalizer_spec.type, "params": dict(normalizer_spec.params)},
+        else {
+            "type": normalizer_spec.type,
+            "params": normalizer_spec.params.model_dump(mode="json"),
+        },
         "image_size": size,
         "mean": list(student.pixel_mean),
         "std": list(student.pixel_std),

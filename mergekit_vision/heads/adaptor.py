@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mergekit_vision.contracts import Head, Prompts, Student, StudentFeatures, Teacher
 from mergekit_vision.heads.clip_head import target_spec, target_width
-from mergekit_vision.registry import HEADS, PluginParams
+from mergekit_vision.registry import HEADS, PluginParams, TeacherName
 
 
 class AdaptorMLP(nn.Module):
@@ -67,7 +67,7 @@ class AdaptorHead(Head):
     """
 
     class Params(PluginParams):
-        teacher: str
+        teacher: TeacherName
         summary_target: str | None = "summary"
         spatial_target: str | None = "spatial"
         hidden_dim: int | None = Field(None, gt=0, description="default: the student's width")

@@ -18,7 +18,7 @@ from mergekit_vision.contracts import (
     TargetSpec,
     Teacher,
 )
-from mergekit_vision.registry import HEADS, PluginParams
+from mergekit_vision.registry import HEADS, PluginParams, TeacherName
 
 
 def target_spec(teachers: dict[str, Teacher], teacher: str, target: str) -> TargetSpec:
@@ -116,7 +116,7 @@ class ClipHead(Head):
     """
 
     class Params(PluginParams):
-        teacher: str
+        teacher: TeacherName
         target: str = "image_embedding"
         num_blocks: int = Field(3, ge=0)
         blocks: BlockKind = "backbone"

@@ -7,7 +7,7 @@ import copy
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import Head, Prompts, Student, StudentFeatures, Teacher
-from mergekit_vision.registry import HEADS, PluginParams
+from mergekit_vision.registry import HEADS, PluginParams, TeacherName
 from mergekit_vision.sam.decoding import decode_masks
 
 
@@ -23,7 +23,7 @@ class SamHead(Head):
     """
 
     class Params(PluginParams):
-        init_from: str
+        init_from: TeacherName
         target: str = "mask_logits"
         multimask_output: bool = False
 

@@ -12,8 +12,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mergekit_vision.errors import Issue, RecipeError
-from mergekit_vision.recipe.schema import Recipe, dangling_references
-from mergekit_vision.registry import ALL_REGISTRIES, UnknownPluginError
+from mergekit_vision.recipe.app import app_section
+from mergekit_vision.recipe.schema import Recipe, dangling_references, unknown_key_message
+from mergekit_vision.recipe.specs import InvalidParams, plugin_specs
+from mergekit_vision.registry import ALL_REGISTRIES, APPS, UnknownPluginError
 
 
 def _node_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
@@ -103,18 +105,26 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def validate_recipe(
     data: dict[str, Any], *, source: str = "<recipe>", lines: dict | None = None
 ) -> Recipe:
+    """The typed recipe of plain ``data``; raise :class:`RecipeError` listing every problem.
+
+    Plugin params and app sections are validated first, each against its own ``Params`` (so a
+    problem names its path and the keys valid there), then the references, then the rest.
+    """
     lines = lines or {}
     issues: list[Issue] = []
-    resolved = _resolve_plugin_params(data, issues)
+    resolved, invalid = _resolve_plugin_params(data, issues)
+    section_issues: list[Issue] = []
+    unknown = _resolve_app_sections(resolved, section_issues)
     refs = dangling_references(resolved)
     issues += [Issue(path, msg) for path, msg in refs]
     recipe: Recipe | None = None
     try:
-        recipe = Recipe.model_validate(resolved)
+        recipe = Recipe.model_validate(_checkable(resolved, invalid, unknown))
     except ValidationError as err:
         # The recipe-level reference check repeats ``refs`` as one message without paths.
         errors = [e for e in err.errors() if e["loc"] or not refs]
         issues += [_issue_from_pydantic(e) for e in errors]
+    issues += section_issues + [Issue(key, unknown_key_message(key)) for key in unknown]
     if issues or recipe is None:
         raise RecipeError(source, [_with_line(i, lines) for i in _dedupe(issues)])
     return recipe
@@ -136,67 +146,65 @@ def _dedupe(issues: list[Issue]) -> list[Issue]:
     return out
 
 
-def plugin_spec_paths(data: dict[str, Any]) -> list[tuple[str, str, dict]]:
-    """(registry kind, dotted path, spec dict) for every plugin spec in raw recipe data."""
-    found: list[tuple[str, str, dict]] = []
-
-    def add(kind: str, path: str, spec: Any) -> None:
-        if isinstance(spec, dict) and isinstance(spec.get("type"), str):
-            found.append((kind, path, spec))
-
-    for name, spec in _items(data.get("teachers")):
-        add("teachers", f"teachers.{name}", spec)
-    add("students", "student", data.get("student"))
-    for name, spec in _items(data.get("heads")):
-        add("heads", f"heads.{name}", spec)
-    for name, task in _items(data.get("tasks")):
-        if isinstance(task, dict):
-            add("losses", f"tasks.{name}.loss", task.get("loss"))
-            add("datasets", f"tasks.{name}.data", task.get("data"))
-            add("datasets", f"tasks.{name}.heldout", task.get("heldout"))
-            add("normalization", f"tasks.{name}.normalize", task.get("normalize"))
-    for i, stage in enumerate(data.get("stages") or []):
-        if isinstance(stage, dict):
-            add("replay", f"stages.{i}.replay", stage.get("replay", {"type": "fixed_ratio"}))
-            add("conflict", f"stages.{i}.conflict", stage.get("conflict", {"type": "sum"}))
-            add("weighting", f"stages.{i}.weighting", stage.get("weighting", {"type": "static"}))
-    evaluation = data.get("eval")
-    if isinstance(evaluation, dict):
-        for role in ("classification", "instances", "semantic"):
-            add("datasets", f"eval.{role}", evaluation.get(role))
-    return found
-
-
-def _items(value: Any) -> list[tuple[str, Any]]:
-    return list(value.items()) if isinstance(value, dict) else []
-
-
-def _resolve_plugin_params(data: dict[str, Any], issues: list[Issue]) -> dict[str, Any]:
-    """Validate every plugin's params against its ``Params`` and write back their defaults."""
+def _resolve_plugin_params(
+    data: dict[str, Any], issues: list[Issue]
+) -> tuple[dict[str, Any], list[str]]:
+    """A copy of ``data`` whose plugin entries hold their validated ``Params``, and the paths of
+    the entries whose params are invalid (left as given, their problems added to ``issues``)."""
     import copy
 
     data = copy.deepcopy(data)
-    for kind, path, spec in plugin_spec_paths(data):
+    invalid: list[str] = []
+    for spec_cls, path, spec in list(plugin_specs(Recipe, data)):
         try:
-            model = ALL_REGISTRIES[kind].params_model(spec["type"])
+            model = ALL_REGISTRIES[spec_cls.kind].params_model(spec["type"])
         except UnknownPluginError as err:
             issues.append(Issue(f"{path}.type", str(err)))
+            invalid.append(path)
             continue
-        params = spec.get("params") or {}
         try:
-            validated = model.model_validate(params)
+            spec["params"] = model.model_validate(spec.get("params") or {})
         except ValidationError as err:
             issues += [_issue_from_pydantic(e, f"{path}.params", model) for e in err.errors()]
+            invalid.append(path)
+    return data, invalid
+
+
+def _resolve_app_sections(data: dict[str, Any], issues: list[Issue]) -> list[str]:
+    """Validate each app section of ``data`` in place (left as given where invalid, its problems
+    added to ``issues``); return the top-level keys that are neither fields nor apps."""
+    unknown = []
+    for key, value in data.items():
+        if key in Recipe.model_fields:
             continue
-        resolved = {"type": spec["type"], "params": validated.model_dump(mode="json")}
-        set_in = data
-        keys = path.split(".")
-        for key in keys[:-1]:
-            set_in = set_in[int(key)] if isinstance(set_in, list) else set_in[key]
-        if isinstance(set_in, list):
-            set_in[int(keys[-1])] = resolved | {k: v for k, v in spec.items() if k not in resolved}
-        else:
-            set_in[keys[-1]] = resolved | {k: v for k, v in spec.items() if k not in resolved}
+        if key not in APPS:
+            unknown.append(key)
+            continue
+        try:
+            data[key] = app_section(key, value)
+        except ValidationError as err:
+            model = APPS.params_model(key)
+            issues += [_issue_from_pydantic(e, key, model) for e in err.errors()]
+    return unknown
+
+
+def _checkable(data: dict[str, Any], invalid: list[str], unknown: list[str]) -> dict[str, Any]:
+    """``data`` as the schema may check it for the remaining problems: invalid params (already
+    reported) stand in as :class:`InvalidParams`, invalid app sections and unknown keys go."""
+    out = {k: v for k, v in data.items() if k not in unknown}
+    for path in invalid:
+        spec = _at(out, path)
+        if isinstance(spec.get("params", {}), dict):  # other types: the schema says so itself
+            spec["params"] = InvalidParams()
+    for key in list(out):
+        if key not in Recipe.model_fields and not isinstance(out[key], APPS.params_model(key)):
+            out[key] = None
+    return out
+
+
+def _at(data: Any, path: str) -> Any:
+    for key in path.split("."):
+        data = data[int(key)] if isinstance(data, list) else data[key]
     return data
 
 

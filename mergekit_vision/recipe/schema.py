@@ -1,8 +1,9 @@
 """The recipe schema: frozen pydantic models that mirror the YAML one-to-one.
 
-A recipe names its plugins by ``type`` and gives their ``params``; :mod:`mergekit_vision.recipe.io`
-validates the params against each plugin's own ``Params`` model and fills in their defaults, so
-the recipe saved beside a run is fully resolved.
+A recipe names its plugins by ``type`` and gives their ``params``; each entry holds its plugin's
+typed ``Params`` once validated (:mod:`.specs`), defaults filled in, so the recipe saved beside a
+run is fully resolved. Sections owned by an app (the toy world's ``toy:``) are validated by that
+app's ``Params`` (:mod:`.app`). Importing this module loads pydantic and the leaves only.
 """
 
 from __future__ import annotations
@@ -11,24 +12,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from mergekit_vision.data.views import AugmentSpec
-from mergekit_vision.sam.prompts import PromptSamplerParams
-from mergekit_vision.toy.spec import ToySpec
+from mergekit_vision.recipe.app import validate_app_sections, with_app_schemas
+from mergekit_vision.recipe.references import declared_references
+from mergekit_vision.recipe.specs import (
+    ConflictSpec,
+    DatasetSpec,
+    Frozen,
+    HeadSpec,
+    LossSpec,
+    NormalizationSpec,
+    ReplaySpec,
+    StudentSpec,
+    TeacherSpec,
+    WeightingSpec,
+    plugin_specs,
+)
+from mergekit_vision.recipe.task_params import AugmentSpec, PromptSamplerParams
+from mergekit_vision.registry import ALL_REGISTRIES, APPS, PluginParams, UnknownPluginError
 
 BACKBONE = "backbone"  # the parameter-group name of the student backbone
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PluginSpec(Frozen):
-    """``type`` names a registered plugin; ``params`` are validated against its ``Params``."""
-
-    type: str
-    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class TaskSpec(Frozen):
@@ -37,8 +41,8 @@ class TaskSpec(Frozen):
     teacher: str
     head: str
     target: str
-    loss: PluginSpec
-    data: PluginSpec
+    loss: LossSpec
+    data: DatasetSpec
     batch_size: int = Field(ge=1)
     resolution: int | list[int] = Field(description="side in px; a list cycles per step")
     resize: Literal["pad", "crop"] = "crop"
@@ -46,10 +50,10 @@ class TaskSpec(Frozen):
     prompts: PromptSamplerParams | None = None
     max_masks: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
-    normalize: PluginSpec | None = Field(
+    normalize: NormalizationSpec | None = Field(
         None, description="teacher-target normalisation (standardize, phi_s)"
     )
-    heldout: PluginSpec | None = Field(
+    heldout: DatasetSpec | None = Field(
         None,
         description="held-out data for the forgetting signal (default: the first "
         "training batches, a fixed in-sample set)",
@@ -101,9 +105,10 @@ class StageSpec(Frozen):
     resolution: dict[str, int | list[int]] = Field(
         default_factory=dict, description="per-task resolution override for this stage"
     )
-    replay: PluginSpec = PluginSpec(type="fixed_ratio")
-    conflict: PluginSpec = PluginSpec(type="sum")
-    weighting: PluginSpec = PluginSpec(type="static")
+    # Built when a stage omits them, not on import: building an entry looks its plugin up.
+    replay: ReplaySpec = Field(default_factory=lambda: ReplaySpec(type="fixed_ratio"))
+    conflict: ConflictSpec = Field(default_factory=lambda: ConflictSpec(type="sum"))
+    weighting: WeightingSpec = Field(default_factory=lambda: WeightingSpec(type="static"))
     monitor: MonitorSpec | None = None
     accumulate: int = Field(
         1, ge=1, description="micro-batches summed per task into one optimiser step"
@@ -206,9 +211,9 @@ class EvalSpec(Frozen):
     sam_teacher: str
     clip_head: str
     sam_head: str
-    classification: PluginSpec | None = None
-    instances: PluginSpec | None = None
-    semantic: PluginSpec | None = None
+    classification: DatasetSpec | None = None
+    instances: DatasetSpec | None = None
+    semantic: DatasetSpec | None = None
     resolution: int = Field(ge=8, description="main evaluation side in px")
     extra_resolutions: list[int] = Field(default_factory=list)
     batch_size: int = Field(16, ge=1)
@@ -235,12 +240,21 @@ class EvalSpec(Frozen):
 
 
 class Recipe(Frozen):
+    """A whole recipe, mirroring the YAML; frozen, every name it uses checked to exist.
+
+    Top-level keys besides these fields are app sections: each names a registered app
+    (:data:`~mergekit_vision.registry.APPS`) and holds that app's ``Params``, read as an attribute
+    (``recipe.toy``); every app's section is there, None where the recipe has none.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     name: str
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    teachers: dict[str, PluginSpec] = Field(min_length=1)
-    student: PluginSpec
-    heads: dict[str, PluginSpec] = Field(min_length=1)
+    teachers: dict[str, TeacherSpec] = Field(min_length=1)
+    student: StudentSpec
+    heads: dict[str, HeadSpec] = Field(min_length=1)
     tasks: dict[str, TaskSpec] = Field(min_length=1)
     stages: list[StageSpec] = Field(min_length=1)
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -251,9 +265,21 @@ class Recipe(Frozen):
     performance: PerformanceSpec = PerformanceSpec()
     distributed: DistributedSpec = DistributedSpec()
     eval: EvalSpec | None = None
-    toy: ToySpec | None = Field(
-        None, description="toy-world data and teachers to prepare before the run (CPU demo)"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _app_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unknown = [key for key in data if key not in cls.model_fields and key not in APPS]
+        if unknown:
+            raise ValueError(unknown_key_message(unknown[0]))
+        return {**data, **validate_app_sections(data)}
+
+    def app_sections(self) -> dict[str, PluginParams]:
+        """The app sections this recipe has, by app name (``{"toy": ToySpec(...)}``)."""
+        extra = self.model_extra or {}
+        return {name: value for name, value in extra.items() if value is not None}
 
     @model_validator(mode="after")
     def _references_exist(self) -> Recipe:
@@ -263,11 +289,23 @@ class Recipe(Frozen):
         return self
 
 
+def recipe_json_schema() -> dict[str, Any]:
+    """The recipe's JSON Schema (for editor completion), the registered apps' sections included."""
+    return with_app_schemas(Recipe.model_json_schema())
+
+
+def unknown_key_message(key: str) -> str:
+    valid = [*Recipe.model_fields, *APPS.names()]
+    return f"unknown key {key!r}; valid keys here: {', '.join(valid)}"
+
+
 def dangling_references(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(dotted path, message) for every name in recipe data that points at nothing.
 
-    Works on plain (even partly invalid) recipe data, so a loader can report these alongside
-    type errors elsewhere in the same recipe.
+    Works on plain (even partly invalid) recipe data, where plugin params and app sections may
+    already be typed, so a loader can report these alongside type errors elsewhere in the same
+    recipe. Besides the schema's own names, it checks every name a plugin's or app's ``Params``
+    declares (:class:`~mergekit_vision.registry.RefersTo`).
     """
     out: list[tuple[str, str]] = []
 
@@ -301,10 +339,25 @@ def dangling_references(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         check(f"eval.{role}", evaluation.get(role), teachers, "teacher")
     for role in ("clip_head", "sam_head"):
         check(f"eval.{role}", evaluation.get(role), heads, "head")
-    toy = _mapping(data.get("toy"))
-    for role in ("sam_teacher", "clip_teacher"):
-        check(f"toy.{role}", toy.get(role), teachers, "teacher")
+    defined = {"teachers": teachers, "heads": heads, "tasks": tasks}
+    for path, section, name in _declared_references(data):
+        check(path, name, defined[section], section.removesuffix("s"))
     return out
+
+
+def _declared_references(data: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """Names given by plugin params, then by app sections (in recipe order)."""
+    found = []
+    for spec_cls, path, spec in plugin_specs(Recipe, dict(data)):
+        try:
+            model = ALL_REGISTRIES[spec_cls.kind].params_model(spec["type"])
+        except UnknownPluginError:
+            continue  # reported as such
+        found += declared_references(model, spec.get("params"), f"{path}.params")
+    for name, section in data.items():
+        if name not in Recipe.model_fields and name in APPS:
+            found += declared_references(APPS.params_model(name), section, name)
+    return found
 
 
 def _mapping(value: Any) -> dict:

@@ -19,26 +19,14 @@ generator works too) and the prompts land on the device of the masks or teacher 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from mergekit_vision.contracts import Prompts
-from mergekit_vision.registry import PluginParams
+from mergekit_vision.recipe.task_params import PromptSamplerParams
 
 # Side of the box put around a point whose teacher mask is empty, as a fraction of the image.
 _FALLBACK_BOX_FRACTION = 0.1
-
-
-class PromptSamplerParams(PluginParams):
-    """A SAM task's prompts; ``source: auto`` uses ground truth when the dataset has masks."""
-
-    points_per_image: int = Field(default=16, ge=0)
-    boxes_per_image: int = Field(default=16, ge=0)
-    box_noise: float = Field(default=0.1, ge=0.0)
-    source: Literal["auto", "ground_truth", "teacher"] = "auto"
 
 
 class PromptSampler:

@@ -14,7 +14,6 @@ from pathlib import Path
 from rich.console import Console
 
 from mergekit_vision.data.toy_world.export import export_all, export_coco, export_webdataset
-from mergekit_vision.registry import TEACHERS
 from mergekit_vision.toy.spec import ToySpec
 
 
@@ -23,7 +22,6 @@ def prepare_toy(
 ) -> None:
     """Export the toy data and train the toy teachers a recipe needs (both cached on disk)."""
     from mergekit_vision.errors import Issue, RecipeError
-    from mergekit_vision.registry import params_of
 
     toy: ToySpec = recipe.toy
     if toy.train_seed == toy.eval_seed:
@@ -36,8 +34,8 @@ def prepare_toy(
     write_feature_teachers(recipe, console=console)
     from mergekit_vision.toy.teachers import ensure_toy_teachers
 
-    sam_params = params_of(TEACHERS, recipe.teachers[toy.sam_teacher])
-    clip_params = params_of(TEACHERS, recipe.teachers[toy.clip_teacher])
+    sam_params = recipe.teachers[toy.sam_teacher].params
+    clip_params = recipe.teachers[toy.clip_teacher].params
     for name, params in ((toy.sam_teacher, sam_params), (toy.clip_teacher, clip_params)):
         if params.checkpoint is None:
             issue = Issue(f"teachers.{name}.params.checkpoint", "give the toy teacher's file path")
@@ -67,7 +65,6 @@ def write_feature_teachers(recipe, *, console: Console) -> None:
     import torch
 
     from mergekit_vision.errors import Issue, RecipeError
-    from mergekit_vision.registry import params_of
 
     toy: ToySpec = recipe.toy
     for name in toy.feature_teachers:
@@ -75,7 +72,7 @@ def write_feature_teachers(recipe, *, console: Console) -> None:
         where = f"toy.feature_teachers ({name})"
         if spec is None or spec.type != "timm":
             raise RecipeError(recipe.name, [Issue(where, "must name a 'timm' teacher")])
-        params = params_of(TEACHERS, spec)
+        params = spec.params
         if params.checkpoint is None:
             issue = Issue(f"teachers.{name}.params.checkpoint", "give the toy teacher's file path")
             raise RecipeError(recipe.name, [issue])

@@ -1,4 +1,4 @@
-"""The ``toy:`` section of a recipe (see :mod:`mergekit_vision.toy.prepare`)."""
+"""The ``toy:`` section of a recipe: the toy app's ``Params`` (see :mod:`.app`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from mergekit_vision.data.toy_world.world import ToyWorldConfig
-from mergekit_vision.registry import PluginParams
+from mergekit_vision.registry import PluginParams, TeacherName
 from mergekit_vision.toy.train_clip import ToyClipTraining
 from mergekit_vision.toy.train_sam import ToySamTraining
 
@@ -32,8 +32,8 @@ class ToySpec(PluginParams):
     train_samples: int = Field(3000, ge=1)
     eval_samples: int = Field(150, ge=1)
     eval_per_class: int = Field(10, ge=1)
-    sam_teacher: str = "sam"
-    clip_teacher: str = "clip"
-    feature_teachers: list[str] = Field(default_factory=list)
+    sam_teacher: TeacherName = "sam"
+    clip_teacher: TeacherName = "clip"
+    feature_teachers: list[TeacherName] = Field(default_factory=list)
     sam_training: ToySamTraining = ToySamTraining()
     clip_training: ToyClipTraining = ToyClipTraining()

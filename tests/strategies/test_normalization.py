@@ -137,13 +137,13 @@ def test_feature_maps_are_normalised_along_their_channel_axis(name):
 
     from mergekit_vision.contracts import TargetSpec
     from mergekit_vision.engine.build import _build_normalizer
-    from mergekit_vision.recipe.schema import PluginSpec
+    from mergekit_vision.recipe.schema import NormalizationSpec
 
     channels = 4
     teacher = SimpleNamespace(
         target_specs=lambda: {"spatial": TargetSpec(("B", channels, 3, 5), "feature map")}
     )
-    spec = SimpleNamespace(target="spatial", normalize=PluginSpec(type=name, params={}))
+    spec = SimpleNamespace(target="spatial", normalize=NormalizationSpec(type=name))
     normalizer = _build_normalizer(spec, teacher)
     assert normalizer.dim == channels
     vectors = correlated_targets(channels, n=4 * 2 * 3 * 5)  # [n, C]

@@ -17,8 +17,8 @@ from typing import Any
 
 from mergekit_vision.errors import BuildError
 from mergekit_vision.recipe.schema import Recipe, task_load_resolution
-from mergekit_vision.registry import DATASETS, TEACHERS, params_of
-from mergekit_vision.sam.prompts import PromptSamplerParams
+from mergekit_vision.recipe.task_params import PromptSamplerParams
+from mergekit_vision.registry import TEACHERS
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -54,7 +54,7 @@ def cache_identity(recipe: Recipe, task_name: str) -> dict[str, Any]:
     """The JSON-able description of everything the task's cached targets depend on."""
     spec = recipe.tasks[task_name]
     teacher = recipe.teachers[spec.teacher]
-    teacher_params = params_of(TEACHERS, teacher)
+    teacher_params = teacher.params
     files = TEACHERS.get(teacher.type).checkpoint_fields(teacher_params)
     params = teacher_params.model_dump(mode="json")
     for field in files:  # the file's content counts, not where it lies
@@ -77,7 +77,7 @@ def cache_identity(recipe: Recipe, task_name: str) -> dict[str, Any]:
         "prompts": prompts,
         "dataset": {
             "type": spec.data.type,
-            "params": params_of(DATASETS, spec.data).model_dump(mode="json"),
+            "params": spec.data.params.model_dump(mode="json"),
             "load_resolution": task_load_resolution(recipe, task_name),
             "max_masks": spec.max_masks,
         },

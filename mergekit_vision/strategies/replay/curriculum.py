@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from pydantic import Field
 
-from mergekit_vision.registry import REPLAY, PluginParams
+from mergekit_vision.registry import REPLAY, PluginParams, TaskName
 from mergekit_vision.strategies.replay.base import ReplayScheduler, TaskDraw
 
 
@@ -15,7 +14,7 @@ class CurriculumPoint(PluginParams):
     """At ``step``, task ``t`` runs with ``ratios[t]`` times its recipe batch size."""
 
     step: int = Field(ge=0)
-    ratios: dict[str, float]
+    ratios: dict[TaskName, float]
 
 
 @REPLAY.register("curriculum")
@@ -41,11 +40,15 @@ class Curriculum(ReplayScheduler):
         self,
         *,
         batch_sizes: dict[str, int],
-        schedule: Sequence[CurriculumPoint | Mapping[str, Any]],
+        schedule: Sequence[CurriculumPoint],
     ) -> None:
         super().__init__(batch_sizes=batch_sizes)
-        self.schedule = [CurriculumPoint.model_validate(point) for point in schedule]
+        self.schedule = list(schedule)
         _check(self.schedule, tasks=list(self.batch_sizes))
+
+    @classmethod
+    def build(cls, params: Params, *, batch_sizes: dict[str, int]) -> Curriculum:
+        return cls(batch_sizes=batch_sizes, schedule=params.schedule)  # the points stay typed
 
     def ratios(self, *, step: int) -> dict[str, float]:
         """Each task's interpolated batch-size multiplier at ``step``."""

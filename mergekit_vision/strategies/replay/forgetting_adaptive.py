@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from mergekit_vision.registry import REPLAY, PluginParams
+from mergekit_vision.registry import REPLAY, PluginParams, TaskName
 from mergekit_vision.strategies.replay.base import ReplayScheduler, TaskDraw
 
 
@@ -35,7 +35,7 @@ class ForgettingAdaptive(ReplayScheduler):
     """
 
     class Params(PluginParams):
-        initial_shares: dict[str, float] | None = None
+        initial_shares: dict[TaskName, float] | None = None
         tolerance: float = Field(0.05, ge=0.0)
         boost: float = Field(1.5, gt=1.0)
         max_share: float = Field(0.9, gt=0.0, le=1.0)

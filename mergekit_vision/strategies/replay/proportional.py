@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from mergekit_vision.registry import REPLAY, PluginParams
+from mergekit_vision.registry import REPLAY, PluginParams, TaskName
 from mergekit_vision.strategies.replay.base import ReplayScheduler, TaskDraw
 
 
@@ -28,7 +28,7 @@ class Proportional(ReplayScheduler):
     tasks_per_step = 1
 
     class Params(PluginParams):
-        probabilities: dict[str, float]
+        probabilities: dict[TaskName, float]
         seed: int = Field(0, ge=0)
 
     def __init__(

@@ -1,0 +1,162 @@
+"""A recipe's plugin entries: ``type`` names a registered plugin, ``params`` holds its ``Params``.
+
+Each kind of plugin has its entry class (``TeacherSpec``, ``ReplaySpec``, ...) naming its registry.
+Validating an entry resolves plain ``params`` through that registry, so a validated recipe holds
+every plugin's typed ``Params`` and nothing downstream validates them again. The registry is
+consulted while validating, never on import: importing the schema loads no plugin.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Iterator
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from mergekit_vision.registry import ALL_REGISTRIES, PluginParams, UnknownPluginError
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InvalidParams(PluginParams):
+    """Stands in for params a loader has already reported as invalid, so that the rest of the
+    recipe still validates and every problem is listed at once; never in a valid recipe."""
+
+
+# Any plugin's params: their schema depends on ``type``, which a JSON Schema cannot follow here.
+_ANY_PARAMS = WithJsonSchema(
+    {"type": "object", "title": "Params", "description": "see vmerge plugins"}
+)
+
+
+class PluginSpec(Frozen):
+    """``type`` names a plugin of the registry ``kind``; ``params`` holds its validated ``Params``.
+
+    ``params`` may be given as a mapping (validated against the plugin's ``Params`` here) or as
+    that ``Params`` instance (kept). Dumps write every parameter, defaults included.
+    """
+
+    kind: ClassVar[str] = ""
+    type: str
+    params: Annotated[SerializeAsAny[PluginParams], _ANY_PARAMS] = Field(
+        default_factory=PluginParams
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, data: Any) -> Any:
+        if isinstance(data, PluginSpec) and not isinstance(data, cls):
+            return {"type": data.type, "params": data.params}  # re-typed for this kind
+        if not isinstance(data, dict | PluginSpec):
+            # One name for every kind in messages (``vmerge validate`` has always said this).
+            raise PydanticCustomError(
+                "model_type", "Input should be a valid dictionary or instance of PluginSpec"
+            )
+        return data
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _typed_params(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, InvalidParams):
+            return value
+        if not isinstance(value, dict | PluginParams):
+            raise PydanticCustomError("dict_type", "Input should be a valid dictionary")
+        name = info.data.get("type")
+        if name is None:  # ``type`` itself is invalid and reported
+            return InvalidParams()
+        if not cls.kind:
+            return PluginParams.model_validate(value)
+        try:
+            model = ALL_REGISTRIES[cls.kind].params_model(name)
+        except UnknownPluginError as err:
+            raise ValueError(str(err)) from None
+        if isinstance(value, model):
+            return value
+        return model.model_validate(value if isinstance(value, dict) else value.model_dump())
+
+
+class TeacherSpec(PluginSpec):
+    kind = "teachers"
+
+
+class StudentSpec(PluginSpec):
+    kind = "students"
+
+
+class HeadSpec(PluginSpec):
+    kind = "heads"
+
+
+class LossSpec(PluginSpec):
+    kind = "losses"
+
+
+class DatasetSpec(PluginSpec):
+    kind = "datasets"
+
+
+class NormalizationSpec(PluginSpec):
+    kind = "normalization"
+
+
+class ReplaySpec(PluginSpec):
+    kind = "replay"
+
+
+class ConflictSpec(PluginSpec):
+    kind = "conflict"
+
+
+class WeightingSpec(PluginSpec):
+    kind = "weighting"
+
+
+def plugin_specs(
+    model: type[BaseModel], data: Any, prefix: str = ""
+) -> Iterator[tuple[type[PluginSpec], str, dict[str, Any]]]:
+    """(entry class, dotted path, entry) of every plugin entry with a ``type`` in ``data``.
+
+    ``data`` is plain (possibly invalid) data of ``model``; the entries are found through the
+    schema's annotations, in field order, so a new plugin field needs no list kept elsewhere.
+    """
+    if not isinstance(data, dict):
+        return
+    for name, field in model.model_fields.items():
+        if name in data:
+            yield from _specs_in(field.annotation, data[name], f"{prefix}{name}")
+
+
+def _specs_in(
+    annotation: Any, value: Any, path: str
+) -> Iterator[tuple[type[PluginSpec], str, dict[str, Any]]]:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        yield from _specs_in(args[0], value, path)
+    elif origin in (typing.Union, types.UnionType):
+        for arg in args:
+            yield from _specs_in(arg, value, path)
+    elif origin is dict and isinstance(value, dict):
+        for key, item in value.items():
+            yield from _specs_in(args[1], item, f"{path}.{key}")
+    elif origin is list and isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _specs_in(args[0], item, f"{path}.{i}")
+    elif isinstance(annotation, type) and issubclass(annotation, PluginSpec):
+        if isinstance(value, dict) and isinstance(value.get("type"), str):
+            yield annotation, path, value
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield from plugin_specs(annotation, value, f"{path}.")
