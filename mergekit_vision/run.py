@@ -7,13 +7,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergekit_vision.data.targets_cache.reader import open_target_sources
 from mergekit_vision.engine.build import build_components, missing_paths
 from mergekit_vision.engine.distributed import World, barrier, close_world, init_world
 from mergekit_vision.engine.loop import Engine, TrainState
 from mergekit_vision.errors import Issue, RecipeError
 from mergekit_vision.recipe.io import dump_recipe, load_recipe, set_dotted, validate_recipe
 from mergekit_vision.recipe.schema import Recipe
-from mergekit_vision.registry import TEACHERS, params_of
+from mergekit_vision.registry import APPS, TEACHERS
 
 
 class MissingPathsError(RecipeError):
@@ -40,7 +41,7 @@ def dry_run_recipe(recipe: Recipe) -> Recipe:
     for dotted, value in recipe.dry_run.set.items():
         set_dotted(data, dotted, value)
     for name, spec in recipe.teachers.items():
-        fields = TEACHERS.get(spec.type).checkpoint_fields(params_of(TEACHERS, spec))
+        fields = TEACHERS.get(spec.type).checkpoint_fields(spec.params)
         for field, path in fields.items():
             if path is not None and not Path(path).is_file():
                 warnings.warn(
@@ -67,7 +68,7 @@ def run_recipe(
     recipe_path: str | Path,
     *,
     overrides: list[str] | None = None,
-    output: Path | None = None,
+    output: str | Path | None = None,
     max_steps: int | None = None,
     resume: bool = False,
     dry_run: bool = False,
@@ -78,6 +79,7 @@ def run_recipe(
     A process group this call opens is closed when it returns.
     """
     recipe = load_recipe(recipe_path, overrides)
+    output = Path(output) if output is not None else None
     opened = not _group_open()
     world = init_world(device=recipe.device)
     try:
@@ -110,11 +112,11 @@ def _run(
             raise RecipeError(str(recipe_path), [issue])
         output = output or Path(tempfile.mkdtemp(prefix=f"vmerge-dry-run-{recipe.name}-"))
     else:
-        if recipe.toy is not None:
-            from mergekit_vision.toy.prepare import prepare_toy
-
-            if world.is_main:  # one process writes the shared toy data and teachers
-                prepare_toy(recipe, progress=progress)
+        apps = recipe.app_sections()  # e.g. the toy world's data and teachers
+        if apps:
+            if world.is_main:  # one process writes what the apps share with every rank
+                for name in apps:
+                    APPS.get(name).prepare(recipe, progress=progress)
             barrier(world)
         problems = missing_paths(recipe)
         if problems:
@@ -125,7 +127,8 @@ def _run(
             warnings.simplefilter("ignore")
             components = build_components(recipe, allow_random_init=True)
     else:
-        components = build_components(recipe)
+        # a task with a targets cache reads its keyed views' targets there, not from its teacher
+        components = build_components(recipe, target_sources=open_target_sources(recipe))
     output.mkdir(parents=True, exist_ok=True)
     recipe_yaml = dump_recipe(recipe)
     engine = Engine(components, output_dir=output, recipe_yaml=recipe_yaml, world=world)

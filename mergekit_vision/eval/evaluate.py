@@ -9,7 +9,7 @@ from typing import Any
 from safetensors.torch import load_file
 
 from mergekit_vision.engine.build import Components, build_components
-from mergekit_vision.engine.run_folder import MODEL_FILE, find_last
+from mergekit_vision.engine.run_folder import CHECKPOINTS_DIR, MODEL_FILE, RECIPE_FILE, find_last
 from mergekit_vision.eval.features import feature_retention_results, print_feature_table
 from mergekit_vision.eval.pictures import save_grid
 from mergekit_vision.eval.report import Evaluation, print_table, write_results
@@ -20,19 +20,19 @@ from mergekit_vision.recipe.io import load_recipe
 def locate_run(target: Path, overrides: list[str] | None) -> tuple[Path, Any]:
     """(run folder, recipe) for a run folder or a recipe file (whose run folder is runs/<name>)."""
     if target.is_dir():
-        recipe_path = target / "recipe.resolved.yaml"
+        recipe_path = target / RECIPE_FILE
         if not recipe_path.is_file():
-            raise FileNotFoundError(f"{target} is not a run folder: it has no recipe.resolved.yaml")
+            raise FileNotFoundError(f"{target} is not a run folder: it has no {RECIPE_FILE}")
         return target, load_recipe(recipe_path, overrides)
     recipe = load_recipe(target, overrides)
     return Path("runs") / recipe.name, recipe
 
 
 def load_merged(run_dir: Path, recipe: Any) -> Components:
-    checkpoint = find_last(run_dir / "checkpoints")
+    checkpoint = find_last(run_dir / CHECKPOINTS_DIR)
     if checkpoint is None:
         raise FileNotFoundError(
-            f"no checkpoint under {run_dir / 'checkpoints'}; train first with vmerge run"
+            f"no checkpoint under {run_dir / CHECKPOINTS_DIR}; train first with vmerge run"
         )
     components = build_components(recipe)
     components.model.load_state_dict(load_file(str(checkpoint / MODEL_FILE)))
@@ -91,8 +91,9 @@ def save_pictures(evaluation: Evaluation, path: Path, models: dict[str, Any]) ->
 
 
 def evaluate_run(
-    target: Path, *, overrides: list[str] | None = None, output: Path | None = None
+    target: str | Path, *, overrides: list[str] | None = None, output: str | Path | None = None
 ) -> dict[str, Any]:
-    run_dir, recipe = locate_run(target, overrides)
+    """What ``vmerge eval`` measures, for a run folder or a recipe (its run is runs/<name>)."""
+    run_dir, recipe = locate_run(Path(target), overrides)
     components = load_merged(run_dir, recipe)
-    return evaluate_components(components, output_dir=output or run_dir)
+    return evaluate_components(components, output_dir=Path(output) if output else run_dir)

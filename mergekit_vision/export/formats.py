@@ -18,7 +18,7 @@ FORMATS: dict[str, Callable[[LoadedRun, Path], list[Path]]] = {
 }
 
 
-def export_run(run_dir: Path, *, format: str, output: Path | None = None) -> list[Path]:
+def export_run(run_dir: str | Path, *, format: str, output: str | Path | None = None) -> list[Path]:
     """Export ``run_dir``'s last checkpoint as ``format`` into ``output``
     (default ``<run_dir>/export/<format>``); returns the files written."""
     if format not in FORMATS:

@@ -10,8 +10,8 @@ the embedding grid), plus the MSE of the IoU head to the IoU the predicted mask 
 Three departures speed up training from scratch, all measured on the toy world: the focal
 loss weighs positive pixels 0.75 (not 0.25), the decoder's cross-attentions start with tied
 query/key projections (:func:`align_decoder_attention`), and the linear layers' weight matrices
-train with Muon instead of AdamW (``ToySamTraining.optimizer``; 0.86 point mIoU instead of
-0.78 at the same 1000 steps, and 0.84 at the default 800).
+train with Muon instead of AdamW (``ToySamTraining.optimizer``; docs/toy-world.md links the
+measurements).
 
 Toy objects are unambiguous, so only SAM's single-mask output (token 0, what the ``sam``
 teacher returns by default) is trained; its three multimask tokens stay untrained. Masks are
@@ -55,11 +55,9 @@ SAM_EVAL_SEED = 7
 
 class ToySamTraining(PluginParams):
     """How the toy SAM teacher trains. With the default world and architecture
-    (:data:`~mergekit_vision.toy.teachers.TOY_SAM`) the defaults take 0.4-0.5 s a step on one
-    CPU core, depending on the host (about 6 minutes in a fresh run, sharing 2 cores with the
-    CLIP teacher), and reach centre-click mIoU 0.84-0.85 on held-out scenes (1000 steps:
-    0.85-0.87 over two training seeds and two sets of scenes); docs/toy-world.md measures what
-    other settings buy.
+    (:data:`~mergekit_vision.toy.teachers.TOY_SAM`) the defaults reach a centre-click mIoU of
+    about 0.84 on held-out scenes; docs/toy-world.md links the notes that measured these
+    defaults and the settings that were tried instead.
 
     Args:
         steps: optimiser steps.
