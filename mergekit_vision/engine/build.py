@@ -1,23 +1,26 @@
-"""Build every component a recipe names: teachers, the merged model (student + heads), tasks."""
+"""Build every component a recipe names: teachers, the merged model (student + heads), tasks.
+
+What a task reads in place of its teacher (a targets cache) is not built here: the caller opens
+it and hands it in as the task's :class:`TargetSource`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from mergekit_vision.contracts import Head, Loss, Student, Teacher
-from mergekit_vision.data.targets_cache.reader import CachedTargets
+from mergekit_vision.contracts import Head, Loss, Prompts, Student, Teacher
 from mergekit_vision.data.views import with_views
 from mergekit_vision.errors import BuildError, Issue
 from mergekit_vision.recipe.schema import (
     BACKBONE,
-    PluginSpec,
+    DatasetSpec,
     Recipe,
     TaskSpec,
     task_load_resolution,
@@ -29,7 +32,6 @@ from mergekit_vision.registry import (
     NORMALIZATION,
     STUDENTS,
     TEACHERS,
-    params_of,
 )
 from mergekit_vision.sam.prompts import PromptSampler, PromptSamplerParams
 from mergekit_vision.strategies.normalization.base import TargetNormalizer
@@ -63,8 +65,32 @@ class MergedModel(nn.Module):
         return groups
 
 
+class TargetSource(Protocol):
+    """Where a task reads the prompts and teacher targets of its keyed sample views (batches with
+    ``"view"``, see :mod:`mergekit_vision.data.views`) instead of running its teacher, e.g. the
+    targets cache (:class:`mergekit_vision.data.targets_cache.reader.CachedTargets`).
+
+    Opened by whoever builds the components (``vmerge run``, the tools) and handed to
+    :func:`build_components`; the engine knows no more of it than these methods.
+    """
+
+    def check_dataset(self, dataset: Any) -> None:
+        """Raise a :class:`~mergekit_vision.errors.BuildError` if this source cannot serve the
+        task's (built) ``dataset``."""
+
+    def prompts(self, batch: dict[str, Any], images: Tensor) -> Prompts:
+        """The prompts of the batch's views at ``images``' resolution (``[B, 3, R, R]``)."""
+
+    def target(self, batch: dict[str, Any], images: Tensor) -> Tensor:
+        """The teacher targets ``[B, ...]`` (float32, on ``images``' device) of the batch's
+        views."""
+
+
 @dataclass
 class BuiltTask:
+    """One task of the recipe, built: its teacher, loss, data, prompt sampling and, when handed
+    one, the target source read for keyed views."""
+
     name: str
     spec: TaskSpec
     teacher: Teacher
@@ -74,12 +100,15 @@ class BuiltTask:
     prompt_sampler: PromptSampler | None
     prompt_source: str
     has_masks: bool
-    # Read in place of the teacher for keyed views when set (a cache.reader.CachedTargets).
-    targets: Any = None
+    # Read in place of the teacher for keyed views when set.
+    targets: TargetSource | None = None
 
 
 @dataclass
 class Components:
+    """Everything a recipe names, built: the frozen teachers, the merged model being trained,
+    the tasks, and the device they live on. What the engine, eval and the tools work on."""
+
     recipe: Recipe
     teachers: dict[str, Teacher]
     model: MergedModel
@@ -98,7 +127,7 @@ def missing_paths(recipe: Recipe) -> list[Issue]:
     issues: list[Issue] = []
     for name, spec in recipe.teachers.items():
         cls = TEACHERS.get(spec.type)
-        for field, path in cls.checkpoint_fields(params_of(TEACHERS, spec)).items():
+        for field, path in cls.checkpoint_fields(spec.params).items():
             where = f"teachers.{name}.params.{field}"
             if path is None:
                 issues.append(Issue(where, "no checkpoint given; set it to a local file"))
@@ -106,7 +135,7 @@ def missing_paths(recipe: Recipe) -> list[Issue]:
                 issues.append(Issue(where, f"checkpoint file {str(path)!r} does not exist"))
     for name, task in recipe.tasks.items():
         cls = DATASETS.get(task.data.type)
-        params = params_of(DATASETS, task.data)
+        params = task.data.params
         for field, path in cls.path_fields(params).items():
             if not Path(path).exists():
                 where = f"tasks.{name}.data.params.{field}"
@@ -114,30 +143,41 @@ def missing_paths(recipe: Recipe) -> list[Issue]:
     return issues
 
 
-def build_components(recipe: Recipe, *, allow_random_init: bool = False) -> Components:
+def build_components(
+    recipe: Recipe,
+    *,
+    allow_random_init: bool = False,
+    target_sources: Mapping[str, TargetSource] | None = None,
+) -> Components:
+    """Build the recipe's teachers, merged model and tasks.
+
+    Args:
+        allow_random_init: let teachers without a checkpoint start from random weights.
+        target_sources: per task name, what its keyed views' targets are read from instead of
+            its teacher (e.g. its targets cache); tasks not named run their teacher.
+    """
+    sources = dict(target_sources or {})
     device = resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)  # freshly initialised weights (heads) depend on the seed only
     teachers: dict[str, Teacher] = {}
     for name, spec in recipe.teachers.items():
         with _blame(f"teachers.{name}"):
             teacher = TEACHERS.get(spec.type).build(
-                params_of(TEACHERS, spec), allow_random_init=allow_random_init
+                spec.params, allow_random_init=allow_random_init
             )
         teachers[name] = teacher.freeze().to(device)
     with _blame("student"):
-        student = STUDENTS.get(recipe.student.type).build(
-            params_of(STUDENTS, recipe.student), teachers=teachers
-        )
+        student = STUDENTS.get(recipe.student.type).build(recipe.student.params, teachers=teachers)
     heads = {}
     for name, spec in recipe.heads.items():
         with _blame(f"heads.{name}"):
             heads[name] = HEADS.get(spec.type).build(
-                params_of(HEADS, spec), student=student, teachers=teachers
+                spec.params, student=student, teachers=teachers
             )
     tasks = {}
     for name, spec in recipe.tasks.items():
         with _blame(f"tasks.{name}"):
-            tasks[name] = _build_task(name, spec, recipe, teachers)
+            tasks[name] = _build_task(name, spec, recipe, teachers, sources.get(name))
     normalizers = {}
     for name, spec in recipe.tasks.items():
         if spec.normalize is not None:
@@ -164,12 +204,12 @@ def _build_normalizer(spec: TaskSpec, teacher: Teacher) -> TargetNormalizer:
         raise ValueError(f"target {spec.target!r} has no fixed feature width to normalise")
     assert spec.normalize is not None
     cls = NORMALIZATION.get(spec.normalize.type)
-    return cls.build(params_of(NORMALIZATION, spec.normalize), dim=width)
+    return cls.build(spec.normalize.params, dim=width)
 
 
-def _build_dataset(spec: PluginSpec, task: TaskSpec, recipe: Recipe, name: str) -> Any:
+def _build_dataset(spec: DatasetSpec, task: TaskSpec, recipe: Recipe, name: str) -> Any:
     return DATASETS.get(spec.type).build(
-        params_of(DATASETS, spec),
+        spec.params,
         resolution=task_load_resolution(recipe, name),
         resize=task.resize,
         seed=recipe.seed,
@@ -177,7 +217,9 @@ def _build_dataset(spec: PluginSpec, task: TaskSpec, recipe: Recipe, name: str) 
     )
 
 
-def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> BuiltTask:
+def _build_task(
+    name: str, spec: TaskSpec, recipe: Recipe, teachers: dict, source: TargetSource | None
+) -> BuiltTask:
     teacher = teachers[spec.teacher]
     targets = teacher.target_specs()
     if spec.target not in targets:
@@ -193,22 +235,21 @@ def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> Bu
             dataset, views=views, augment=spec.augment, seed=recipe.seed, task=name
         )
     heldout = None if spec.heldout is None else _build_dataset(spec.heldout, spec, recipe, name)
-    sampler, source = None, "none"
+    sampler, prompt_source = None, "none"
     if targets[spec.target].needs_prompts:
         prompts = spec.prompts or PromptSamplerParams()
         sampler = PromptSampler.build(prompts)
-        source = prompts.source
-        if source == "ground_truth" and not dataset_cls.has_masks:
+        prompt_source = prompts.source
+        if prompt_source == "ground_truth" and not dataset_cls.has_masks:
             raise ValueError(
                 f"prompts.source: 'ground_truth' needs a dataset with masks, but "
                 f"{spec.data.type!r} has none; use 'auto' or 'teacher'"
             )
-        if source == "auto":
-            source = "ground_truth" if dataset_cls.has_masks else "teacher"
-    loss = LOSSES.get(spec.loss.type).build(params_of(LOSSES, spec.loss))
-    targets = None
-    if spec.targets_cache is not None:
-        targets = CachedTargets.open(recipe, name, dataset=dataset)
+        if prompt_source == "auto":
+            prompt_source = "ground_truth" if dataset_cls.has_masks else "teacher"
+    loss = LOSSES.get(spec.loss.type).build(spec.loss.params)
+    if source is not None:
+        source.check_dataset(dataset)
     return BuiltTask(
         name=name,
         spec=spec,
@@ -217,7 +258,7 @@ def _build_task(name: str, spec: TaskSpec, recipe: Recipe, teachers: dict) -> Bu
         dataset=dataset,
         heldout=heldout,
         prompt_sampler=sampler,
-        prompt_source=source,
+        prompt_source=prompt_source,
         has_masks=dataset_cls.has_masks,
-        targets=targets,
+        targets=source,
     )

@@ -5,8 +5,8 @@ here is a no-op, so the engine has one code path.
 
 Gradient flow (see docs/distributed.md): the engine runs one backward per task. Every task's last
 (synchronised) backward averages its gradient over the ranks, DDP's all-reduce or FSDP2's
-reduce-scatter, so the per-task gradient a conflict strategy snapshots is already the average over
-all ranks, identical on every rank, and the strategy combines the same rows everywhere.
+reduce-scatter, so the per-task gradient the engine records (:mod:`.gradients`) is already the
+average over all ranks, identical on every rank, and the strategies read the same rows everywhere.
 Gradients of parameters outside the wrapped model (learnable loss weights) are averaged by
 :meth:`Parallel.sync_extra`.
 """

@@ -1,8 +1,10 @@
 """The training loop: stages of steps; each step runs the replay scheduler's task batches, one
 backward each, lets the conflict strategy combine the shared gradients, then one optimiser step.
 
-Everything a step needs is injected (replay scheduler, conflict strategy, optimiser, streams), so
-the loop itself stays short; the state needed to resume exactly is saved in every checkpoint.
+Everything a step needs is injected (replay scheduler, conflict strategy, loss weighting,
+optimiser, streams), so the loop itself stays short; the run folder (:mod:`.run_folder`) holds the
+state needed to resume exactly, the forgetting monitor is wired in :mod:`.monitor`, and the
+streams open in :mod:`.streams`.
 
 Under ``torchrun`` every rank runs this same loop on its share of each batch (see
 :mod:`.distributed`): each task's gradient is averaged over the ranks before the
@@ -13,10 +15,9 @@ per step, their mean loss's gradient being one per-task row.
 
 from __future__ import annotations
 
-import json
+import functools
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,106 +32,137 @@ from mergekit_vision.engine.distributed import (
     full_model_state,
     mean_over_ranks,
 )
-from mergekit_vision.engine.monitor import ForgettingMonitor
+from mergekit_vision.engine.monitor import StageMonitor
 from mergekit_vision.engine.performance import apply_performance
-from mergekit_vision.engine.run_folder import find_last, load_checkpoint, save_checkpoint
-from mergekit_vision.engine.stage import StageRun, build_stage, stage_steps
-from mergekit_vision.engine.step import estimate_target_statistics, task_loss
-from mergekit_vision.engine.streams import BatchStream
-from mergekit_vision.errors import Issue, RecipeError
+from mergekit_vision.engine.run_folder import RunFolder, TrainState
+from mergekit_vision.engine.stage import (
+    StageRun,
+    build_stage,
+    check_parallel_support,
+    stage_steps,
+)
+from mergekit_vision.engine.step import Lap, estimate_target_statistics, no_lap, task_loss
+from mergekit_vision.engine.streams import BatchStream, open_streams, task_stream
 from mergekit_vision.recipe.schema import StageSpec
-from mergekit_vision.registry import CONFLICT, WEIGHTING
 
-
-@dataclass
-class TrainState:
-    global_step: int = 0
-    stage_index: int = 0
-    step_in_stage: int = 0
-    streams: dict[str, dict[str, int]] = field(default_factory=dict)
+__all__ = ["Engine", "TrainState"]
 
 
 class Engine:
+    """Trains built components through the recipe's stages.
+
+    :meth:`run` is the loop: it starts or resumes the run folder, wraps the model for data
+    parallelism, and steps through each stage, with the forgetting monitor's readings, metrics
+    lines and checkpoints in between. :meth:`step` is the one training step, also driven from
+    outside the loop (``vmerge bench``) with :meth:`build_stage` and :meth:`open_streams`.
+
+    Args:
+        components: what the recipe names, built.
+        output_dir: the run folder (needed by :meth:`run` only).
+        recipe_yaml: the resolved recipe, saved in the run folder and every checkpoint.
+        world: this process's place under ``torchrun`` (one process by default).
+    """
+
     def __init__(
         self,
         components: Components,
         *,
-        output_dir: Path,
-        recipe_yaml: str,
+        output_dir: Path | None = None,
+        recipe_yaml: str = "",
         world: World | None = None,
     ):
         self.c = components
         apply_performance(components.model, components.recipe.performance, device=components.device)
         self.world = world or World()
         self.recipe = components.recipe
-        self.output_dir = output_dir
-        self.recipe_yaml = recipe_yaml
-        self.metrics_path = output_dir / "metrics.jsonl"
-        self.checkpoints = output_dir / "checkpoints"
+        self.folder = None
+        if output_dir is not None:
+            self.folder = RunFolder(output_dir, recipe_yaml=recipe_yaml, is_main=self.world.is_main)
         # What a plugin froze by design (e.g. SAM's prompt encoder) stays frozen in every stage.
         self._trainable_names = {n: p.requires_grad for n, p in self.c.model.named_parameters()}
-        # for stages built outside run() (bench), before any sharding swaps the parameters
-        self._trainable_by_design = {id(p): p.requires_grad for p in self.c.model.parameters()}
         # one process until run() wraps or shards (steps driven from outside run() stay local)
         self.parallel = Parallel(self.c.model, world=World(), strategy="ddp", device=self.c.device)
-        self.monitor: ForgettingMonitor | None = None
-        self._saved_monitor: dict[str, Any] | None = None
+        self.streams: dict[str, BatchStream] | None = None
+        self.monitor = StageMonitor(None, tasks=self.c.tasks, seed=self.recipe.seed)
 
-    def run(self, *, max_steps: int | None = None, resume: bool = False, progress: bool = True):
-        self._check_parallel_support()
-        state, saved = self._initial_state(resume)
+    def run(
+        self, *, max_steps: int | None = None, resume: bool = False, progress: bool = True
+    ) -> TrainState:
+        """Train every stage from the start, or from the run folder's last checkpoint.
+
+        ``max_steps`` is a global step number ("stop at step N", the same on every resume); the
+        run stops there with a checkpoint.
+        """
+        if self.folder is None:
+            raise ValueError("Engine.run needs an output_dir (the run folder)")
+        sharded = self.world.distributed and self.recipe.distributed.strategy == "fsdp"
+        check_parallel_support(self.recipe, sharded=sharded)
+        state, saved = self.folder.begin(resume=resume, model=self.c.model)
         barrier(self.world)  # every rank has read the run folder before rank 0 writes to it
         self._parallelise()
-        if self.world.is_main:
-            (self.output_dir / "recipe.resolved.yaml").write_text(self.recipe_yaml)
-        streams = self._open_streams(state)
-        budget = max_steps  # a global step number: "stop at step N", the same on every resume
+        self.folder.write_recipe()
+        self.open_streams(state)
         total = sum(stage_steps(self.c, s) for s in self.recipe.stages)
         shown = progress and self.recipe.logging.progress and self.world.is_main
         with _progress(enabled=shown) as bar:
             bar_task = bar.add_task("training", total=total, completed=state.global_step)
-            self._estimate_normalizers(lambda text: bar.update(bar_task, description=text))
+            show = functools.partial(bar.update, bar_task)
+            self._estimate_normalizers(lambda text: show(description=text))
             for index in range(state.stage_index, len(self.recipe.stages)):
                 stage = self._start_stage(index, saved if index == state.stage_index else None)
                 saved = None
-                while state.step_in_stage < stage.steps:
-                    if budget is not None and state.global_step >= budget:
-                        self._checkpoint(state, streams, stage)
-                        return state
-                    metrics = self._step(stage, state, streams)
-                    metrics.update(self._monitor(stage, state))
-                    bar.update(bar_task, advance=1, description=_describe(metrics))
-                    self._after_step(stage, state, streams, metrics)
-                    if "early_stop" in metrics:
-                        bar.update(bar_task, advance=stage.steps - state.step_in_stage)
-                        break
+                if not self._run_stage(stage, state, budget=max_steps, show=show):
+                    return state
                 state.stage_index, state.step_in_stage = index + 1, 0
-            self._checkpoint(state, streams, None)
+            self._checkpoint(state, None)
         return state
 
-    def _step(self, stage: StageRun, state: TrainState, streams: dict) -> dict[str, Any]:
+    def _run_stage(
+        self, stage: StageRun, state: TrainState, *, budget: int | None, show: Callable[..., None]
+    ) -> bool:
+        """The stage's remaining steps; False when the step budget stopped the run (saved)."""
+        while state.step_in_stage < stage.steps:
+            if budget is not None and state.global_step >= budget:
+                self._checkpoint(state, stage)
+                return False
+            metrics = self.step(stage, state)
+            metrics.update(self._read_monitor(stage, state))
+            show(advance=1, description=_describe(metrics))
+            self._after_step(stage, state, metrics)
+            if "early_stop" in metrics:
+                show(advance=stage.steps - state.step_in_stage)
+                break
+        return True
+
+    def step(self, stage: StageRun, state: TrainState, *, lap: Lap = no_lap) -> dict[str, Any]:
+        """One training step of ``stage`` at ``state`` (not advanced here); its metrics line.
+
+        The replay scheduler's task batches run one backward each (weighted, under the recipe's
+        autocast); the conflict strategy combines the recorded per-task gradients; then gradient
+        clipping, the optimiser and LR schedule, and the strategies observe the losses. ``lap``
+        is called at the end of each phase (:data:`~mergekit_vision.engine.step.PHASES`). Without
+        :meth:`open_streams` the streams start at the beginning of the data.
+        """
         started = time.perf_counter()
+        streams = self.streams if self.streams is not None else self.open_streams(TrainState())
         stage.optimizer.zero_grad(set_to_none=True)
-        stage.conflict.begin_step(shared=stage.shared)
+        stage.gradients.begin_step()
         local: dict[str, float] = {}
         for order, draw in enumerate(stage.replay.draws(step=state.step_in_stage)):
-            local[draw.task] = self._task_backward(stage, state, streams, draw.task, order)
+            stream = streams[draw.task]
+            local[draw.task] = self._task_backward(stage, state, stream, draw.task, order, lap)
             # The last micro-batch's backward averaged this task's gradient over the ranks.
-            stage.conflict.after_task_backward(task=draw.task, shared=stage.shared)
+            stage.gradients.after_backward(task=draw.task)
         self.parallel.sync_extra(list(stage.weighting.parameters()))
         losses = mean_over_ranks(local, self.world)  # strategies' state stays identical
-        task_gradients = stage.conflict.task_gradients() or None
-        diagnostics = stage.conflict.finish_step(shared=stage.shared)
-        if self.recipe.optimizer.grad_clip is not None:
-            trainable = [p for g in stage.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(trainable, self.recipe.optimizer.grad_clip)
-        lr = stage.optimizer.param_groups[0]["lr"]
-        stage.optimizer.step()
-        stage.schedule.step()
+        task_gradients = stage.gradients.rows()
+        diagnostics = stage.conflict.finish_step(shared=stage.shared, task_gradients=task_gradients)
+        lr = self._optimizer_step(stage)
         stage.replay.observe(step=state.step_in_stage, losses=losses)
         stage.weighting.observe(
-            step=state.step_in_stage, losses=losses, task_gradients=task_gradients
+            step=state.step_in_stage, losses=losses, task_gradients=task_gradients or None
         )
+        lap("optimizer")
         weights = stage.weighting.current_weights()
         return {
             "step": state.global_step + 1,
@@ -143,7 +175,13 @@ class Engine:
         }
 
     def _task_backward(
-        self, stage: StageRun, state: TrainState, streams: dict, name: str, order: int
+        self,
+        stage: StageRun,
+        state: TrainState,
+        stream: BatchStream,
+        name: str,
+        order: int,
+        lap: Lap,
     ) -> float:
         """``accumulate`` micro-batches of task ``name``, one backward each, gradients summed
         (of the mean loss); only the last backward synchronises the ranks. Returns the mean loss.
@@ -164,24 +202,34 @@ class Engine:
             with self.parallel.sync(micro == k - 1):
                 loss = task_loss(
                     task,
-                    streams[name].next(),
+                    stream.next(),
                     model=self.c.model,
                     resolution=self._resolution(stage.spec, name, state.step_in_stage),
                     generator=generator,
                     device=self.c.device,
                     forward=forward,
+                    lap=lap,
                 )
                 (stage.weighting.weighted(task=name, loss=loss) / k).backward()
+                lap("backward")
             total += float(loss.detach())
         return total / k
 
-    def _monitor(self, stage: StageRun, state: TrainState) -> dict[str, Any]:
+    def _optimizer_step(self, stage: StageRun) -> float:
+        """Clip, step the optimiser and the LR schedule; returns the LR the step used."""
+        if self.recipe.optimizer.grad_clip is not None:
+            trainable = [p for g in stage.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(trainable, self.recipe.optimizer.grad_clip)
+        lr = stage.optimizer.param_groups[0]["lr"]
+        stage.optimizer.step()
+        stage.schedule.step()
+        return lr
+
+    def _read_monitor(self, stage: StageRun, state: TrainState) -> dict[str, Any]:
         """Held-out losses when due; ``early_stop`` names the forgetting tasks ending the stage."""
-        spec = stage.spec.monitor
-        if spec is None or not self.monitor_for(stage).due(state.step_in_stage + 1):
+        if not self.monitor.due(state.step_in_stage + 1):
             return {}
-        monitor = self.monitor_for(stage)
-        losses = monitor.measure(
+        losses, metrics = self.monitor.read(
             model=self.c.model,
             tasks=stage.spec.tasks,
             resolution_of=lambda task: self._resolution(stage.spec, task, 0),
@@ -189,66 +237,54 @@ class Engine:
         )
         self.parallel.reshard()
         stage.replay.observe_heldout(step=state.step_in_stage, losses=losses)
-        out: dict[str, Any] = {f"heldout/{name}": value for name, value in losses.items()}
-        forgotten = monitor.forgetting(losses)
-        if forgotten and spec.early_stopping:
-            out["early_stop"] = ",".join(forgotten)
-        return out
+        return metrics
 
-    def monitor_for(self, stage: StageRun) -> ForgettingMonitor:
-        if self.monitor is None or self.monitor.spec is not stage.spec.monitor:
-            assert stage.spec.monitor is not None
-            self.monitor = ForgettingMonitor(
-                spec=stage.spec.monitor, tasks=self.c.tasks, seed=self.recipe.seed
-            )
-            if self._saved_monitor is not None:
-                self.monitor.load_state_dict(self._saved_monitor)
-        return self.monitor
-
-    def _after_step(self, stage: StageRun, state: TrainState, streams: dict, metrics: dict) -> None:
+    def _after_step(self, stage: StageRun, state: TrainState, metrics: dict[str, Any]) -> None:
+        assert self.folder is not None
         state.global_step += 1
         state.step_in_stage += 1
-        if state.global_step % self.recipe.logging.every == 0 and self.world.is_main:
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
+        if state.global_step % self.recipe.logging.every == 0:
+            self.folder.log(metrics)
         if state.global_step % self.recipe.checkpointing.every == 0:
-            self._checkpoint(state, streams, stage)
+            self._checkpoint(state, stage)
 
     def _resolution(self, stage: StageSpec, task: str, step: int) -> int:
         chosen = stage.resolution.get(task, self.recipe.tasks[task].resolution)
         sizes = chosen if isinstance(chosen, list) else [chosen]
         return sizes[step % len(sizes)]
 
-    def _start_stage(self, index: int, saved: dict[str, Any] | None) -> StageRun:
-        self.parallel.reshard()
+    def build_stage(self, spec: StageSpec) -> StageRun:
+        """``spec`` built on this engine's model: it trains what the stage names, except what a
+        plugin froze by design (whatever an earlier stage froze)."""
         # Sharding swapped the parameter objects: frozen-by-design is keyed by name.
         by_design = {id(p): self._trainable_names[n] for n, p in self.c.model.named_parameters()}
-        stage = build_stage(self.c, self.recipe.stages[index], trainable_by_design=by_design)
+        return build_stage(self.c, spec, trainable_by_design=by_design)
+
+    def _start_stage(self, index: int, saved: dict[str, Any] | None) -> StageRun:
+        self.parallel.reshard()
+        stage = self.build_stage(self.recipe.stages[index])
         self.parallel.start_stage()
-        self.monitor, self._saved_monitor = None, None
+        self.monitor = StageMonitor(
+            stage.spec.monitor,
+            tasks=self.c.tasks,
+            seed=self.recipe.seed,
+            saved=None if saved is None else saved.get("monitor"),
+        )
         if saved is not None:
             stage.load_state_dict(saved)
-            self._saved_monitor = saved.get("monitor")
         return stage
 
-    def _open_streams(self, state: TrainState) -> dict[str, BatchStream]:
-        return {
-            name: self._stream(name, seed=self.recipe.seed + index, start=state.streams.get(name))
-            for index, name in enumerate(self.c.tasks)
-        }
-
-    def _stream(self, name: str, *, seed: int, start: dict[str, int] | None = None) -> BatchStream:
-        """Batches of task ``name``'s data, this rank's share of each."""
-        task = self.c.tasks[name]
-        return BatchStream(
-            task.dataset,
-            batch_size=task.spec.batch_size,
-            seed=seed,
-            num_workers=task.spec.num_workers,
-            start=start,
+    def open_streams(self, state: TrainState) -> dict[str, BatchStream]:
+        """Every task's training stream at ``state``'s positions (this rank's share), used by
+        the following steps."""
+        self.streams = open_streams(
+            self.c.tasks,
+            seed=self.recipe.seed,
+            positions=state.streams,
             rank=self.world.rank,
             world_size=self.world.size,
         )
+        return self.streams
 
     def _estimate_normalizers(self, describe: Callable[[str], None]) -> None:
         """Each target normaliser's statistics, from its own stream of the task's data (the
@@ -256,7 +292,12 @@ class Engine:
         for index, (name, task) in enumerate(self.c.tasks.items()):
             if name not in self.c.model.normalizers or self.c.model.normalizers[name].frozen:
                 continue
-            stream = self._stream(name, seed=self.recipe.seed + 7_919 * (index + 1))
+            stream = task_stream(
+                task,
+                seed=self.recipe.seed + 7_919 * (index + 1),
+                rank=self.world.rank,
+                world_size=self.world.size,
+            )
             describe(f"estimating the {name} task's target statistics")
             estimate_target_statistics(
                 task,
@@ -266,29 +307,6 @@ class Engine:
                 generator=torch.Generator().manual_seed(self.recipe.seed + index),
                 device=self.c.device,
             )
-
-    def _initial_state(self, resume: bool) -> tuple[TrainState, dict[str, Any] | None]:
-        last = find_last(self.checkpoints)
-        if not resume:
-            if last is not None or self.metrics_path.exists():
-                raise FileExistsError(
-                    f"{self.output_dir} already holds a run; pass --resume to continue it, "
-                    "or choose another --output"
-                )
-            if self.world.is_main:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
-            return TrainState(), None
-        if last is None:
-            raise FileNotFoundError(
-                f"--resume: no checkpoint under {self.checkpoints}; start without --resume"
-            )
-        weights, saved = load_checkpoint(last)
-        self.c.model.load_state_dict(weights)
-        torch.set_rng_state(saved["rng"])
-        state = TrainState(**saved["state"])
-        if self.world.is_main:
-            self._truncate_metrics(state.global_step)
-        return state, saved.get("stage")
 
     def _parallelise(self) -> None:
         """Wrap or shard the model, after the resumed weights are in (a checkpoint holds the full
@@ -300,51 +318,22 @@ class Engine:
             device=self.c.device,
         )
 
-    def _check_parallel_support(self) -> None:
-        if not (self.world.distributed and self.recipe.distributed.strategy == "fsdp"):
-            return
-        issues = [
-            Issue(
-                f"stages.{i}",
-                f"conflict {stage.conflict.type!r} / weighting {stage.weighting.type!r} need "
-                "whole per-task gradients, which FSDP shards; use distributed.strategy ddp",
-            )
-            for i, stage in enumerate(self.recipe.stages)
-            if CONFLICT.get(stage.conflict.type).needs_task_gradients
-            or WEIGHTING.get(stage.weighting.type).needs_task_gradients
-        ]
-        if issues:
-            raise RecipeError(self.recipe.name, issues)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines a crashed run wrote after its last checkpoint."""
-        if not self.metrics_path.exists():
-            return
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [line for line in lines if line and json.loads(line)["step"] <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
-
-    def _checkpoint(self, state: TrainState, streams: dict, stage: StageRun | None) -> None:
+    def _checkpoint(self, state: TrainState, stage: StageRun | None) -> None:
         """Every rank gathers (FSDP shards are collective); rank 0 writes the single-process
         format; the others wait so nobody reads a half-written run folder."""
-        state.streams = {name: stream.position() for name, stream in streams.items()}
-        saved = {"state": asdict(state), "rng": torch.get_rng_state(), "stage": None}
+        assert self.folder is not None and self.streams is not None
+        state.streams = {name: stream.position() for name, stream in self.streams.items()}
+        saved = None
         if stage is not None:
-            saved["stage"] = stage.state_dict()
-            if self.monitor is not None:
-                saved["stage"]["monitor"] = self.monitor.state_dict()
+            saved = stage.state_dict()
+            monitor = self.monitor.state_dict()
+            if monitor is not None:
+                saved["monitor"] = monitor
         self.parallel.reshard()
+        weights = {}
         if self.world.is_main or self.parallel.sharded:  # gathering shards takes every rank
             weights = full_model_state(self.c.model)
-        if self.world.is_main:
-            save_checkpoint(
-                self.checkpoints,
-                step=state.global_step,
-                model=weights,
-                state=saved,
-                recipe_yaml=self.recipe_yaml,
-                keep=self.recipe.checkpointing.keep,
-            )
+        self.folder.save(state, model=weights, stage=saved, keep=self.recipe.checkpointing.keep)
         barrier(self.world)
 
 

@@ -10,6 +10,7 @@ steps each task's loss is measured on the same held-out batches; a task whose lo
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ from mergekit_vision.recipe.schema import MonitorSpec
 
 
 class ForgettingMonitor:
+    """Held-out losses of every task on fixed batches, and which tasks are forgetting."""
+
     def __init__(self, *, spec: MonitorSpec, tasks: dict[str, BuiltTask], seed: int):
         self.spec, self.tasks, self.seed = spec, tasks, seed
         self.batches = {name: self._fixed_batches(task) for name, task in tasks.items()}
@@ -80,3 +83,66 @@ class ForgettingMonitor:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.strikes = dict(state["best"]), dict(state["strikes"])
+
+
+class StageMonitor:
+    """The forgetting monitor of the running stage, as the engine loop drives it.
+
+    The :class:`ForgettingMonitor` is built at the stage's first step (it reads its fixed
+    batches then) and restored from the stage's checkpoint; a stage without ``monitor`` reads
+    nothing.
+
+    Args:
+        spec: the stage's ``monitor``, or None.
+        tasks: the built tasks.
+        seed: the recipe's seed.
+        saved: the monitor's state saved with the stage, when resuming.
+    """
+
+    def __init__(
+        self,
+        spec: MonitorSpec | None,
+        *,
+        tasks: dict[str, BuiltTask],
+        seed: int,
+        saved: dict[str, Any] | None = None,
+    ):
+        self.spec, self.tasks, self.seed, self._saved = spec, tasks, seed, saved
+        self._monitor: ForgettingMonitor | None = None
+
+    @property
+    def monitor(self) -> ForgettingMonitor:
+        if self._monitor is None:
+            assert self.spec is not None
+            self._monitor = ForgettingMonitor(spec=self.spec, tasks=self.tasks, seed=self.seed)
+            if self._saved is not None:
+                self._monitor.load_state_dict(self._saved)
+        return self._monitor
+
+    def due(self, steps_done: int) -> bool:
+        """Whether a reading is due once the stage has taken ``steps_done`` steps."""
+        return self.spec is not None and self.monitor.due(steps_done)
+
+    def read(
+        self,
+        *,
+        model: MergedModel,
+        tasks: list[str],
+        resolution_of: Callable[[str], int],
+        device: torch.device,
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """(held-out losses, their metrics); ``early_stop`` names the forgetting tasks that end
+        the stage when the spec stops early."""
+        assert self.spec is not None
+        losses = self.monitor.measure(
+            model=model, tasks=tasks, resolution_of=resolution_of, device=device
+        )
+        metrics: dict[str, Any] = {f"heldout/{name}": value for name, value in losses.items()}
+        forgotten = self.monitor.forgetting(losses)
+        if forgotten and self.spec.early_stopping:
+            metrics["early_stop"] = ",".join(forgotten)
+        return losses, metrics
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The monitor's state for the stage's checkpoint (None before its first step)."""
+        return None if self._monitor is None else self._monitor.state_dict()

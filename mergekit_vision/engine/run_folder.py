@@ -1,17 +1,24 @@
-"""Checkpoints: weights as safetensors, training state beside them, written atomically.
+"""The run folder: everything a run writes, and the decision to start it afresh or resume it.
 
-Layout of ``<run>/checkpoints/step-<N>/`` (and the same in ``last/``):
-- ``model.safetensors``: the merged model (student backbone and heads);
-- ``train_state.pt``: optimiser, LR schedule, replay state, stream positions, step counters, RNG;
-- ``recipe.resolved.yaml``: the recipe that produced it.
-Each folder is written under a temporary name and renamed into place, so a crash never leaves
-a half-written checkpoint. Everything loads with ``weights_only=True`` or safetensors.
+Layout of ``<run>/``:
+- ``recipe.resolved.yaml``: the fully resolved recipe of the run;
+- ``metrics.jsonl``: one JSON line per logged step (appended; a resumed run first drops the lines
+  a crash wrote after its last checkpoint, so the file reads as one uninterrupted run);
+- ``checkpoints/step-<N>/`` (and the same in ``last/``):
+  - ``model.safetensors``: the merged model (student backbone and heads);
+  - ``train_state.pt``: optimiser, LR schedule, replay state, stream positions, step counters, RNG;
+  - ``recipe.resolved.yaml``: the recipe that produced it.
+Each checkpoint folder is written under a temporary name and renamed into place, so a crash never
+leaves a half-written checkpoint. Everything loads with ``weights_only=True`` or safetensors. The
+engine writes the folder; eval, export and predict read it through this module's names.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,106 @@ from torch import nn
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 RECIPE_FILE = "recipe.resolved.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass
+class TrainState:
+    """Where training stands: the counters and stream positions a resume continues from.
+
+    ``streams`` maps each task to its batch stream's position (``{"epoch", "offset"}``), so a
+    resumed run draws exactly the batches the interrupted one would have drawn next.
+    """
+
+    global_step: int = 0
+    stage_index: int = 0
+    step_in_stage: int = 0
+    streams: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+class RunFolder:
+    """One run's folder (layout in the module docstring): started afresh or resumed, then
+    written by the engine's main process.
+
+    Args:
+        root: the run folder.
+        recipe_yaml: the resolved recipe, saved beside the run and in every checkpoint.
+        is_main: whether this process writes (rank 0; the other ranks only read).
+    """
+
+    def __init__(self, root: Path, *, recipe_yaml: str, is_main: bool = True):
+        self.root, self.recipe_yaml, self.is_main = root, recipe_yaml, is_main
+        self.metrics = root / METRICS_FILE
+        self.checkpoints = root / CHECKPOINTS_DIR
+
+    def begin(self, *, resume: bool, model: nn.Module) -> tuple[TrainState, dict[str, Any] | None]:
+        """(the state to start from, the saved state of the stage it is in, if any).
+
+        A fresh run refuses a folder that already holds one. A resumed run loads the last
+        checkpoint's weights into ``model`` and its RNG state, and drops the metric lines written
+        after that checkpoint.
+        """
+        last = find_last(self.checkpoints)
+        if not resume:
+            if last is not None or self.metrics.exists():
+                raise FileExistsError(
+                    f"{self.root} already holds a run; pass --resume to continue it, "
+                    "or choose another --output"
+                )
+            if self.is_main:
+                self.root.mkdir(parents=True, exist_ok=True)
+            return TrainState(), None
+        if last is None:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint under {self.checkpoints}; start without --resume"
+            )
+        weights, saved = load_checkpoint(last)
+        model.load_state_dict(weights)
+        torch.set_rng_state(saved["rng"])
+        state = TrainState(**saved["state"])
+        if self.is_main:
+            self._truncate_metrics(state.global_step)
+        return state, saved.get("stage")
+
+    def write_recipe(self) -> None:
+        if self.is_main:
+            (self.root / RECIPE_FILE).write_text(self.recipe_yaml)
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Append one step's metrics as a JSON line."""
+        if self.is_main:
+            with self.metrics.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+    def save(
+        self,
+        state: TrainState,
+        *,
+        model: dict[str, torch.Tensor],
+        stage: dict[str, Any] | None,
+        keep: int,
+    ) -> None:
+        """Checkpoint ``state`` (with the torch RNG) and the stage's state; rank 0 only."""
+        if not self.is_main:
+            return
+        saved = {"state": asdict(state), "rng": torch.get_rng_state(), "stage": stage}
+        save_checkpoint(
+            self.checkpoints,
+            step=state.global_step,
+            model=model,
+            state=saved,
+            recipe_yaml=self.recipe_yaml,
+            keep=keep,
+        )
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines a crashed run wrote after its last checkpoint."""
+        if not self.metrics.exists():
+            return
+        lines = self.metrics.read_text().splitlines()
+        kept = [line for line in lines if line and json.loads(line)["step"] <= step]
+        self.metrics.write_text("".join(line + "\n" for line in kept))
 
 
 def save_checkpoint(

@@ -12,9 +12,11 @@ from torch import nn
 
 from mergekit_vision.engine.build import Components
 from mergekit_vision.engine.distributed import full_optimizer_state, load_optimizer_state
+from mergekit_vision.engine.gradients import TaskGradients
 from mergekit_vision.engine.optim import build_optimizer, build_schedule
-from mergekit_vision.recipe.schema import BACKBONE, StageSpec
-from mergekit_vision.registry import CONFLICT, REPLAY, WEIGHTING, params_of
+from mergekit_vision.errors import Issue, RecipeError
+from mergekit_vision.recipe.schema import BACKBONE, Recipe, StageSpec
+from mergekit_vision.registry import CONFLICT, REPLAY, WEIGHTING
 from mergekit_vision.strategies.conflict.base import ConflictStrategy
 from mergekit_vision.strategies.replay.base import ReplayScheduler
 from mergekit_vision.strategies.weighting.base import LossWeighting
@@ -24,6 +26,13 @@ WEIGHTING_GROUP = "weighting"  # the optimiser group of learnable loss weights
 
 @dataclass
 class StageRun:
+    """One stage as it runs: its spec and length, the optimiser and LR schedule of the parameters
+    it trains, the injected strategies, and the per-task gradient recorder they read.
+
+    ``shared`` are the trained backbone parameters (what the conflict strategy combines);
+    :meth:`state_dict` is what a checkpoint saves of the stage.
+    """
+
     spec: StageSpec
     steps: int
     optimizer: torch.optim.Optimizer
@@ -32,6 +41,7 @@ class StageRun:
     conflict: ConflictStrategy
     weighting: LossWeighting
     shared: list[nn.Parameter]
+    gradients: TaskGradients
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -74,7 +84,7 @@ def build_stage(
     weighting = (
         WEIGHTING.get(spec.weighting.type)
         .build(
-            params_of(WEIGHTING, spec.weighting),
+            spec.weighting.params,
             base_weights={t: recipe.tasks[t].weight for t in spec.tasks},
         )
         .to(components.device)
@@ -85,17 +95,36 @@ def build_stage(
     optimizer = build_optimizer(trained, stage=spec, spec=recipe.optimizer)
     steps = stage_steps(components, spec)
     batch_sizes = {t: recipe.tasks[t].batch_size for t in spec.tasks}
-    conflict = CONFLICT.get(spec.conflict.type).build(params_of(CONFLICT, spec.conflict))
-    conflict.record_task_gradients = conflict.needs_task_gradients or weighting.needs_task_gradients
+    conflict = CONFLICT.get(spec.conflict.type).build(spec.conflict.params)
+    shared = [p for p in groups[BACKBONE] if p.requires_grad]
+    record = conflict.needs_task_gradients or weighting.needs_task_gradients
     return StageRun(
         spec=spec,
         steps=steps,
         optimizer=optimizer,
         schedule=build_schedule(optimizer, spec=recipe.schedule, total_steps=steps),
-        replay=REPLAY.get(spec.replay.type).build(
-            params_of(REPLAY, spec.replay), batch_sizes=batch_sizes
-        ),
+        replay=REPLAY.get(spec.replay.type).build(spec.replay.params, batch_sizes=batch_sizes),
         conflict=conflict,
         weighting=weighting,
-        shared=[p for p in groups[BACKBONE] if p.requires_grad],
+        shared=shared,
+        gradients=TaskGradients(shared=shared, enabled=record),
     )
+
+
+def check_parallel_support(recipe: Recipe, *, sharded: bool) -> None:
+    """Refuse, before any collective, strategies that need whole per-task gradients under FSDP
+    (``sharded``), which splits every gradient across the ranks."""
+    if not sharded:
+        return
+    issues = [
+        Issue(
+            f"stages.{i}",
+            f"conflict {stage.conflict.type!r} / weighting {stage.weighting.type!r} need "
+            "whole per-task gradients, which FSDP shards; use distributed.strategy ddp",
+        )
+        for i, stage in enumerate(recipe.stages)
+        if CONFLICT.get(stage.conflict.type).needs_task_gradients
+        or WEIGHTING.get(stage.weighting.type).needs_task_gradients
+    ]
+    if issues:
+        raise RecipeError(recipe.name, issues)

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from mergekit_vision.data.base import collate_samples
+
+if TYPE_CHECKING:
+    from mergekit_vision.engine.build import BuiltTask
 
 
 class _PermutationSampler(Sampler[int]):
@@ -141,3 +144,42 @@ class _StridedIterable(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         return itertools.islice(iter(self.dataset), self.start + self.rank, None, self.world_size)
+
+
+def open_streams(
+    tasks: dict[str, BuiltTask],
+    *,
+    seed: int,
+    positions: dict[str, dict[str, int]] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, BatchStream]:
+    """One training stream per task, seeded ``seed + i`` for the recipe's ``i``-th task, each
+    from its saved position (see :class:`~mergekit_vision.engine.run_folder.TrainState`)."""
+    positions = positions or {}
+    return {
+        name: task_stream(
+            task, seed=seed + index, start=positions.get(name), rank=rank, world_size=world_size
+        )
+        for index, (name, task) in enumerate(tasks.items())
+    }
+
+
+def task_stream(
+    task: BuiltTask,
+    *,
+    seed: int,
+    start: dict[str, int] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> BatchStream:
+    """Batches of ``task``'s data at its batch size, this rank's share of each."""
+    return BatchStream(
+        task.dataset,
+        batch_size=task.spec.batch_size,
+        seed=seed,
+        num_workers=task.spec.num_workers,
+        start=start,
+        rank=rank,
+        world_size=world_size,
+    )

@@ -2,14 +2,15 @@
 
 Machines drift (other jobs, turbo, thermal), so variants are timed interleaved in one process:
 step 1 of every variant, then step 2 of every variant, ... and each is reported as a ratio to the
-first variant over the same rounds. Weights do not matter for timing: missing teacher checkpoints
-are replaced by random weights (said in the report).
+first variant over the same rounds. A timed step is the engine's own training step
+(:meth:`~mergekit_vision.engine.loop.Engine.step`), so what is measured is what training runs.
+Weights do not matter for timing: missing teacher checkpoints are replaced by random weights (said
+in the report).
 """
 
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,15 +19,15 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mergekit_vision.engine.build import BuiltTask, Components, build_components, missing_paths
-from mergekit_vision.engine.loop import Engine, TrainState
-from mergekit_vision.engine.performance import apply_performance, keep_freed_memory
-from mergekit_vision.engine.stage import build_stage
-from mergekit_vision.engine.step import prepare_images, sample_prompts, teacher_targets
-from mergekit_vision.engine.streams import BatchStream
+from mergekit_vision.engine.build import build_components, missing_paths
+from mergekit_vision.engine.loop import Engine
+from mergekit_vision.engine.performance import keep_freed_memory
+from mergekit_vision.engine.run_folder import TrainState
+from mergekit_vision.engine.stage import StageRun
+from mergekit_vision.engine.step import PHASES
 from mergekit_vision.errors import Issue, RecipeError
-from mergekit_vision.recipe.io import dump_recipe, load_recipe
-from mergekit_vision.recipe.schema import BACKBONE, PluginSpec
+from mergekit_vision.recipe.io import load_recipe
+from mergekit_vision.recipe.schema import BACKBONE, ConflictSpec
 from mergekit_vision.students.vitdet import ViTDetStudent
 
 
@@ -44,23 +45,20 @@ def bench_conflict(
     if index is None:
         raise RecipeError(str(recipe_path), [Issue("stages", "no stage runs more than one task")])
     random_weights = bool(missing_paths(recipe))
-    components = build_components(recipe, allow_random_init=random_weights)
-    engine = Engine(
-        components,
-        output_dir=Path(tempfile.mkdtemp(prefix="vmerge-bench-")),
-        recipe_yaml=dump_recipe(recipe),
-    )
+    engine = Engine(build_components(recipe, allow_random_init=random_weights))
     stage_spec = recipe.stages[index]
-    runs = {}
-    for name in strategies:
-        spec = stage_spec.model_copy(update={"conflict": PluginSpec(type=name)})
-        runs[name] = build_stage(components, spec, trainable_by_design=engine._trainable_by_design)
-    streams = engine._open_streams(TrainState())
+    runs = {
+        name: engine.build_stage(
+            stage_spec.model_copy(update={"conflict": ConflictSpec(type=name)})
+        )
+        for name in strategies
+    }
+    engine.open_streams(TrainState())
     times: dict[str, list[float]] = {name: [] for name in strategies}
     for round_index in range(warmup + steps):
         for name, stage in runs.items():
             started = time.perf_counter()
-            engine._step(stage, TrainState(global_step=round_index), streams)
+            engine.step(stage, TrainState(global_step=round_index))
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - started)
     base = strategies[0]
@@ -201,9 +199,6 @@ def bench_student(
     }
 
 
-PHASES = ("data", "teacher", "student_forward", "backward", "optimizer")
-
-
 def bench_training(
     recipe_path: Path,
     *,
@@ -215,32 +210,22 @@ def bench_training(
 ) -> dict[str, Any]:
     """Steady-state training throughput of the recipe's distillation stage, per attention.
 
-    The stage is the first that trains the backbone (else the last). A step runs every task of
-    the stage once (its batch: data, teacher target, student and head forward, backward), then
-    the optimiser, each phase timed apart; attention implementations are interleaved round by
-    round on the same model. MFU counts the trained model's FLOPs (student and heads, forward and
-    backward, segment_anything's attention) against the matmul peak timed in every round.
+    The stage is the first that trains the backbone (else the last). A step is the engine's
+    training step of that stage (the replay's task batches: data, teacher target, student and
+    head forward, backward; then the strategies and the optimiser), each phase timed apart, at
+    the stage's first resolution; attention implementations are interleaved round by round on the
+    same model. MFU counts the trained model's FLOPs (student and heads, forward and backward,
+    segment_anything's attention) against the matmul peak timed in every round.
     """
     recipe = load_recipe(recipe_path, overrides)
     spec = next((s for s in recipe.stages if BACKBONE in s.train), recipe.stages[-1])
     random_weights = bool(missing_paths(recipe))
     components = build_components(recipe, allow_random_init=random_weights)
-    apply_performance(components.model, recipe.performance, device=components.device)
-    student = components.model.student
-    if not hasattr(student, "attention"):
+    engine = Engine(components)  # the recipe's performance switches, as in training
+    if not hasattr(components.model.student, "attention"):
         attentions = ("default",)
-    trainable = {id(p): p.requires_grad for p in components.model.parameters()}
-    stage = build_stage(components, spec, trainable_by_design=trainable)
-    streams = {
-        name: BatchStream(
-            components.tasks[name].dataset,
-            batch_size=components.tasks[name].spec.batch_size,
-            seed=recipe.seed,
-            num_workers=components.tasks[name].spec.num_workers,
-        )
-        for name in spec.tasks
-    }
-    step = _TrainingStep(components, stage, streams)
+    step = _PhasedStep(engine, engine.build_stage(spec))
+    engine.open_streams(TrainState())
     step.use_attention(attentions[-1])
     flops = step.count_model_flops()
     phases: dict[str, dict[str, list[float]]] = {a: {p: [] for p in PHASES} for a in attentions}
@@ -284,67 +269,41 @@ def bench_training(
     }
 
 
-class _TrainingStep:
-    """One optimiser step of a stage, every task once, each phase timed apart."""
+class _PhasedStep:
+    """The engine's training step of one stage, its phases (:data:`PHASES`) timed or
+    FLOP-counted apart through the step's ``lap`` hook."""
 
-    def __init__(self, components: Components, stage: Any, streams: dict[str, BatchStream]):
-        self.c, self.stage, self.streams = components, stage, streams
+    def __init__(self, engine: Engine, stage: StageRun):
+        self.engine, self.stage = engine, stage
 
     def use_attention(self, attention: str) -> None:
         if attention != "default":
-            self.c.model.student.attention = attention
+            self.engine.c.model.student.attention = attention
 
     def run(self, index: int) -> dict[str, float]:
+        """Seconds of each phase of step ``index`` (at the stage's first resolution)."""
         timed = dict.fromkeys(PHASES, 0.0)
-        clock = _Clock(str(self.c.device))
-        self.stage.optimizer.zero_grad(set_to_none=True)
-        for name in self.stage.spec.tasks:
-            task = self.c.tasks[name]
-            batch = self.streams[name].next()
-            images, masks, resolution = self._images(task, batch)
-            timed["data"] += clock.lap()
-            target, prompts = self._target(task, images, masks, index)
-            timed["teacher"] += clock.lap()
-            loss = self._loss(task, images, prompts, target)
-            timed["student_forward"] += clock.lap()
-            loss.backward()
-            timed["backward"] += clock.lap()
-        self.stage.optimizer.step()
-        timed["optimizer"] += clock.lap()
+        clock = _Clock(str(self.engine.c.device))
+
+        def lap(phase: str) -> None:
+            timed[phase] += clock.lap()
+
+        self.engine.step(self.stage, TrainState(global_step=index), lap=lap)
         return timed
 
     def count_model_flops(self) -> dict[str, int]:
         """FLOPs of one step's trained model (forward and backward) and of its teachers."""
-        model = teacher = 0
-        for name in self.stage.spec.tasks:
-            task = self.c.tasks[name]
-            images, masks, _ = self._images(task, self.streams[name].next())
-            with FlopCounterMode(display=False) as counter:
-                target, prompts = self._target(task, images, masks, 0)
-            teacher += counter.get_total_flops()
-            with FlopCounterMode(display=False) as counter:
-                self._loss(task, images, prompts, target).backward()
-            model += counter.get_total_flops()
-        self.stage.optimizer.zero_grad(set_to_none=True)
-        return {"model": model, "teacher": teacher}
+        flops = dict.fromkeys(PHASES, 0)
+        with FlopCounterMode(display=False) as counter:
+            counted = 0
 
-    def _images(self, task: BuiltTask, batch: dict[str, Any]) -> tuple[Any, Any, int]:
-        sizes = self.stage.spec.resolution.get(task.name, task.spec.resolution)
-        resolution = sizes[0] if isinstance(sizes, list) else sizes
-        images, masks = prepare_images(batch, resolution=resolution, device=self.c.device)
-        return images, masks, resolution
+            def lap(phase: str) -> None:
+                nonlocal counted
+                total = counter.get_total_flops()
+                flops[phase], counted = flops[phase] + total - counted, total
 
-    def _target(self, task: BuiltTask, images: Any, masks: Any, index: int) -> tuple[Any, Any]:
-        generator = torch.Generator().manual_seed(index)
-        with torch.no_grad():
-            prompts = sample_prompts(task, images, masks, generator)
-        target = teacher_targets(task, images, prompts, model=self.c.model, update_statistics=False)
-        return target, prompts
-
-    def _loss(self, task: BuiltTask, images: Any, prompts: Any, target: Any) -> Any:
-        features = self.c.model.student(images)
-        prediction = self.c.model.heads[task.spec.head](features, prompts=prompts)
-        return task.loss(prediction[task.spec.target], target)
+            self.engine.step(self.stage, TrainState(), lap=lap)
+        return {"model": flops["student_forward"] + flops["backward"], "teacher": flops["teacher"]}
 
 
 class _Clock:

@@ -4,8 +4,9 @@ Both variants train the same keyed views (same data pipeline, same student, same
 the teacher each step, the other reads the cache. As in :mod:`mergekit_vision.tools.bench` they are
 timed interleaved in one process (a step of each per round), so machine drift hits both alike,
 and the speed-up is the median over rounds of the online / cached step-time ratio. A step is the
-engine's for one task (next batch, targets, student and head, backward, optimiser step) without
-the multi-task strategies, whose cost is the same in both variants.
+engine's training step (:meth:`~mergekit_vision.engine.loop.Engine.step`) of the stage with this
+task alone (next batch, targets, student and head, backward, optimiser step): the other tasks'
+cost is the same in both variants.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mergekit_vision.engine.build import Components, build_components, missing_paths
-from mergekit_vision.engine.stage import build_stage
-from mergekit_vision.engine.step import task_loss
-from mergekit_vision.engine.streams import BatchStream
+from mergekit_vision.data.targets_cache.reader import open_target_sources
+from mergekit_vision.engine.build import build_components, missing_paths
+from mergekit_vision.engine.loop import Engine
+from mergekit_vision.engine.run_folder import TrainState
 from mergekit_vision.errors import Issue, RecipeError
 from mergekit_vision.recipe.io import load_recipe
 from mergekit_vision.recipe.schema import Recipe, StageSpec
@@ -61,21 +60,21 @@ def bench_cached_targets(
     folder = cache_dir or Path(tempfile.mkdtemp(prefix="vmerge-bench-cache-")) / task
     report = build_cache(online, task, folder, allow_random_init=random_weights, progress=progress)
     variants = {"online": online, "cached": _with_task(online, task, targets_cache=str(folder))}
-    built = {
-        name: build_components(variant, allow_random_init=random_weights)
+    # One engine per variant, its stages built one after the other on the same model.
+    engines = {
+        name: Engine(
+            build_components(
+                variant,
+                allow_random_init=random_weights,
+                target_sources=open_target_sources(variant),
+            )
+        )
         for name, variant in variants.items()
-    }
-    # What each model trains by design, read once: a stage's build freezes the parts it does not
-    # train, and the next stage must not mistake that for design (the engine reads it likewise).
-    by_design = {
-        name: {id(p): p.requires_grad for p in c.model.parameters()} for name, c in built.items()
     }
     results = {}
     for stage_spec in stages:
         spec = stage_spec.model_copy(update={"tasks": [task]})
-        results[stage_spec.name] = _time_stage(
-            built, by_design, spec, task, steps=steps, warmup=warmup
-        )
+        results[stage_spec.name] = _time_stage(engines, spec, task, steps=steps, warmup=warmup)
     return {
         "task": task,
         "batch_size": recipe.tasks[task].batch_size,
@@ -87,24 +86,18 @@ def bench_cached_targets(
 
 
 def _time_stage(
-    built: dict[str, Components],
-    by_design: dict[str, dict[int, bool]],
-    spec: StageSpec,
-    task: str,
-    *,
-    steps: int,
-    warmup: int,
+    engines: dict[str, Engine], spec: StageSpec, task: str, *, steps: int, warmup: int
 ) -> dict[str, Any]:
     """Median step time of each variant: next batch, targets, student, backward, optimiser."""
-    steppers = {name: _stepper(c, spec, task, by_design[name]) for name, c in built.items()}
-    times: dict[str, list[float]] = {name: [] for name in built}
+    steppers = {name: _stepper(engine, spec) for name, engine in engines.items()}
+    times: dict[str, list[float]] = {name: [] for name in engines}
     for round_index in range(warmup + steps):
         for name, step in steppers.items():
             started = time.perf_counter()
             step(round_index)
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - started)
-    batch = built["online"].recipe.tasks[task].batch_size
+    batch = engines["online"].recipe.tasks[task].batch_size
     median = {name: statistics.median(t) for name, t in times.items()}
     ratios = [o / c for o, c in zip(times["online"], times["cached"], strict=True)]
     return {
@@ -114,32 +107,11 @@ def _time_stage(
     }
 
 
-def _stepper(
-    components: Components, spec: StageSpec, task: str, trainable_by_design: dict[int, bool]
-) -> Callable[[int], None]:
-    """One training step of ``task`` alone as the engine runs it (single process)."""
-    stage = build_stage(components, spec, trainable_by_design=trainable_by_design)
-    built = components.tasks[task]
-    stream = BatchStream(
-        built.dataset,
-        batch_size=built.spec.batch_size,
-        seed=components.recipe.seed,
-        num_workers=built.spec.num_workers,
-    )
-    sizes = spec.resolution.get(task, built.spec.resolution)
-    sizes = sizes if isinstance(sizes, list) else [sizes]
+def _stepper(engine: Engine, spec: StageSpec) -> Callable[[int], None]:
+    """Step ``index`` of stage ``spec`` as the engine trains it (single process)."""
+    stage = engine.build_stage(spec)
 
     def step(index: int) -> None:
-        stage.optimizer.zero_grad(set_to_none=True)
-        loss = task_loss(
-            built,
-            stream.next(),
-            model=components.model,
-            resolution=sizes[index % len(sizes)],
-            generator=torch.Generator().manual_seed(index),
-            device=components.device,
-        )
-        loss.backward()
-        stage.optimizer.step()
+        engine.step(stage, TrainState(global_step=index, step_in_stage=index))
 
     return step

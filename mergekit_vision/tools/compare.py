@@ -1,10 +1,13 @@
 """``vmerge compare``: run strategy variants of one recipe side by side and show which wins.
 
 Each variant is the recipe with some overrides (a grid over replay schedulers, conflict
-strategies, loss weightings or any dotted key), trained and evaluated in its own subfolder by a
-``vmerge run`` child process (so its peak memory is its own). Finished variants (with an
-``eval.json``) are not rerun; interrupted ones resume. The summary reports, per variant, how much of
-each teacher's ability the merged model retains, the new ability, step time and peak memory.
+strategies, loss weightings or any dotted key), trained and evaluated in its own subfolder by
+:func:`~mergekit_vision.run.run_recipe` in a child process of its own: its peak memory is its own
+and returned to the system when it ends, and a variant that fails (or crashes the interpreter)
+does not stop the others; the failures are reported once the grid is done. Finished variants
+(with an ``eval.json``) are not rerun; interrupted ones resume. The summary reports, per variant,
+how much of each teacher's ability the merged model retains, the new ability, step time and peak
+memory.
 """
 
 from __future__ import annotations
@@ -12,19 +15,23 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
+import multiprocessing
+import resource
 import statistics
-import subprocess
-import sys
+import traceback
 import warnings
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from mergekit_vision.engine.performance import flush_denormals
+from mergekit_vision.engine.run_folder import CHECKPOINTS_DIR, METRICS_FILE, RECIPE_FILE
 from mergekit_vision.errors import Issue, RecipeError
 from mergekit_vision.recipe.io import load_recipe
 from mergekit_vision.recipe.schema import Recipe
 from mergekit_vision.registry import REPLAY
+from mergekit_vision.run import run_recipe
 
 STRATEGY_AXES = ("replay", "conflict", "weighting")  # set on every multi-task stage
 
@@ -78,31 +85,75 @@ def slug(name: str) -> str:
 
 
 def run_variant(recipe_path: Path, variant: Variant, base: list[str], folder: Path) -> int:
-    """Train + evaluate one variant in a child process; return its peak memory in bytes."""
+    """Train + evaluate one variant in a child process; return its peak memory in bytes.
+
+    Raises :class:`VariantFailed` with the child's error (its traceback is on stderr).
+    """
     if (folder / "eval.json").is_file():
         return int(json.loads((folder / "peak_memory.json").read_text())["bytes"])
-    args = [sys.executable, "-m", "mergekit_vision.cli", "run", str(recipe_path)]
-    for override in [*base, *variant.overrides]:
-        args += ["--set", override]
-    args += ["--output", str(folder)]
-    if (folder / "checkpoints").exists():
-        args.append("--resume")
-    child = subprocess.Popen(args)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"variant {variant.name} failed (exit {child.returncode}); see above")
-    peak = int(usage.ru_maxrss) * 1024  # Linux reports KiB
+    # spawn, not fork: a fresh interpreter, so the peak memory is the variant's alone
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_train_and_evaluate,
+        args=(str(recipe_path), [*base, *variant.overrides], str(folder), send),
+        name=f"vmerge-compare-{slug(variant.name)}",
+    )
+    child.start()
+    send.close()  # the child holds the sending end now
+    child.join()
+    try:
+        reply = receive.recv()
+    except EOFError:  # the child died without a word (killed, out of memory, ...)
+        reply = {}
+    receive.close()
+    if child.exitcode != 0 or "peak" not in reply:
+        raise VariantFailed(variant.name, reply.get("error") or f"exit {child.exitcode}")
+    peak = int(reply["peak"])
     (folder / "peak_memory.json").write_text(json.dumps({"bytes": peak}))
     return peak
+
+
+class VariantFailed(RuntimeError):
+    """A variant's child process failed; ``reason`` is its error (whose traceback the child
+    printed), or its exit status when it died without one."""
+
+    def __init__(self, variant: str, reason: str):
+        self.variant, self.reason = variant, reason
+        super().__init__(f"variant {variant} failed: {reason}")
+
+
+def _train_and_evaluate(recipe_path: str, overrides: list[str], folder: str, send: Connection):
+    """The child process of one variant: ``vmerge run`` (training, then its evaluation) through
+    the library, resuming an interrupted run; sends back the peak memory or the error."""
+    flush_denormals()  # as every vmerge process does first; a spawned one starts without
+    output = Path(folder)
+    try:
+        run_recipe(
+            recipe_path,
+            overrides=overrides,
+            output=output,
+            resume=(output / CHECKPOINTS_DIR).exists(),
+        )
+    except Exception as err:  # reported to the parent, which goes on with the other variants
+        traceback.print_exc()
+        send.send({"error": f"{type(err).__name__}: {err}"})
+        raise SystemExit(1) from None
+    # Linux reports KiB; data-loader workers are children of their own
+    usage = [
+        resource.getrusage(who).ru_maxrss
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    ]
+    send.send({"peak": max(usage) * 1024})
+    send.close()
 
 
 def summarise(variant: Variant, folder: Path, peak: int) -> dict[str, Any]:
     models = json.loads((folder / "eval.json").read_text())["models"]
     merged = models["merged"]
-    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines()]
     # Steps of the multi-task stages, whatever the replay scheduler runs in each step.
-    recipe = load_recipe(folder / "recipe.resolved.yaml")
+    recipe = load_recipe(folder / RECIPE_FILE)
     stages = {stage.name for stage in recipe.stages if len(stage.tasks) > 1}
     multi = [m["step_time"] for m in metrics if m.get("stage") in stages and "step_time" in m]
     return {
@@ -141,11 +192,19 @@ def compare(
     base = list(overrides or [])
     if recipe.eval.teacher_results is None:
         base.append(f"eval.teacher_results={(output / 'teacher_eval.json').resolve()}")
+    failures: list[VariantFailed] = []
     for variant in variants:
         folder = output / slug(variant.name)
-        peak = run_variant(recipe_path, variant, base, folder)
+        try:
+            peak = run_variant(recipe_path, variant, base, folder)
+        except VariantFailed as failure:
+            failures.append(failure)
+            continue
         rows.append(summarise(variant, folder, peak))
-    write_tables(rows, output)
+    if rows:
+        write_tables(rows, output)
+    if failures:
+        raise RuntimeError("; ".join(str(f) for f in failures))
     return rows
 
 

@@ -34,6 +34,7 @@ def test_a_later_stage_trains_the_backbone_an_earlier_stage_froze(tiny_checkpoin
     import torch
 
     from mergekit_vision.engine.build import build_components
+    from mergekit_vision.engine.loop import Engine
     from mergekit_vision.recipe.io import load_recipe
     from mergekit_vision.tools import cache_bench as bench
 
@@ -41,12 +42,11 @@ def test_a_later_stage_trains_the_backbone_an_earlier_stage_froze(tiny_checkpoin
         f"teachers.{name}.params.checkpoint={path}" for name, path in tiny_checkpoints.items()
     ]
     recipe = load_recipe(TINY_RECIPE, overrides)
-    components = build_components(recipe)
-    by_design = {id(p): p.requires_grad for p in components.model.parameters()}
+    engine = Engine(build_components(recipe))
     probing, multitask = (s.model_copy(update={"tasks": ["clip"]}) for s in recipe.stages[:2])
-    bench._stepper(components, probing, "clip", by_design)(0)
-    backbone = list(components.model.student.parameters())
+    bench._stepper(engine, probing)(0)
+    backbone = list(engine.c.model.student.parameters())
     assert not any(p.requires_grad for p in backbone)
     before = [p.detach().clone() for p in backbone]
-    bench._stepper(components, multitask, "clip", by_design)(0)
+    bench._stepper(engine, multitask)(0)
     assert any(not torch.equal(b, p) for b, p in zip(before, backbone, strict=True))

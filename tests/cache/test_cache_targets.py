@@ -7,11 +7,17 @@ import torch
 
 from mergekit_vision.cli.main import main
 from mergekit_vision.data.base import collate_samples
+from mergekit_vision.data.targets_cache.reader import open_target_sources
 from mergekit_vision.engine.build import build_components
 from mergekit_vision.engine.step import prepare_images, sample_prompts
 from mergekit_vision.tools.cache_writer import without_caches
 
 from .conftest import keyed_args, keyed_recipe
+
+
+def with_caches(recipe):
+    """Components whose tasks read their targets caches, as ``vmerge run`` builds them."""
+    return build_components(recipe, target_sources=open_target_sources(recipe))
 
 
 def batch_of(task, view: int, indices: list[int]) -> dict:
@@ -22,7 +28,7 @@ def batch_of(task, view: int, indices: list[int]) -> dict:
 def test_cached_targets_equal_online(built_cache, tiny_recipe_args, task_name):
     cached_recipe = keyed_recipe(tiny_recipe_args, built_cache)
     online = build_components(without_caches(cached_recipe)).tasks[task_name]
-    cached = build_components(cached_recipe).tasks[task_name]
+    cached = with_caches(cached_recipe).tasks[task_name]
     assert cached.targets is not None and len(cached.targets) == 8
     name = online.spec.target
     for view in (0, 1, 2):  # epoch 2 is view 0 again
@@ -55,7 +61,7 @@ def test_views_differ_and_repeat(built_cache, tiny_recipe_args):
 def test_cached_task_never_runs_the_teacher(built_cache, tiny_recipe_args, monkeypatch):
     from mergekit_vision.engine.step import task_loss
 
-    components = build_components(keyed_recipe(tiny_recipe_args, built_cache))
+    components = with_caches(keyed_recipe(tiny_recipe_args, built_cache))
     for task in components.tasks.values():
 
         def forbidden(*args, **kwargs):
@@ -87,7 +93,7 @@ def test_teacher_sourced_prompts_cached(tiny_recipe_args, tmp_path):
         [*teacher_source, "--set", f"tasks.sam.targets_cache={tmp_path / 'sam'}"], None
     )
     online = build_components(without_caches(recipe)).tasks["sam"]
-    cached = build_components(recipe).tasks["sam"]
+    cached = with_caches(recipe).tasks["sam"]
     assert online.prompt_source == "teacher"
     batch = collate_samples([online.dataset[(1, i)] for i in [6, 1, 3]])
     images, masks = prepare_images(batch, resolution=64, device=torch.device("cpu"))

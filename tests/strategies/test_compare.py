@@ -115,3 +115,19 @@ def test_compare_flags_conflict_strategies_a_one_task_replay_makes_no_ops(
     assert bool(found) == noop
     if noop:
         assert "one task per step" in found[0] and conflict in found[0]
+
+
+def test_a_failing_variant_is_reported_and_the_others_still_run(
+    eval_data, tiny_recipe_args, tiny_checkpoints, tmp_path
+):
+    from mergekit_vision.tools.compare import compare
+
+    recipe, *sets = tiny_recipe_args
+    overrides = [s for s in [*sets, *evaluation_args(eval_data)] if s != "--set"]
+    key = "teachers.sam.params.checkpoint"
+    grid = [f"{key}={tmp_path / 'missing.pth'},{tiny_checkpoints['sam']}"]
+    failed = r"(?s)missing\.pth failed: MissingPathsError.*does not exist"
+    with pytest.raises(RuntimeError, match=failed):
+        compare(Path(recipe), grid=grid, overrides=overrides, output=tmp_path / "grid")
+    rows = list(csv.DictReader((tmp_path / "grid" / "compare.csv").open()))
+    assert [r["variant"] for r in rows] == [f"{key}={tiny_checkpoints['sam']}"]

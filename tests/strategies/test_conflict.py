@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from mergekit_vision.engine.gradients import TaskGradients
 from mergekit_vision.registry import CONFLICT
 from mergekit_vision.strategies.conflict import torchjd_adapter
 from mergekit_vision.strategies.conflict.torchjd_adapter import MissingDependencyError
@@ -114,15 +115,14 @@ def test_only_shared_gradients_are_rewritten(name):
         model.loss(task, x).backward()
     head_grads = {n: p.grad.clone() for n, p in model.heads.named_parameters()}
     model.zero_grad()
-    strategy.begin_step(shared=shared)
+    recorder = TaskGradients(shared=shared, enabled=True)  # the engine's, as in a step
+    recorder.begin_step()
     for task in ("a", "b"):
         model.loss(task, x).backward()
-        strategy.after_task_backward(task=task, shared=shared)
-    torch.testing.assert_close(
-        torch.stack(list(strategy.task_gradients().values())), torch.stack(rows)
-    )
+        recorder.after_backward(task=task)
+    torch.testing.assert_close(torch.stack(list(recorder.rows().values())), torch.stack(rows))
     torch.manual_seed(1)  # graddrop draws: compare with the same draw
-    strategy.finish_step(shared=shared)
+    strategy.finish_step(shared=shared, task_gradients=recorder.rows())
     written = torch.cat([p.grad.reshape(-1) for p in shared])
     torch.manual_seed(1)
     expected = build(name).aggregate(torch.stack(rows))

@@ -1,10 +1,11 @@
 """Serve a task's cached targets in training, after checking the cache fits the recipe.
 
-:meth:`CachedTargets.open` (called by the builder for a task with ``targets_cache``) refuses a
-cache that is missing, unfinished or computed from anything else than the recipe says (teacher
-checkpoint, resolution, views, augmentation, prompts, dataset), naming the difference. During
-training ``task_step`` asks it for the prompts and target of each keyed view in place of the
-teacher; shards are memory-mapped, so only the rows a batch needs are read.
+:func:`open_target_sources` (called by ``vmerge run`` and the tools for the tasks with a
+``targets_cache``) refuses a cache that is missing, unfinished or computed from anything else than
+the recipe says (teacher checkpoint, resolution, views, augmentation, prompts, dataset), naming
+the difference; the builder then checks it against the task's dataset. During training the
+engine's step asks it, the task's target source, for the prompts and target of each keyed view
+in place of the teacher; shards are memory-mapped, so only the rows a batch needs are read.
 """
 
 from __future__ import annotations
@@ -27,8 +28,19 @@ from mergekit_vision.data.targets_cache.manifest import (
 from mergekit_vision.recipe.schema import Recipe
 
 
+def open_target_sources(recipe: Recipe) -> dict[str, CachedTargets]:
+    """The cache of every task with a ``targets_cache``, checked against the recipe: what
+    :func:`~mergekit_vision.engine.build.build_components` is handed as ``target_sources``."""
+    return {
+        name: CachedTargets.open(recipe, name)
+        for name, spec in recipe.tasks.items()
+        if spec.targets_cache is not None
+    }
+
+
 class CachedTargets:
-    """Prompts and targets of keyed sample views, read from a cache folder."""
+    """Prompts and targets of keyed sample views, read from a cache folder (a task's target
+    source, see :class:`~mergekit_vision.engine.build.TargetSource`)."""
 
     def __init__(self, *, task: str, folder: Path, manifest: dict[str, Any]):
         """
@@ -40,6 +52,7 @@ class CachedTargets:
         self.task, self.folder = task, folder
         self.views = int(manifest["identity"]["views"])
         self.resolutions = list(manifest["identity"]["resolutions"])
+        self.samples = int(manifest["samples"])
         self._files = [
             safe_open(str(folder / s["file"]), framework="pt") for s in manifest["shards"]
         ]
@@ -53,7 +66,7 @@ class CachedTargets:
     def open(cls, recipe: Recipe, task: str, *, dataset: Any = None) -> CachedTargets:
         """The task's cache, or :class:`StaleCacheError` saying what differs and how to fix it.
 
-        ``dataset``: the task's; a cache of another number of samples than its length is refused.
+        ``dataset``: the task's, if built; see :meth:`check_dataset`.
         """
         spec = recipe.tasks[task]
         assert spec.targets_cache is not None
@@ -75,14 +88,19 @@ class CachedTargets:
             raise StaleCacheError(
                 task, f"the cache in {folder} lacks shard files {', '.join(missing[:5])}; {fix}"
             )
+        cached = cls(task=task, folder=folder, manifest=manifest)
+        cached.check_dataset(dataset)
+        return cached
+
+    def check_dataset(self, dataset: Any) -> None:
+        """Refuse a cache of another number of samples than ``dataset`` (the task's) holds."""
         samples = _length(dataset)
-        if samples is not None and manifest["samples"] != samples:
+        if samples is not None and self.samples != samples:
             raise StaleCacheError(
-                task,
-                f"the cache in {folder} holds {manifest['samples']} samples but the dataset has "
-                f"{samples}; {fix}",
+                self.task,
+                f"the cache in {self.folder} holds {self.samples} samples but the dataset has "
+                f"{samples}; run `vmerge cache <recipe> --task {self.task}` to (re)build it",
             )
-        return cls(task=task, folder=folder, manifest=manifest)
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -18,7 +18,8 @@ class LossWeighting(nn.Module):
 
     ``base_weights`` are the recipe's task weights (SAM-CLIP's lambda). A weighting that needs the
     per-task gradients of the shared parameters (GradNorm) sets ``needs_task_gradients``; the engine
-    then passes them to :meth:`observe`.
+    then records them (the same rows the conflict strategy combines) and passes them to
+    :meth:`observe`.
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
