@@ -141,20 +141,9 @@ def bench_student(
     default (process-wide, so it cannot be interleaved: compare it across two runs).
     """
     kept = keep_memory and torch.device(device).type == "cpu" and keep_freed_memory()
-    params = ViTDetStudent.Params(variant=variant, native_size=resolution, **(architecture or {}))
-    torch.manual_seed(0)
-    student = ViTDetStudent(**params.architecture()).to(device)
-    student.activation_checkpointing = activation_checkpointing
-    compiled = torch.compile(student) if any(a.endswith("+compile") for a in attentions) else None
-    images = torch.rand(batch, 3, resolution, resolution, device=device)
-
-    def step(name: str) -> None:
-        attention, _, how = name.partition("+")
-        student.attention = attention
-        features = (compiled if how == "compile" else student)(images)
-        (features.tokens.square().mean() + features.feature_map.square().mean()).backward()
-        student.zero_grad(set_to_none=True)
-
+    step = _student_step(
+        variant, resolution, batch, activation_checkpointing, device, attentions, architecture
+    )
     model_flops = count_flops(lambda: step("original"))
     plain = {name.partition("+")[0] for name in attentions}
     executed_by = {name: count_flops(lambda name=name: step(name)) for name in plain}
@@ -162,21 +151,20 @@ def bench_student(
     for name in attentions:
         if name.endswith("+compile"):
             step(name)  # compiles (same FLOPs as the plain attention, counted above)
-    times: dict[str, list[float]] = {name: [] for name in attentions}
-    mfu: dict[str, list[float]] = {name: [] for name in attentions}
-    peaks: list[float] = []
-    for round_index in range(warmup + steps):
-        peak = matmul_peak(size=peak_size, device=device)
-        for name in attentions:
-            started = time.perf_counter()
-            step(name)
-            _sync(device)
-            elapsed = time.perf_counter() - started
-            if round_index >= warmup:
-                times[name].append(elapsed)
-                mfu[name].append(model_flops / elapsed / peak)
-        if round_index >= warmup:
-            peaks.append(peak)
+
+    def timed(name: str, round_index: int) -> float:
+        started = time.perf_counter()
+        step(name)
+        _sync(device)
+        return time.perf_counter() - started
+
+    times, peaks = _interleaved_rounds(
+        attentions, timed, warmup=warmup, steps=steps, peak_size=peak_size, device=device
+    )
+    mfu = {
+        name: [model_flops / t / p for t, p in zip(ts, peaks, strict=True)]
+        for name, ts in times.items()
+    }
     base = attentions[-1]
     return {
         "variant": variant,
@@ -197,6 +185,58 @@ def bench_student(
             for name in attentions
         },
     }
+
+
+def _student_step(
+    variant: str,
+    resolution: int,
+    batch: int,
+    activation_checkpointing: bool,
+    device: str,
+    attentions: Sequence[str],
+    architecture: dict[str, Any] | None,
+) -> Callable[[str], None]:
+    """One forward + backward of a seeded ViT-Det student under a named attention variant."""
+    params = ViTDetStudent.Params(variant=variant, native_size=resolution, **(architecture or {}))
+    torch.manual_seed(0)
+    student = ViTDetStudent(**params.architecture()).to(device)
+    student.activation_checkpointing = activation_checkpointing
+    compiled = torch.compile(student) if any(a.endswith("+compile") for a in attentions) else None
+    images = torch.rand(batch, 3, resolution, resolution, device=device)
+
+    def step(name: str) -> None:
+        attention, _, how = name.partition("+")
+        student.attention = attention
+        features = (compiled if how == "compile" else student)(images)
+        (features.tokens.square().mean() + features.feature_map.square().mean()).backward()
+        student.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _interleaved_rounds(
+    variants: Sequence[str],
+    run: Callable[[str, int], Any],
+    *,
+    warmup: int,
+    steps: int,
+    peak_size: int,
+    device: str,
+) -> tuple[dict[str, list[Any]], list[float]]:
+    """Each round times the matmul peak, then runs every variant once (``run(name, round)``),
+    so machine drift hits all alike; returns each variant's results and the peaks of the rounds
+    after ``warmup``."""
+    results: dict[str, list[Any]] = {name: [] for name in variants}
+    peaks: list[float] = []
+    for round_index in range(warmup + steps):
+        peak = matmul_peak(size=peak_size, device=device)
+        for name in variants:
+            result = run(name, round_index)
+            if round_index >= warmup:
+                results[name].append(result)
+        if round_index >= warmup:
+            peaks.append(peak)
+    return results, peaks
 
 
 def bench_training(
@@ -228,28 +268,23 @@ def bench_training(
     engine.open_streams(TrainState())
     step.use_attention(attentions[-1])
     flops = step.count_model_flops()
-    phases: dict[str, dict[str, list[float]]] = {a: {p: [] for p in PHASES} for a in attentions}
-    totals: dict[str, list[float]] = {a: [] for a in attentions}
-    peaks, device = [], str(components.device)
-    for round_index in range(warmup + steps):
-        peak = matmul_peak(size=peak_size, device=device)
-        for attention in attentions:
-            step.use_attention(attention)
-            timed = step.run(round_index)
-            if round_index >= warmup:
-                for phase, seconds in timed.items():
-                    phases[attention][phase].append(seconds)
-                totals[attention].append(sum(timed.values()))
-        if round_index >= warmup:
-            peaks.append(peak)
+    device = str(components.device)
+
+    def timed(attention: str, round_index: int) -> dict[str, float]:
+        step.use_attention(attention)
+        return step.run(round_index)
+
+    rounds, peaks = _interleaved_rounds(
+        attentions, timed, warmup=warmup, steps=steps, peak_size=peak_size, device=device
+    )
     peak = statistics.median(peaks)
     batch_sizes = {name: components.tasks[name].spec.batch_size for name in spec.tasks}
     report = {}
     for attention in attentions:
-        step_s = statistics.median(totals[attention])
+        step_s = statistics.median(sum(timed.values()) for timed in rounds[attention])
         report[attention] = {
             "median_step_s": step_s,
-            "phase_s": {p: statistics.median(t) for p, t in phases[attention].items()},
+            "phase_s": {p: statistics.median(r[p] for r in rounds[attention]) for p in PHASES},
             "images_per_s": {name: b / step_s for name, b in batch_sizes.items()},
             "mfu": flops["model"] / step_s / peak,
         }
