@@ -166,7 +166,7 @@ def predict(
     ] = True,
 ) -> None:
     """Segment IMAGES by class names and/or point and box prompts; write label and overlay PNGs."""
-    from mergekit_vision import predict as lib
+    from mergekit_vision.export import predict as lib
 
     def go() -> list[Any]:
         return lib.predict(
