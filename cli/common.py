@@ -10,7 +10,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from mergekit_vision.errors import BuildError, Issue, RecipeError
+from mergekit_vision.errors import (
+    BuildError,
+    Issue,
+    NonFiniteError,
+    RecipeError,
+    WeightsFileError,
+)
 from mergekit_vision.export import ExportError
 from mergekit_vision.recipe.io import load_recipe
 from mergekit_vision.registry import UnknownPluginError
@@ -25,6 +31,8 @@ USER_ERRORS = (
     FileExistsError,
     FileNotFoundError,
     ExportError,
+    NonFiniteError,
+    WeightsFileError,
 )
 
 SetOption = Annotated[

@@ -4,6 +4,7 @@ component that cannot be built from its recipe field. The CLI prints them withou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,20 @@ class RecipeError(ValueError):
         self.source, self.issues = source, issues
         lines = "\n".join(f"  - {issue}" for issue in issues)
         super().__init__(f"{source}: {len(issues)} problem(s) in the recipe:\n{lines}")
+
+
+class NonFiniteError(RuntimeError):
+    """Training diverged: too many consecutive non-finite losses, or non-finite weights about to
+    be checkpointed. The message names the task, the step and what to try."""
+
+
+class WeightsFileError(ValueError):
+    """A checkpoint, training state or weights file that cannot be used.
+
+    The message reads ``"{problem}. Expected {expected}. To fix: {remedy}."``; ``problem`` names
+    the file and says what is wrong with it.
+    """
+
+    def __init__(self, path: Path, *, problem: str, expected: str, remedy: str):
+        self.path, self.problem, self.expected, self.remedy = Path(path), problem, expected, remedy
+        super().__init__(f"{problem}. Expected {expected}. To fix: {remedy}.")

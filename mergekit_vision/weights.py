@@ -1,20 +1,55 @@
-"""Reading weight files the same way everywhere: safetensors or ``torch.load(weights_only=True)``,
-with errors that name the file, and loading them strictly with errors that say what does not fit."""
+"""Reading weight files the same way everywhere, and loading them strictly.
+
+Every checkpoint, training state and weights file is read by :func:`read_weights`: safetensors,
+or ``torch.load(weights_only=True)``, so nothing in a file is ever executed. Whatever goes wrong
+(a pickle the weights-only loader refuses, a truncated or malformed file, weights that do not fit
+the model) becomes one :class:`WeightsFileError` that names the file, what it should hold and
+what to do, which the CLI prints without a traceback.
+"""
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mergekit_vision.errors import WeightsFileError
 
-def read_checkpoint_file(path: Path, *, what: str) -> Mapping[str, object]:
-    """A ``.safetensors`` or ``torch.save`` file (loaded with ``weights_only=True``)."""
+STATE_DICT = "a state dict (tensor names to tensors) saved as .safetensors or with torch.save"
+REPLACE_FILE = "replace it with an intact copy (a download or copy may have been cut short)"
+
+
+def read_weights(
+    path: Path | str, *, what: str, expected: str = STATE_DICT, remedy: str = REPLACE_FILE
+) -> dict[str, Any]:
+    """A ``.safetensors`` file, or a ``torch.save`` file loaded with ``weights_only=True``.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (e.g. ``"SAM checkpoint"``, ``"training state"``).
+        expected: what it should hold, for messages.
+        remedy: what the user can do when the file is damaged.
+
+    Raises:
+        FileNotFoundError: ``"{what} not found: {path}"``.
+        WeightsFileError: the file is empty, truncated, malformed, refused by the weights-only
+            loader, or holds something other than a dict.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
+
+    def fail(reason: str) -> WeightsFileError:
+        problem = f"cannot read {what} {path}: {reason}"
+        return WeightsFileError(path, problem=problem, expected=expected, remedy=remedy)
+
+    if path.stat().st_size == 0:
+        raise fail("the file is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -23,10 +58,27 @@ def read_checkpoint_file(path: Path, *, what: str) -> Mapping[str, object]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch and safetensors raise many types for a bad file
-        raise ValueError(f"cannot read {what} checkpoint {path}: {error}") from error
+        raise fail(_why_unreadable(error, safetensors=path.suffix == ".safetensors")) from error
     if not isinstance(loaded, Mapping):
-        raise ValueError(f"{what} checkpoint {path} holds a {type(loaded).__name__}, not a dict")
-    return loaded
+        raise fail(f"it holds a {type(loaded).__name__}, not a dict")
+    return dict(loaded)
+
+
+def _why_unreadable(error: Exception, *, safetensors: bool) -> str:
+    """The library's error as a reason a user can act on (its first sentence kept as evidence)."""
+    if isinstance(error, pickle.UnpicklingError):
+        wanted = re.search(r"GLOBAL (\S+)", str(error))
+        asks = f"it asks to import {wanted.group(1)}, which" if wanted else "it holds objects that"
+        return (
+            f"PyTorch's weights-only loader refused it: {asks} no weights file needs, so it was "
+            "altered or written by other code (nothing in it was run)"
+        )
+    first = str(error).split(". ")[0].strip() or type(error).__name__
+    if safetensors:
+        return f"it is truncated or not a safetensors file ({first})"
+    if isinstance(error, EOFError):
+        return "it ends before its data does (truncated)"
+    return f"it is truncated or not a PyTorch file ({first})"
 
 
 def incompatible_keys(model: nn.Module, weights: Mapping[str, Tensor], *, shown: int = 5) -> str:
@@ -50,6 +102,9 @@ def load_strict(
     *,
     what: str,
     describe: Callable[[Mapping[str, Tensor]], str] | None = None,
+    path: Path | None = None,
+    expected: str = STATE_DICT,
+    remedy: str = "load it into the architecture it was saved from",
 ) -> None:
     """Load converted weights into ``model`` strictly, or say what does not fit.
 
@@ -60,13 +115,22 @@ def load_strict(
             checkpoint sam.pth does not fit variant 'vit_b'"``).
         describe: what the weights look like instead (e.g. which variant), added to the error;
             called only when something does not fit.
+        path: the file the weights were read from, if any: the error is then a
+            :class:`WeightsFileError` that names it and ends with ``expected`` and ``remedy``.
+        expected: what the file should hold (with ``path``).
+        remedy: what the user can do (with ``path``).
 
     Raises:
         ValueError: ``"{what}: {problems}"`` (mis-shaped, then unexpected, then missing keys),
             followed by ``describe``'s sentence; nothing is loaded then.
     """
     problems = incompatible_keys(model, state_dict)
-    if problems:
-        described = f". {describe(state_dict)}." if describe is not None else ""
+    if not problems:
+        model.load_state_dict(state_dict, strict=True)
+        return
+    described = f". {describe(state_dict)}." if describe is not None else ""
+    if path is None:
         raise ValueError(f"{what}: {problems}{described}")
-    model.load_state_dict(state_dict, strict=True)
+    named = what if str(path) in what else f"{path}: {what}"
+    problem = f"{named}: {problems}{described.removesuffix('.')}"
+    raise WeightsFileError(path, problem=problem, expected=expected, remedy=remedy)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalise
 from mergekit_vision.registry import STUDENTS, PluginParams, TeacherName
 from mergekit_vision.teachers.timm import timm_state_dict_from_checkpoint
-from mergekit_vision.weights import load_strict, read_checkpoint_file
+from mergekit_vision.weights import load_strict, read_weights
 
 # create_model arguments the student sets itself.
 _OWNED_KWARGS = ("pretrained", "img_size", "dynamic_img_size", "num_classes", "checkpoint_path")
@@ -142,7 +142,7 @@ class TimmViTStudent(Student):
             source = teachers[params.init_from].component("model").state_dict()
             student.load_timm_weights(source, source_name=f"teacher {params.init_from!r}")
         if params.checkpoint is not None:
-            raw = read_checkpoint_file(params.checkpoint, what="student")
+            raw = read_weights(params.checkpoint, what="student checkpoint")
             student.load_timm_weights(raw, source_name=str(params.checkpoint))
         return student
 

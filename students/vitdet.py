@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from segment_anything.modeling.image_encoder import ImageEncoderViT
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -29,7 +29,7 @@ from mergekit_vision.registry import STUDENTS, PluginParams, TeacherName
 from mergekit_vision.sam.positions import resample_encoder_positions, resample_pos_embed
 from mergekit_vision.sam.variants import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SAM_VARIANTS, SamVariant
 from mergekit_vision.students.vitdet_attention import ViTDetBlock
-from mergekit_vision.weights import load_strict, read_checkpoint_file
+from mergekit_vision.weights import load_strict, read_weights
 
 _SAM_PREFIX = "image_encoder."
 
@@ -88,14 +88,15 @@ class ViTDetStudent(ImageEncoderViT, Student):
 
     class Params(PluginParams):
         variant: Literal[SamVariant, "custom"] = "vit_b"
-        embed_dim: int | None = None
-        depth: int | None = None
-        num_heads: int | None = None
+        # sizes are positive: a 0 would only surface as a division by zero while building
+        embed_dim: PositiveInt | None = None
+        depth: PositiveInt | None = None
+        num_heads: PositiveInt | None = None
         global_attn_indexes: tuple[int, ...] | None = None
-        patch_size: int = 16
-        window_size: int = 14
-        out_chans: int = 256
-        native_size: int = 1024
+        patch_size: PositiveInt = 16
+        window_size: PositiveInt = 14
+        out_chans: PositiveInt = 256
+        native_size: PositiveInt = 1024
         init_from: TeacherName | None = None
         checkpoint: Path | None = None
         attention: Literal["sdpa", "original"] = Field(
@@ -208,7 +209,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
             encoder = teachers[params.init_from].component("image_encoder")
             student.load_sam_encoder(encoder.state_dict(), source=f"teacher {params.init_from!r}")
         if params.checkpoint is not None:
-            state = dict(read_checkpoint_file(params.checkpoint, what="student"))
+            state = read_weights(params.checkpoint, what="student checkpoint")
             student.load_sam_encoder(state, source=str(params.checkpoint))
         return student
 

@@ -12,7 +12,7 @@ import open_clip
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from torch import Tensor, nn
 
-from mergekit_vision.weights import load_strict, read_checkpoint_file
+from mergekit_vision.weights import load_strict, read_weights
 
 CUSTOM_PREFIX = "mergekit-custom-"  # names of architectures registered from a recipe's model_cfg
 
@@ -64,7 +64,7 @@ def _vision_sizes(config: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def load_open_clip_checkpoint(clip: nn.Module, path: Path, *, model: str) -> None:
     """Load an open_clip checkpoint file into ``clip`` strictly, with errors that help."""
-    raw = read_checkpoint_file(path, what="open_clip")
+    raw = read_weights(path, what="open_clip checkpoint")
     try:
         weights = open_clip_state_dict_from_checkpoint(raw)
     except ValueError as error:
@@ -75,6 +75,10 @@ def load_open_clip_checkpoint(clip: nn.Module, path: Path, *, model: str) -> Non
         weights,
         what=f"open_clip checkpoint {path} does not fit model {model!r}",
         describe=describe_open_clip_checkpoint,
+        path=path,
+        expected=f"an open_clip checkpoint of model {model!r}",
+        remedy="set the teacher's model (or model_cfg) to the checkpoint's, or point its "
+        "checkpoint at a file of this model",
     )
 
 

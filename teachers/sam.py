@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 from segment_anything.modeling import (
     ImageEncoderViT,
     MaskDecoder,
@@ -35,7 +35,7 @@ from mergekit_vision.sam.variants import (
     SamEncoderSizes,
     SamVariant,
 )
-from mergekit_vision.weights import load_strict, read_checkpoint_file
+from mergekit_vision.weights import load_strict, read_weights
 
 _ENCODER = "image_encoder."
 _POS_EMBED = "image_encoder.pos_embed"
@@ -50,18 +50,18 @@ class SamParams(PluginParams):
 
     variant: Literal[SamVariant, "custom"] = "vit_b"
     checkpoint: Path | None = None
-    image_size: int = RELEASED_SIZES.image_size
-    encoder_embed_dim: int | None = None
-    encoder_depth: int | None = None
-    encoder_num_heads: int | None = None
+    image_size: PositiveInt = RELEASED_SIZES.image_size
+    encoder_embed_dim: PositiveInt | None = None
+    encoder_depth: PositiveInt | None = None
+    encoder_num_heads: PositiveInt | None = None
     encoder_global_attn_indexes: tuple[int, ...] | None = None
-    patch_size: int = RELEASED_SIZES.patch_size
-    window_size: int = RELEASED_SIZES.window_size
-    prompt_embed_dim: int = RELEASED_SIZES.prompt_embed_dim
-    decoder_depth: int = RELEASED_SIZES.decoder_depth
-    decoder_mlp_dim: int = RELEASED_SIZES.decoder_mlp_dim
-    decoder_num_heads: int = RELEASED_SIZES.decoder_num_heads
-    mask_in_chans: int = RELEASED_SIZES.mask_in_chans
+    patch_size: PositiveInt = RELEASED_SIZES.patch_size
+    window_size: PositiveInt = RELEASED_SIZES.window_size
+    prompt_embed_dim: PositiveInt = RELEASED_SIZES.prompt_embed_dim
+    decoder_depth: PositiveInt = RELEASED_SIZES.decoder_depth
+    decoder_mlp_dim: PositiveInt = RELEASED_SIZES.decoder_mlp_dim
+    decoder_num_heads: PositiveInt = RELEASED_SIZES.decoder_num_heads
+    mask_in_chans: PositiveInt = RELEASED_SIZES.mask_in_chans
     multimask_output: bool = False
 
     @model_validator(mode="after")
@@ -227,7 +227,7 @@ def describe_sam_checkpoint(weights: Mapping[str, Tensor]) -> str:
 
 def load_sam_checkpoint(sam: Sam, path: Path, *, params: SamParams) -> None:
     """Load an official SAM checkpoint file into ``sam`` strictly, with errors that help."""
-    raw = read_checkpoint_file(path, what="SAM")
+    raw = read_weights(path, what="SAM checkpoint")
     try:
         weights = sam_state_dict_from_checkpoint(
             raw,
@@ -243,6 +243,10 @@ def load_sam_checkpoint(sam: Sam, path: Path, *, params: SamParams) -> None:
         what=f"SAM checkpoint {path} does not fit variant {params.variant!r} "
         f"(encoder sizes {params.encoder_sizes()[:3]})",
         describe=describe_sam_checkpoint,
+        path=path,
+        expected=f"a segment_anything checkpoint of variant {params.variant!r}",
+        remedy="set the teacher's variant (and sizes) to the checkpoint's, or point its "
+        "checkpoint at a file of this variant",
     )
 
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
 from mergekit_vision.registry import TEACHERS, PluginParams
-from mergekit_vision.weights import load_strict
+from mergekit_vision.weights import load_strict, read_weights
 
 TARGETS = ("summary", "spatial")
 # create_model arguments the teacher owns: weights come only from ``checkpoint``.
@@ -100,12 +100,7 @@ def timm_state_dict_from_checkpoint(
 
 def load_timm_checkpoint(model: nn.Module, path: Path, *, name: str) -> None:
     """Load a local timm checkpoint into ``model`` strictly, saying what does not fit."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"timm checkpoint not found: {path}")
-    try:
-        raw = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
-    except Exception as error:  # torch and safetensors raise many types for a bad file
-        raise ValueError(f"cannot read timm checkpoint {path}: {error}") from error
+    raw = read_weights(path, what="timm checkpoint")
     try:
         weights = timm_state_dict_from_checkpoint(raw, model)
     except (ValueError, KeyError, RuntimeError) as error:
@@ -114,6 +109,10 @@ def load_timm_checkpoint(model: nn.Module, path: Path, *, name: str) -> None:
         model,
         weights,
         what=f"timm checkpoint {path} does not fit model {name!r} with the given model_kwargs",
+        path=path,
+        expected=f"a timm checkpoint of {name!r}",
+        remedy="set the teacher's model and model_kwargs to the checkpoint's, or point its "
+        "checkpoint at a file of this model",
     )
 
 

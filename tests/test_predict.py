@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import cbook
 from PIL import Image
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from mergekit_vision.cli.main import main
 from mergekit_vision.contracts import Prompts
@@ -21,6 +22,7 @@ from mergekit_vision.eval.models import ClipTeacherEval, MergedEval
 from mergekit_vision.eval.tasks import class_text_embeddings, refined_labels
 from mergekit_vision.export.loading import load_run
 from mergekit_vision.export.predict import restore_labels
+from mergekit_vision.sam.variants import SAM_PIXEL_MEAN
 
 TINY_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny_sam_clip.yaml"
 TEMPLATES = ["a photo of a {}."]  # the tiny recipe has no eval section: predict's default
@@ -62,6 +64,16 @@ def fitted(path: Path) -> torch.Tensor:
     return resize_image(load_image(path), resolution=64, mode="pad")[None].float() / 255
 
 
+def sam_fitted(path: Path) -> torch.Tensor:
+    """The image as SamPredictor feeds it to Sam: SAM's resize, then padding that the student's
+    normalization turns into Sam.preprocess's zeros."""
+    resized = ResizeLongestSide(64).apply_image(load_image(path).permute(1, 2, 0).numpy())
+    image = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1).repeat(1, 1, 64, 64)
+    height, width = resized.shape[:2]
+    image[0, :, :height, :width] = torch.from_numpy(resized).permute(2, 0, 1) / 255
+    return image
+
+
 def read_png(path: Path) -> np.ndarray:
     picture = Image.open(path)
     assert picture.mode == "P"
@@ -95,7 +107,7 @@ def test_toy_scene_prompt_masks_follow_the_prompts(run_dir, merged, toy_image, t
             "--output", str(tmp_path)]  # fmt: skip
     assert main(args) == 0
     model, _ = merged
-    image = fitted(path)
+    image = sam_fitted(path)
     prompts = Prompts(  # the 128 x 96 image is halved to fit 64 x 64
         64,
         torch.tensor([[[[15.0, 35.0]]]]),
@@ -175,3 +187,47 @@ def test_a_region_covering_the_image_embeds_as_the_image(merged):
     embedded = model.embed_regions(model.head_tokens(features)[0], regions)
     torch.testing.assert_close(embedded[0], model.embed_images(images)[0], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(embedded[1], embedded[0], atol=1e-3)
+
+
+def odd_image(kind: str, folder: Path) -> Path:
+    """A valid image of an unusual size or PIL mode."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    pictures = {
+        "strip_3000x10": lambda: Image.fromarray(rng.integers(0, 256, (10, 3000, 3), np.uint8)),
+        "strip_10x3000": lambda: Image.fromarray(rng.integers(0, 256, (3000, 10, 3), np.uint8)),
+        "pixel_1x1": lambda: Image.fromarray(rgb[:1, :1]),
+        "sixteen_bit": lambda: Image.fromarray(rng.integers(0, 65536, (40, 30), np.uint16)),
+        "rgba": lambda: Image.fromarray(rng.integers(0, 256, (40, 30, 4), np.uint8)),
+        "grey_alpha": lambda: Image.fromarray(rgb).convert("LA"),
+        "grey": lambda: Image.fromarray(rgb).convert("L"),
+        "palette": lambda: Image.fromarray(rgb).convert("P"),
+        "one_bit": lambda: Image.fromarray(rgb).convert("1"),
+    }
+    path = folder / f"{kind}.png"
+    pictures[kind]().save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["strip_3000x10", "strip_10x3000", "pixel_1x1", "sixteen_bit", "rgba", "grey_alpha", "grey",
+     "palette", "one_bit"],
+)  # fmt: skip
+def test_valid_odd_images_predict_at_their_own_size(run_dir, tmp_path, kind):
+    path = odd_image(kind, tmp_path)
+    width, height = Image.open(path).size
+    args = ["predict", str(run_dir), str(path), "--classes", "circle,square", "--points", "0,0",
+            "--boxes", f"0,0,{width},{height}", "--output", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0
+    for name in ("semantic", "prompts"):
+        assert read_png(tmp_path / "out" / f"{kind}_{name}.png").shape == (height, width)
+
+
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_not_clipped(tmp_path):
+    values = np.array([[0, 257, 128 * 257, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    image = load_image(tmp_path / "deep.png")
+    assert image.shape == (3, 1, 4)
+    assert image[:, 0].tolist() == [[0, 1, 128, 255]] * 3

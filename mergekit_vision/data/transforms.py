@@ -22,6 +22,9 @@ from torchvision.transforms import InterpolationMode
 
 from mergekit_vision.data.base import ResizeMode
 
+# Integer greyscale modes PIL opens 16-bit PNGs and TIFFs as ("I": 32-bit, holding 16-bit values).
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
 
 class UnreadableImageError(OSError):
     """An image file is missing, truncated or not an image; the message names the file."""
@@ -51,7 +54,7 @@ def load_image(
             image = ImageOps.exif_transpose(raw)
             if expected_size is not None and (image.height, image.width) != expected_size:
                 image = raw
-            rgb = image.convert("RGB")
+            rgb = _to_rgb(image)
     except OSError as exc:
         raise UnreadableImageError(f"cannot read image '{name}': {exc}") from exc
     if expected_size is not None and (rgb.height, rgb.width) != expected_size:
@@ -62,11 +65,22 @@ def load_image(
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB (alpha dropped, palettes and 1-bit expanded)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        # PIL's convert clips 16-bit greyscale at 255, which turns most of a photo white.
+        grey = np.asarray(image).astype(np.float64) / 257.0
+        image = Image.fromarray(np.clip(grey.round(), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def _scaled_size(height: int, width: int, *, resolution: int, mode: ResizeMode) -> tuple[int, int]:
     side = max(height, width) if mode == "pad" else min(height, width)
     scale = resolution / side
     # Round half up as SAM's ResizeLongestSide does; never drop below the target on the fitted side.
     new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
+    # A strip such as 3000x10 would otherwise get a 0-pixel side, which nothing can resize to.
+    new_h, new_w = max(new_h, 1), max(new_w, 1)
     if mode == "crop":
         new_h, new_w = max(new_h, resolution), max(new_w, resolution)
     return new_h, new_w

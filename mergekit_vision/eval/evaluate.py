@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-
 from mergekit_vision.engine.build import Components, build_components
-from mergekit_vision.engine.run_folder import CHECKPOINTS_DIR, MODEL_FILE, RECIPE_FILE, find_last
+from mergekit_vision.engine.run_folder import (
+    CHECKPOINTS_DIR,
+    RECIPE_FILE,
+    find_last,
+    load_model_weights,
+)
 from mergekit_vision.eval.features import feature_retention_results, print_feature_table
 from mergekit_vision.eval.pictures import save_grid
 from mergekit_vision.eval.report import Evaluation, print_table, write_results
@@ -35,7 +38,7 @@ def load_merged(run_dir: Path, recipe: Any) -> Components:
             f"no checkpoint under {run_dir / CHECKPOINTS_DIR}; train first with vmerge run"
         )
     components = build_components(recipe)
-    components.model.load_state_dict(load_file(str(checkpoint / MODEL_FILE)))
+    load_model_weights(components.model, checkpoint)
     components.model.eval()
     return components
 

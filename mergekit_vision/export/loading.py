@@ -12,11 +12,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from mergekit_vision.contracts import Teacher
 from mergekit_vision.engine.build import MergedModel, build_components
-from mergekit_vision.engine.run_folder import CHECKPOINTS_DIR, MODEL_FILE, RECIPE_FILE, find_last
+from mergekit_vision.engine.run_folder import (
+    CHECKPOINTS_DIR,
+    MODEL_FILE,
+    RECIPE_FILE,
+    find_last,
+    load_model_weights,
+)
 from mergekit_vision.export import ExportError
 from mergekit_vision.heads.clip_head import ClipHead
 from mergekit_vision.recipe.io import load_recipe, validate_recipe
@@ -93,7 +97,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         warnings.simplefilter("ignore")  # random teachers are expected here and announced above
         components = build_components(standalone, allow_random_init=True)
     model = components.model
-    model.load_state_dict(load_file(str(checkpoint / MODEL_FILE)), strict=True)
+    load_model_weights(model, checkpoint)
     return LoadedRun(
         run_dir=Path(run_dir),
         checkpoint=checkpoint,

@@ -19,7 +19,7 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from mergekit_vision.export import ExportError
@@ -29,6 +29,7 @@ from mergekit_vision.recipe.schema import task_of_head
 from mergekit_vision.registry import NORMALIZATION, STUDENTS, TEACHERS
 from mergekit_vision.strategies.normalization.base import TargetNormalizer
 from mergekit_vision.teachers.open_clip import OpenClipParams, create_clip
+from mergekit_vision.weights import load_strict, read_weights
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -201,6 +202,11 @@ def load_open_clip(folder: Path | str) -> tuple[nn.Module, Callable, Callable]:
         params = OpenClipParams(model="merged", model_cfg=config["model_cfg"])
     clip, name = create_clip(params)
     clip.visual = build_merged_visual(config["visual"])
-    clip.load_state_dict(load_file(str(folder / OPEN_CLIP_WEIGHTS)), strict=True)
+    path = folder / OPEN_CLIP_WEIGHTS
+    expected = f"the open_clip model that vmerge export writes beside {OPEN_CLIP_CONFIG}"
+    remedy = "export the run again (vmerge export RUN --format open_clip)"
+    weights = read_weights(path, what="exported open_clip", expected=expected, remedy=remedy)
+    what = f"exported open_clip weights {path} do not fit the model of {OPEN_CLIP_CONFIG}"
+    load_strict(clip, weights, what=what, path=path, expected=expected, remedy=remedy)
     preprocess = image_transform_v2(PreprocessCfg(**clip.visual.preprocess_cfg), is_train=False)
     return clip.eval(), preprocess, open_clip.get_tokenizer(name)

@@ -6,10 +6,14 @@
   (``refined_labels`` and ``dense_labels`` of :mod:`mergekit_vision.eval.tasks`);
 - point- and box-prompted masks from the SAM head (Kirillov et al., arXiv 2304.02643).
 
-An image is resized and padded as SAM expects (longest side to ``R``, zero padding bottom and
-right, :func:`~mergekit_vision.data.transforms.resize_image`); predictions are cropped back to the
-image and resized to its original size, as ``Sam.postprocess_masks`` does. Outputs are label PNGs
-(palette mode: pixel value = label index) and overlay PNGs, plus ``predictions.json``.
+Prompted masks see the image exactly as segment_anything's ``SamPredictor`` feeds it to a ``Sam``
+(so ``vmerge predict`` on a run and ``SamPredictor`` on its ``--format sam`` export agree): the
+longest side resized to ``R`` by ``ResizeLongestSide.apply_image``, pixels normalized, zero padding
+bottom and right after normalization, prompts mapped by ``apply_coords``/``apply_boxes``, and mask
+logits cropped and resized back as ``Sam.postprocess_masks`` does. Class labels see the image as
+``vmerge eval`` does (:func:`~mergekit_vision.data.transforms.resize_image`, the geometry its
+calibrated threshold was measured on), cropped back and resized to the original size. Outputs are
+label PNGs (palette mode: pixel value = label index) and overlay PNGs, plus ``predictions.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 
 from mergekit_vision.contracts import Prompts
@@ -52,6 +57,19 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 class PredictError(ExportError):
     """Images or prompts that cannot be predicted on; says what was expected."""
+
+
+class SamResize(ResizeLongestSide):
+    """segment_anything's ``ResizeLongestSide``, except that no side shrinks to 0 pixels.
+
+    SAM's rounding gives a 3000x10 strip a 0-pixel height at 64 px (at 1024 px, any strip longer
+    than 2048:1), which no resize accepts; every other image gets SAM's own size.
+    """
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        height, width = ResizeLongestSide.get_preprocess_shape(oldh, oldw, long_side_length)
+        return max(height, 1), max(width, 1)
 
 
 @dataclass
@@ -104,10 +122,25 @@ class Predictor:
         return class_text_embeddings(ClipTeacherEval(teacher), list(class_names), self.templates)
 
     def fit(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """``uint8 [3, H, W]`` -> ``[1, 3, R, R]`` in [0, 1], and the resized ``(h, w)`` in it."""
+        """``uint8 [3, H, W]`` -> ``[1, 3, R, R]`` in [0, 1] as ``vmerge eval`` fits images,
+        and the resized ``(h, w)`` in it."""
         inner = _scaled_size(*image.shape[-2:], resolution=self.resolution, mode="pad")
         fitted = resize_image(image, resolution=self.resolution, mode="pad")
         return fitted[None].float() / 255.0, inner
+
+    def fit_as_sam(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """``uint8 [3, H, W]`` -> ``[1, 3, R, R]`` in [0, 1] as ``SamPredictor.set_image``
+        prepares it, and the resized ``(h, w)`` in it.
+
+        ``Sam.preprocess`` pads with zeros after normalizing; the student normalizes itself, so
+        the padding here is its pixel mean, which its normalization turns into those zeros.
+        """
+        resized = SamResize(self.resolution).apply_image(image.permute(1, 2, 0).numpy())
+        height, width = resized.shape[:2]
+        mean = torch.tensor(self.run.model.student.pixel_mean, dtype=torch.float32)
+        fitted = mean.view(3, 1, 1).repeat(1, self.resolution, self.resolution)
+        fitted[:, :height, :width] = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
+        return fitted[None], (height, width)
 
     @torch.no_grad()
     def labels(self, images: Tensor, texts: Tensor) -> Tensor:
@@ -125,7 +158,8 @@ class Predictor:
 
     @torch.no_grad()
     def mask_logits(self, images: Tensor, prompts: Prompts) -> Tensor:
-        """``[N, R, R]`` mask logits of one fitted image's prompts (points first, then boxes)."""
+        """``[N, R, R]`` mask logits of one fitted image's prompts (points first, then boxes),
+        upsampled to the input as ``Sam.postprocess_masks`` does first."""
         logits = self.model.mask_logits(self.model.encode(images), prompts)[0]
         return F.interpolate(logits[None].float(), size=images.shape[-2:], mode="bilinear")[0]
 
@@ -191,14 +225,14 @@ def _predict_one(predictor, path, texts, classes, points, boxes, output) -> Pred
     except UnreadableImageError as error:
         raise PredictError(str(error)) from error
     height, width = image.shape[-2:]
-    fitted, inner = predictor.fit(image)
     prompts = None
     if points or boxes:
-        prompts = to_prompts(points, boxes, (height, width), inner, predictor.resolution)
+        prompts = to_prompts(points, boxes, (height, width), predictor.resolution)
     output.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     result = Prediction(image=path)
     rgb = image.permute(1, 2, 0).numpy()
     if texts is not None:
+        fitted, inner = predictor.fit(image)
         labels = predictor.labels(fitted, texts)[0]
         result.labels = restore_labels(labels, inner, (height, width))
         result.files["semantic"] = _save_labels(result.labels, output / f"{path.stem}_semantic.png")
@@ -207,6 +241,7 @@ def _predict_one(predictor, path, texts, classes, points, boxes, output) -> Pred
             overlay, output / f"{path.stem}_semantic_overlay.png"
         )
     if prompts is not None:
+        fitted, inner = predictor.fit_as_sam(image)
         logits = restore_logits(predictor.mask_logits(fitted, prompts), inner, (height, width))
         result.masks = (logits > 0).numpy()
         winner = torch.where(logits.amax(0) > 0, logits.argmax(0) + 1, 0).to(torch.uint8).numpy()
@@ -219,23 +254,25 @@ def _predict_one(predictor, path, texts, classes, points, boxes, output) -> Pred
     return result
 
 
-def to_prompts(points, boxes, original: tuple[int, int], inner: tuple[int, int], size: int):
-    """Original-image pixel prompts -> :class:`Prompts` on the fitted image (SAM's
-    ``ResizeLongestSide.apply_coords``: scale x by ``w'/W`` and y by ``h'/H``)."""
+def to_prompts(points, boxes, original: tuple[int, int], size: int) -> Prompts:
+    """Original-image pixel prompts -> :class:`Prompts` on the image fitted to ``size`` by
+    :meth:`Predictor.fit_as_sam` (SAM's ``apply_coords`` and ``apply_boxes``); one prompt per
+    point and per box, as ``SamPredictor.predict`` with one of them."""
     height, width = original
     for x, y in points:
         if not (0 <= x < width and 0 <= y < height):
             raise PredictError(f"point ({x}, {y}) lies outside the {width}x{height} image")
-    scale = torch.tensor([inner[1] / width, inner[0] / height])
+    if any(x1 <= x0 or y1 <= y0 for x0, y0, x1, y1 in boxes):
+        raise PredictError("boxes are x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+    transform = SamResize(size)
     point_tensor = box_tensor = label_tensor = None
     if points:
-        point_tensor = (torch.tensor(points, dtype=torch.float32) * scale)[None, :, None]
+        mapped = transform.apply_coords(np.asarray(points, dtype=np.float64), original)
+        point_tensor = torch.as_tensor(mapped, dtype=torch.float32)[None, :, None]
         label_tensor = torch.ones(1, len(points), 1, dtype=torch.long)
     if boxes:
-        raw = torch.tensor(boxes, dtype=torch.float32)
-        if (raw[:, 2] <= raw[:, 0]).any() or (raw[:, 3] <= raw[:, 1]).any():
-            raise PredictError("boxes are x0,y0,x1,y1 with x1 > x0 and y1 > y0")
-        box_tensor = (raw * scale.repeat(2))[None]
+        mapped = transform.apply_boxes(np.asarray(boxes, dtype=np.float64), original)
+        box_tensor = torch.as_tensor(mapped, dtype=torch.float32)[None]
     return Prompts(size, point_tensor, label_tensor, box_tensor)
 
 
@@ -246,7 +283,8 @@ def restore_labels(labels: Tensor, inner: tuple[int, int], original: tuple[int, 
 
 
 def restore_logits(logits: Tensor, inner: tuple[int, int], original: tuple[int, int]) -> Tensor:
-    """``[N, R, R]`` logits -> ``[N, H, W]`` (crop the padding, bilinear: SAM's postprocess)."""
+    """``[N, R, R]`` logits -> ``[N, H, W]``: crop the padding, then bilinear, as the rest of
+    ``Sam.postprocess_masks`` (a method of a built ``Sam``, which a merged run does not have)."""
     cropped = logits[:, : inner[0], : inner[1]][None]
     return F.interpolate(cropped, size=original, mode="bilinear", align_corners=False)[0]
 

@@ -28,6 +28,7 @@ from mergekit_vision.sam.variants import (
 )
 from mergekit_vision.students.vitdet import ViTDetStudent
 from mergekit_vision.teachers.sam import build_sam_model
+from mergekit_vision.weights import load_strict, read_weights
 
 SAM_WEIGHTS = "sam.pth"
 SAM_CONFIG = "sam_config.json"
@@ -117,8 +118,13 @@ def load_exported_sam(folder: Path) -> Sam:
     if config["registry"] is not None:
         from segment_anything import sam_model_registry
 
-        return sam_model_registry[config["registry"]](checkpoint=str(folder / SAM_WEIGHTS)).eval()
-    sam = build_sam_model(**config["build_sam_model"])
-    state = torch.load(folder / SAM_WEIGHTS, map_location="cpu", weights_only=True)
-    sam.load_state_dict(state, strict=True)
+        sam = sam_model_registry[config["registry"]]()  # weights are read below, as any file
+    else:
+        sam = build_sam_model(**config["build_sam_model"])
+    path = folder / SAM_WEIGHTS
+    expected = f"the Sam state dict vmerge export --format sam writes beside {SAM_CONFIG}"
+    remedy = "export the run again (vmerge export RUN --format sam)"
+    state = read_weights(path, what="exported SAM weights", expected=expected, remedy=remedy)
+    what = f"exported SAM weights {path} do not fit the Sam of {SAM_CONFIG}"
+    load_strict(sam, state, what=what, path=path, expected=expected, remedy=remedy)
     return sam.eval()
