@@ -3,6 +3,7 @@ that reports every problem as (dotted path, YAML line, what was expected)."""
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from pathlib import Path
@@ -13,6 +14,12 @@ from pydantic import BaseModel, ValidationError
 
 from mergekit_vision.errors import Issue, RecipeError
 from mergekit_vision.recipe.app import app_section
+from mergekit_vision.recipe.safe_yaml import (
+    RecipeTextError,
+    compose_and_load,
+    load_value,
+    read_text,
+)
 from mergekit_vision.recipe.schema import Recipe, dangling_references, unknown_key_message
 from mergekit_vision.recipe.specs import InvalidParams, plugin_specs
 from mergekit_vision.registry import ALL_REGISTRIES, APPS, UnknownPluginError
@@ -36,10 +43,13 @@ def _is_leaf(node: yaml.Node) -> bool:
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """The YAML document and a map from key paths to their line numbers."""
-    text = path.read_text()
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root, data = compose_and_load(read_text(path))
+    except OSError as err:
+        problem = f"cannot read the file ({err.strerror}); give the path to a readable recipe YAML"
+        raise RecipeError(str(path), [Issue("", problem)]) from None
+    except RecipeTextError as err:
+        raise RecipeError(str(path), [Issue("", err.message, err.line)]) from None
     except yaml.YAMLError as err:
         raise RecipeError(str(path), [Issue("", f"not valid YAML: {err}")]) from None
     if not isinstance(data, dict):
@@ -60,7 +70,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise RecipeError("--set", [Issue(item, "expected dotted.key=value")])
         dotted, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = load_value(raw)
+        except RecipeTextError as err:
+            raise RecipeError("--set", [Issue(item, err.message)]) from None
         except yaml.YAMLError as err:
             problem = str(err).splitlines()[0]
             hint = "quote the value, e.g. --set 'a.b=[1, 2]' or --set 'a.b={x: 1}'"
@@ -124,10 +136,33 @@ def validate_recipe(
         # The recipe-level reference check repeats ``refs`` as one message without paths.
         errors = [e for e in err.errors() if e["loc"] or not refs]
         issues += [_issue_from_pydantic(e) for e in errors]
-    issues += section_issues + [Issue(key, unknown_key_message(key)) for key in unknown]
+    issues += section_issues + [Issue(str(key), unknown_key_message(key)) for key in unknown]
+    reported = {issue.path for issue in issues}
+    issues += [i for i in _unusable_numbers(data) if i.path not in reported]
     if issues or recipe is None:
         raise RecipeError(source, [_with_line(i, lines) for i in _dedupe(issues)])
     return recipe
+
+
+def _unusable_numbers(data: Any, path: str = "") -> list[Issue]:
+    """Numbers no code can take, wherever they are (plugin params declare no range for most):
+    integers beyond 64 bits overflow torch and numpy, inf and nan pass checks like ``> 0``."""
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        items = ()
+    issues = [i for key, value in items for i in _unusable_numbers(value, _join(path, key))]
+    if isinstance(data, int) and not isinstance(data, bool) and not -(2**63) <= data < 2**63:
+        issues.append(Issue(path, f"{data} is out of range: numbers in a recipe fit in 64 bits"))
+    elif isinstance(data, float) and not math.isfinite(data):
+        issues.append(Issue(path, f"{data} is not a finite number; give a finite value"))
+    return issues
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
 
 
 def _with_line(issue: Issue, lines: dict[tuple[str, ...], int]) -> Issue:
@@ -148,29 +183,32 @@ def _dedupe(issues: list[Issue]) -> list[Issue]:
 
 def _resolve_plugin_params(
     data: dict[str, Any], issues: list[Issue]
-) -> tuple[dict[str, Any], list[str]]:
-    """A copy of ``data`` whose plugin entries hold their validated ``Params``, and the paths of
-    the entries whose params are invalid (left as given, their problems added to ``issues``)."""
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A copy of ``data`` whose plugin entries hold their validated ``Params``, and the entries
+    whose params are invalid (left as given, their problems added to ``issues``)."""
     import copy
 
     data = copy.deepcopy(data)
-    invalid: list[str] = []
+    invalid: list[dict[str, Any]] = []
     for spec_cls, path, spec in list(plugin_specs(Recipe, data)):
         try:
             model = ALL_REGISTRIES[spec_cls.kind].params_model(spec["type"])
         except UnknownPluginError as err:
             issues.append(Issue(f"{path}.type", str(err)))
-            invalid.append(path)
+            invalid.append(spec)
             continue
         try:
             spec["params"] = model.model_validate(spec.get("params") or {})
         except ValidationError as err:
             issues += [_issue_from_pydantic(e, f"{path}.params", model) for e in err.errors()]
-            invalid.append(path)
+            invalid.append(spec)
+        except Exception as err:  # noqa: BLE001 - a plugin's own check failed on odd values
+            issues.append(Issue(f"{path}.params", _check_failed(spec_cls.kind, spec["type"], err)))
+            invalid.append(spec)
     return data, invalid
 
 
-def _resolve_app_sections(data: dict[str, Any], issues: list[Issue]) -> list[str]:
+def _resolve_app_sections(data: dict[str, Any], issues: list[Issue]) -> list[Any]:
     """Validate each app section of ``data`` in place (left as given where invalid, its problems
     added to ``issues``); return the top-level keys that are neither fields nor apps."""
     unknown = []
@@ -185,27 +223,34 @@ def _resolve_app_sections(data: dict[str, Any], issues: list[Issue]) -> list[str
         except ValidationError as err:
             model = APPS.params_model(key)
             issues += [_issue_from_pydantic(e, key, model) for e in err.errors()]
+        except Exception as err:  # noqa: BLE001 - the app's own check failed on odd values
+            issues.append(Issue(key, _check_failed("apps", key, err)))
     return unknown
 
 
-def _checkable(data: dict[str, Any], invalid: list[str], unknown: list[str]) -> dict[str, Any]:
+def _check_failed(kind: str, name: str, err: Exception) -> str:
+    """What to say where a plugin's ``Params`` check raised instead of reporting a problem
+    (pydantic turns only ``ValueError`` and ``AssertionError`` into one)."""
+    return (
+        f"the {kind} plugin {name!r} failed to check these values ({type(err).__name__}: {err}); "
+        "one of them is outside what it handles: correct it, and tell the plugin's authors"
+    )
+
+
+def _checkable(
+    data: dict[str, Any], invalid: list[dict[str, Any]], unknown: list[Any]
+) -> dict[str, Any]:
     """``data`` as the schema may check it for the remaining problems: invalid params (already
     reported) stand in as :class:`InvalidParams`, invalid app sections and unknown keys go."""
     out = {k: v for k, v in data.items() if k not in unknown}
-    for path in invalid:
-        spec = _at(out, path)
+    # The entries themselves, not their dotted paths: a name may hold a dot or be a number.
+    for spec in invalid:
         if isinstance(spec.get("params", {}), dict):  # other types: the schema says so itself
             spec["params"] = InvalidParams()
     for key in list(out):
         if key not in Recipe.model_fields and not isinstance(out[key], APPS.params_model(key)):
             out[key] = None
     return out
-
-
-def _at(data: Any, path: str) -> Any:
-    for key in path.split("."):
-        data = data[int(key)] if isinstance(data, list) else data[key]
-    return data
 
 
 def _issue_from_pydantic(

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from mergekit_vision.recipe.app import validate_app_sections, with_app_schemas
+from mergekit_vision.recipe.ranges import (
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_EPOCHS,
+    MAX_SIDE,
+    MAX_WORKERS,
+    Beta,
+    Count,
+    Resolution,
+    Seed,
+    Side,
+)
 from mergekit_vision.recipe.references import declared_references
 from mergekit_vision.recipe.specs import (
     ConflictSpec,
@@ -43,13 +55,13 @@ class TaskSpec(Frozen):
     target: str
     loss: LossSpec
     data: DatasetSpec
-    batch_size: int = Field(ge=1)
-    resolution: int | list[int] = Field(description="side in px; a list cycles per step")
+    batch_size: int = Field(ge=1, le=MAX_BATCH)
+    resolution: Resolution = Field(description="side in px; a list cycles per step")
     resize: Literal["pad", "crop"] = "crop"
     weight: float = Field(1.0, ge=0, description="the task's loss weight (SAM-CLIP's lambda)")
     prompts: PromptSamplerParams | None = None
-    max_masks: int = Field(64, ge=1)
-    num_workers: int = Field(0, ge=0)
+    max_masks: int = Field(64, ge=1, le=MAX_COUNT)
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
     normalize: NormalizationSpec | None = Field(
         None, description="teacher-target normalisation (standardize, phi_s)"
     )
@@ -59,7 +71,10 @@ class TaskSpec(Frozen):
         "training batches, a fixed in-sample set)",
     )
     views: int | None = Field(
-        None, ge=1, description="augmentation views per sample, view = epoch mod views"
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="augmentation views per sample, view = epoch mod views",
     )
     augment: AugmentSpec | None = None
     targets_cache: str | None = Field(
@@ -85,10 +100,10 @@ class MonitorSpec(Frozen):
     stage (``early_stopping``), and replay schedulers see every reading.
     """
 
-    every: int = Field(50, ge=1)
-    batches: int = Field(2, ge=1)
+    every: Count = 50
+    batches: Count = 2
     early_stopping: bool = False
-    patience: int = Field(3, ge=1)
+    patience: Count = 3
     tolerance: float = Field(0.05, ge=0)
 
 
@@ -96,13 +111,15 @@ class StageSpec(Frozen):
     """A training stage: which tasks run, which parameter groups train, and at what LR."""
 
     name: str
-    steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0, description="epochs over the first task's data")
+    steps: Count | None = None
+    epochs: float | None = Field(
+        None, gt=0, le=MAX_EPOCHS, description="epochs over the first task's data"
+    )
     tasks: list[str] = Field(min_length=1)
     train: list[str] = Field(min_length=1, description="'backbone' and/or head names")
     lr: float = Field(gt=0)
-    lr_mult: dict[str, float] = Field(default_factory=dict)
-    resolution: dict[str, int | list[int]] = Field(
+    lr_mult: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    resolution: dict[str, Resolution] = Field(
         default_factory=dict, description="per-task resolution override for this stage"
     )
     # Built when a stage omits them, not on import: building an entry looks its plugin up.
@@ -111,7 +128,7 @@ class StageSpec(Frozen):
     weighting: WeightingSpec = Field(default_factory=lambda: WeightingSpec(type="static"))
     monitor: MonitorSpec | None = None
     accumulate: int = Field(
-        1, ge=1, description="micro-batches summed per task into one optimiser step"
+        1, ge=1, le=MAX_COUNT, description="micro-batches summed per task into one optimiser step"
     )
 
     @model_validator(mode="after")
@@ -124,11 +141,17 @@ class StageSpec(Frozen):
 class OptimizerSpec(Frozen):
     type: Literal["adamw"] = "adamw"
     weight_decay: float = Field(0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(1e-8, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     fused: bool | None = Field(
         None, description="fused AdamW kernel; None: wherever the parameters' device has one"
+    )
+    max_nonfinite_steps: int = Field(
+        10,
+        ge=1,
+        description="a step whose loss is NaN or inf is skipped; this many in a row stop the run "
+        "(its last checkpoint kept)",
     )
 
 
@@ -136,18 +159,18 @@ class ScheduleSpec(Frozen):
     """LR schedule applied within each stage (restarted at every stage)."""
 
     type: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=MAX_COUNT)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
 class LoggingSpec(Frozen):
-    every: int = Field(1, ge=1, description="write metrics.jsonl every N steps")
+    every: int = Field(1, ge=1, le=MAX_COUNT, description="write metrics.jsonl every N steps")
     progress: bool = True
 
 
 class CheckpointSpec(Frozen):
-    every: int = Field(500, ge=1)
-    keep: int = Field(3, ge=1, description="step-<N> folders kept besides 'last'")
+    every: Count = 500
+    keep: int = Field(3, ge=1, le=MAX_COUNT, description="step-<N> folders kept besides 'last'")
 
 
 class DistributedSpec(Frozen):
@@ -183,8 +206,23 @@ class DryRunSpec(Frozen):
     """What ``vmerge run --dry-run`` changes: dotted overrides (reduced resolutions), batch size."""
 
     set: dict[str, Any] = Field(default_factory=dict)
-    batch_size: int = Field(2, ge=1)
-    samples: int = Field(8, ge=1)
+    batch_size: int = Field(2, ge=1, le=MAX_BATCH)
+    samples: Count = 8
+
+
+class DataSpec(Frozen):
+    """How training treats its data files: a sample that cannot be decoded (a broken image, mask
+    or annotation) is skipped and logged to ``skipped.jsonl``; the run stops only when a task
+    skips more than ``max_skip_fraction`` of the samples it reads (judged once it has read
+    ``10 / max_skip_fraction`` samples or one pass over its data, whichever is fewer)."""
+
+    max_skip_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="the largest share of a task's samples read that may be undecodable and "
+        "skipped before the run stops (0: stop at the first)",
+    )
 
 
 # A few of CLIP's ImageNet prompt templates (Radford et al. 2021); recipes may give all 80.
@@ -214,11 +252,11 @@ class EvalSpec(Frozen):
     classification: DatasetSpec | None = None
     instances: DatasetSpec | None = None
     semantic: DatasetSpec | None = None
-    resolution: int = Field(ge=8, description="main evaluation side in px")
-    extra_resolutions: list[int] = Field(default_factory=list)
-    batch_size: int = Field(16, ge=1)
-    max_prompts_per_image: int = Field(8, ge=1)
-    calibration_samples: int = Field(16, ge=0)
+    resolution: int = Field(ge=8, le=MAX_SIDE, description="main evaluation side in px")
+    extra_resolutions: list[Side] = Field(default_factory=list)
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH)
+    max_prompts_per_image: Count = 8
+    calibration_samples: int = Field(16, ge=0, le=MAX_COUNT)
     points_per_class: int = Field(3, ge=1, le=16)
     refined_mask_class: Literal["pooled", "vote"] = Field(
         "pooled",
@@ -226,8 +264,10 @@ class EvalSpec(Frozen):
         "embedding of the mask ('pooled') or its per-patch class probabilities averaged over the "
         "mask ('vote')",
     )
-    pipeline_grid: int = Field(8, ge=2, description="SAM point grid of the two-model pipeline")
-    pictures: int = Field(4, ge=0)
+    pipeline_grid: int = Field(
+        8, ge=2, le=1024, description="SAM point grid of the two-model pipeline"
+    )
+    pictures: int = Field(4, ge=0, le=MAX_COUNT)
     teacher_results: Path | None = Field(
         None,
         description="JSON file to keep the teachers' and pipeline's results in and reuse them "
@@ -250,7 +290,7 @@ class Recipe(Frozen):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     teachers: dict[str, TeacherSpec] = Field(min_length=1)
     student: StudentSpec
@@ -264,6 +304,7 @@ class Recipe(Frozen):
     dry_run: DryRunSpec = DryRunSpec()
     performance: PerformanceSpec = PerformanceSpec()
     distributed: DistributedSpec = DistributedSpec()
+    data: DataSpec = DataSpec()
     eval: EvalSpec | None = None
 
     @model_validator(mode="before")
@@ -315,7 +356,8 @@ def dangling_references(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     def check(path: str, name: Any, valid: list[str], what: str) -> None:
         if isinstance(name, str) and name not in valid:
-            out.append((path, f"unknown {what} {name!r}; defined: {', '.join(valid)}"))
+            defined = ", ".join(map(str, valid))  # a YAML key may be a number
+            out.append((path, f"unknown {what} {name!r}; defined: {defined}"))
 
     teachers, heads, tasks = names("teachers"), names("heads"), names("tasks")
     for tname, task in _mapping(data.get("tasks")).items():

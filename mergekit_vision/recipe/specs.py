@@ -29,7 +29,8 @@ from mergekit_vision.registry import ALL_REGISTRIES, PluginParams, UnknownPlugin
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan pass range checks like ``gt=0`` yet no field of a recipe means them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class InvalidParams(PluginParams):

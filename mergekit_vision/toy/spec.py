@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from mergekit_vision.data.toy_world.world import ToyWorldConfig
+from mergekit_vision.recipe.ranges import Seed
 from mergekit_vision.registry import PluginParams, TeacherName
 from mergekit_vision.toy.train_clip import ToyClipTraining
 from mergekit_vision.toy.train_sam import ToySamTraining
@@ -27,8 +28,8 @@ class ToySpec(PluginParams):
 
     world: ToyWorldConfig = ToyWorldConfig()
     data_dir: Path = Path("runs/toy-data")
-    train_seed: int = 2000
-    eval_seed: int = 5
+    train_seed: Seed = 2000
+    eval_seed: Seed = 5
     train_samples: int = Field(3000, ge=1)
     eval_samples: int = Field(150, ge=1)
     eval_per_class: int = Field(10, ge=1)

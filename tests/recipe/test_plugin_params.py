@@ -76,7 +76,7 @@ def test_unknown_top_level_key_lists_fields_and_apps():
     data["toyy"] = {}
     (issue,) = issues_of(data)
     assert issue.startswith("toyy: unknown key 'toyy'; valid keys here: name, seed")
-    assert issue.endswith("distributed, eval, toy")
+    assert issue.endswith("distributed, data, eval, toy")
 
 
 @pytest.mark.parametrize(
