@@ -9,7 +9,9 @@ Each sample is a dict:
 - ``"image"``: ``uint8 [3, R, R]``, RGB, already resized to the task resolution ``R``;
 - ``"masks"``: ``bool [M, R, R]`` instance masks on the same grid (``M`` may be 0), only for
   datasets with ``has_masks = True``;
-- ``"key"``: a string naming the sample (file path or shard key), for error messages and caches.
+- ``"key"``: a string naming the sample (file path or shard key), for error messages and caches;
+- ``"skipped"`` (only when some were): ``{"path", "reason"}`` records of the undecodable samples
+  skipped in this one's place (:mod:`mergekit_vision.data.skips`).
 
 Resizing follows the teacher the task serves: ``"pad"`` (longest side to ``R``, zero-pad bottom and
 right, as SAM does) or ``"crop"`` (shortest side to ``R``, centre crop, as CLIP does).
@@ -46,14 +48,20 @@ class ImageDataset:
         return {}
 
 
+SKIPPED = "skipped"  # records of samples skipped in a sample's place (data/skips.py)
 PER_MASK_KEYS = ("masks", "classes")  # one entry per mask: counts differ between images
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack images ``[B, 3, R, R]`` and other same-shaped tensors (label maps); numbers become
-    a tensor; masks (their counts differ per image), strings and the rest stay lists."""
+    a tensor; masks (their counts differ per image), strings and the rest stay lists. The records
+    of samples skipped in the samples' place (:mod:`mergekit_vision.data.skips`), which only some
+    samples carry, become one list under ``"skipped"`` when there are any."""
     batch: dict[str, Any] = {}
+    skipped = [record for s in samples for record in s.get(SKIPPED, ())]
     for key in samples[0]:
+        if key == SKIPPED:
+            continue
         values = [s[key] for s in samples]
         first = values[0]
         if key not in PER_MASK_KEYS and isinstance(first, torch.Tensor) and _same_shape(values):
@@ -63,6 +71,8 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             batch[key] = values
     batch.setdefault("key", [""] * len(samples))
+    if skipped:
+        batch[SKIPPED] = skipped
     return batch
 
 

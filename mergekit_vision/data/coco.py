@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.skips import decoding, readable_sample
 from mergekit_vision.data.transforms import (
     choose_masks,
     drop_empty,
@@ -34,7 +35,8 @@ class CocoInstancesDataset(ImageDataset, Dataset):
     output for whatever prompt is given, so they still teach (the prompt sampler falls back to
     random prompts for them), and a CLIP task reading the same dataset wants every image. Crowd
     regions are skipped unless ``include_crowd``. At most ``max_masks`` masks are kept per image,
-    a uniform random subset seeded from ``(seed, index)``.
+    a uniform random subset seeded from ``(seed, index)``. An image that cannot be decoded, or
+    whose annotations cannot, is skipped (:mod:`mergekit_vision.data.skips`).
     """
 
     has_masks = True
@@ -117,13 +119,18 @@ class CocoInstancesDataset(ImageDataset, Dataset):
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return readable_sample(self._read, index, length=len(self), name="coco")
+
+    def _read(self, index: int) -> dict[str, Any]:
         info = self.coco.loadImgs(self.image_ids[index])[0]
-        image = load_image(
-            self.images_dir / info["file_name"], expected_size=(info["height"], info["width"])
-        )
+        path = self.images_dir / str(info.get("file_name"))
+        with decoding(path):
+            image = load_image(path, expected_size=(info["height"], info["width"]))
+        with decoding(path, part="annotations"):
+            masks = self._masks(info, index=index)
         return {
             "image": resize_image(image, resolution=self.resolution, mode=self.resize),
-            "masks": self._masks(info, index=index),
+            "masks": masks,
             "key": info["file_name"],
         }
 

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from mergekit_vision.data.base import ImageDataset, ResizeMode
 from mergekit_vision.data.image_folder import find_images
+from mergekit_vision.data.skips import decoding, readable_sample
 from mergekit_vision.data.transforms import load_image, missing_path_error, resize_image
 from mergekit_vision.registry import DATASETS, PluginParams
 
@@ -24,7 +25,8 @@ class ImageClassesDataset(ImageDataset, Dataset):
     Each sample has ``"label"`` (int). Human-readable class names (:attr:`class_names`, used to
     build zero-shot prompts) come from ``<root>/classes.txt``, one name per line in the same
     sorted-folder order, when present; otherwise from the folder names with ``_`` read as spaces.
-    Samples are ordered by class, then by path within the class.
+    Samples are ordered by class, then by path within the class. An image that cannot be decoded
+    is skipped (:mod:`mergekit_vision.data.skips`).
     """
 
     has_masks = False
@@ -97,8 +99,12 @@ class ImageClassesDataset(ImageDataset, Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return readable_sample(self._read, index, length=len(self), name="image_classes")
+
+    def _read(self, index: int) -> dict[str, Any]:
         relative, label = self.files[index]
-        image = load_image(self.root / relative)
+        with decoding(self.root / relative):
+            image = load_image(self.root / relative)
         return {
             "image": resize_image(image, resolution=self.resolution, mode=self.resize),
             "label": label,

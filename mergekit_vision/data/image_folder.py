@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
 from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.skips import decoding, readable_sample
 from mergekit_vision.data.transforms import load_image, missing_path_error, resize_image
 from mergekit_vision.registry import DATASETS, PluginParams
 
@@ -16,6 +17,7 @@ from mergekit_vision.registry import DATASETS, PluginParams
 @DATASETS.register("image_folder")
 class ImageFolderDataset(ImageDataset, Dataset):
     """Every image under a folder, recursively, in sorted path order; images only, no masks.
+    An image that cannot be decoded is skipped (:mod:`mergekit_vision.data.skips`).
 
     Keys are paths relative to ``root`` (POSIX form), so caches keyed by them survive moving
     the folder.
@@ -76,8 +78,12 @@ class ImageFolderDataset(ImageDataset, Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return readable_sample(self._read, index, length=len(self), name="image_folder")
+
+    def _read(self, index: int) -> dict[str, Any]:
         relative = self.files[index]
-        image = load_image(self.root / relative)
+        with decoding(self.root / relative):
+            image = load_image(self.root / relative)
         return {
             "image": resize_image(image, resolution=self.resolution, mode=self.resize),
             "key": relative.as_posix(),

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.skips import decoding, readable_sample
 from mergekit_vision.data.transforms import (
     choose_masks,
     drop_empty,
@@ -41,6 +42,8 @@ class SA1BDataset(ImageDataset, Dataset):
     The subset is drawn from ``(seed, index)`` (uniformly, not largest-first, so small objects and
     parts stay in the training signal) and is the same in every epoch and worker. Masks that
     vanish when downscaled to the task resolution are dropped, so ``M`` may be below the cap.
+    A sample whose image, JSON or masks cannot be decoded is skipped
+    (:mod:`mergekit_vision.data.skips`).
     """
 
     has_masks = True
@@ -120,24 +123,30 @@ class SA1BDataset(ImageDataset, Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return readable_sample(self._read, index, length=len(self), name="sa1b")
+
+    def _read(self, index: int) -> dict[str, Any]:
         image_path = self.root / self.images[index]
-        record = json.loads(image_path.with_suffix(".json").read_text())
-        info = record["image"]
-        annotations = [
-            a for a in record["annotations"] if a.get("area", np.inf) >= self.min_mask_area
-        ]
-        chosen = choose_masks(
-            len(annotations),
-            keep=self.max_masks,
-            generator=sample_generator(self.seed, index),
-        )
-        image = load_image(image_path, expected_size=(info["height"], info["width"]))
-        rles = [annotations[i]["segmentation"] for i in chosen]
+        json_path = image_path.with_suffix(".json")
+        with decoding(json_path):
+            record = json.loads(json_path.read_text())
+            height, width = int(record["image"]["height"]), int(record["image"]["width"])
+            annotations = [
+                a for a in record["annotations"] if a.get("area", np.inf) >= self.min_mask_area
+            ]
+            chosen = choose_masks(
+                len(annotations),
+                keep=self.max_masks,
+                generator=sample_generator(self.seed, index),
+            )
+            rles = [annotations[i]["segmentation"] for i in chosen]
+        with decoding(image_path):
+            image = load_image(image_path, expected_size=(height, width))
+        with decoding(json_path):
+            masks = self._decode(rles, height=height, width=width, source=image_path)
         return {
             "image": resize_image(image, resolution=self.resolution, mode=self.resize),
-            "masks": self._decode(
-                rles, height=info["height"], width=info["width"], source=image_path
-            ),
+            "masks": masks,
             "key": image_path.stem,
         }
 

@@ -12,6 +12,7 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.skips import decoding, readable_sample
 from mergekit_vision.data.transforms import (
     UnreadableImageError,
     load_image,
@@ -41,7 +42,8 @@ class VocSegmentationDataset(ImageDataset, Dataset):
     Each sample has ``"semantic"``, ``int64 [R, R]``: 0 background, ``1..K`` the classes, 255
     ignore (VOC's object borders, and the area added by ``"pad"`` resizing). Labels are resized
     nearest-neighbour with the image's geometry. Class names (background first) come from
-    ``<root>/classes.txt`` when present, one per line, else the 21 VOC 2012 names.
+    ``<root>/classes.txt`` when present, one per line, else the 21 VOC 2012 names. A sample whose
+    image or label map cannot be decoded is skipped (:mod:`mergekit_vision.data.skips`).
     """
 
     has_masks = False
@@ -112,10 +114,17 @@ class VocSegmentationDataset(ImageDataset, Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return readable_sample(self._read, index, length=len(self), name="voc")
+
+    def _read(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
         label_path = self.root / "SegmentationClass" / f"{image_id}.png"
-        labels = read_label_map(label_path)
-        image = load_image(self._image_path(image_id), expected_size=tuple(labels.shape))
+        with decoding(label_path):
+            labels = read_label_map(label_path)
+        with decoding(self.root / "JPEGImages" / f"{image_id}.*"):
+            image_path = self._image_path(image_id)
+        with decoding(image_path):
+            image = load_image(image_path, expected_size=tuple(labels.shape))
         geometry = {"resolution": self.resolution, "mode": self.resize}
         return {
             "image": resize_image(image, **geometry),

@@ -15,6 +15,7 @@ from pydantic import Field
 from torch.utils.data import IterableDataset
 
 from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.skips import UndecodableSampleError, decoding, readable_stream
 from mergekit_vision.data.transforms import load_image, missing_path_error, resize_image
 from mergekit_vision.registry import DATASETS, PluginParams
 
@@ -44,6 +45,9 @@ class WebDatasetShards(ImageDataset, IterableDataset):
     so use at least as many shards as workers. Multi-rank training passes ``node_splitter`` (e.g.
     ``wds.split_by_node``) to the constructor to give each rank its own shards; without one,
     webdataset refuses to run under torch.distributed rather than silently duplicate data.
+
+    A sample whose image cannot be decoded, or that has no image field, is skipped; its record
+    rides with the next sample (:mod:`mergekit_vision.data.skips`).
     """
 
     has_masks = False
@@ -147,8 +151,7 @@ class WebDatasetShards(ImageDataset, IterableDataset):
         )
         if self.shuffle_buffer > 0:
             pipeline = pipeline.shuffle(self.shuffle_buffer, rng=random.Random(epoch_seed))
-        for sample in pipeline:
-            yield self._decode(sample)
+        yield from readable_stream(pipeline, self._decode)
 
     def _shard_order(self, epoch_seed: int) -> list[str]:
         if self.shuffle_buffer == 0:
@@ -161,12 +164,13 @@ class WebDatasetShards(ImageDataset, IterableDataset):
         field = next((k for k in self.image_keys if k in sample), None)
         if field is None:
             fields = sorted(k for k in sample if not k.startswith("__"))
-            raise KeyError(
-                f"webdataset sample {key!r} in {sample.get('__url__', '?')} has no image field "
-                f"among {list(self.image_keys)}; it has {fields}"
+            raise UndecodableSampleError(
+                f"{sample.get('__url__', '?')}:{key}",
+                f"no image field among {list(self.image_keys)}; it has {fields}",
             )
         where = f"{sample.get('__url__', '?')}:{key}.{field}"
-        image = load_image(io.BytesIO(sample[field]), name=where)
+        with decoding(where):
+            image = load_image(io.BytesIO(sample[field]), name=where)
         return {
             "image": resize_image(image, resolution=self.resolution, mode=self.resize),
             "key": key,

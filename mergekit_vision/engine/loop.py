@@ -33,8 +33,10 @@ from mergekit_vision.engine.distributed import (
     mean_over_ranks,
 )
 from mergekit_vision.engine.monitor import StageMonitor
+from mergekit_vision.engine.nonfinite import NonFiniteGuard, check_finite_weights
 from mergekit_vision.engine.performance import apply_performance
 from mergekit_vision.engine.run_folder import RunFolder, TrainState
+from mergekit_vision.engine.skips import SkipLedger
 from mergekit_vision.engine.stage import (
     StageRun,
     build_stage,
@@ -84,6 +86,8 @@ class Engine:
         self.parallel = Parallel(self.c.model, world=World(), strategy="ddp", device=self.c.device)
         self.streams: dict[str, BatchStream] | None = None
         self.monitor = StageMonitor(None, tasks=self.c.tasks, seed=self.recipe.seed)
+        self.nonfinite = NonFiniteGuard(bound=self.recipe.optimizer.max_nonfinite_steps)
+        self.skips: SkipLedger | None = None  # counts undecodable samples once run() starts
 
     def run(
         self, *, max_steps: int | None = None, resume: bool = False, progress: bool = True
@@ -101,7 +105,14 @@ class Engine:
         barrier(self.world)  # every rank has read the run folder before rank 0 writes to it
         self._parallelise()
         self.folder.write_recipe()
-        self.open_streams(state)
+        streams = self.open_streams(state)
+        self.skips = SkipLedger(
+            bound=self.recipe.data.max_skip_fraction,
+            saved=state.skips,
+            lengths={name: stream.length for name, stream in streams.items()},
+            folder=self.folder,
+            world=self.world,
+        )
         total = sum(stage_steps(self.c, s) for s in self.recipe.stages)
         shown = progress and self.recipe.logging.progress and self.world.is_main
         with _progress(enabled=shown) as bar:
@@ -126,6 +137,8 @@ class Engine:
                 self._checkpoint(state, stage)
                 return False
             metrics = self.step(stage, state)
+            assert self.skips is not None and self.streams is not None
+            metrics.update(self.skips.update(self.streams, step=state.global_step + 1))
             metrics.update(self._read_monitor(stage, state))
             show(advance=1, description=_describe(metrics))
             self._after_step(stage, state, metrics)
@@ -142,6 +155,11 @@ class Engine:
         clipping, the optimiser and LR schedule, and the strategies observe the losses. ``lap``
         is called at the end of each phase (:data:`~mergekit_vision.engine.step.PHASES`). Without
         :meth:`open_streams` the streams start at the beginning of the data.
+
+        A step whose loss (any task's, averaged over the ranks) is NaN or inf updates nothing:
+        its gradients are dropped, the optimiser, schedule and strategies stay where they were,
+        and ``nonfinite_steps`` counts it; ``optimizer.max_nonfinite_steps`` of them in a row
+        raise :class:`~mergekit_vision.engine.nonfinite.NonFiniteError`.
         """
         started = time.perf_counter()
         streams = self.streams if self.streams is not None else self.open_streams(TrainState())
@@ -155,13 +173,12 @@ class Engine:
             stage.gradients.after_backward(task=draw.task)
         self.parallel.sync_extra(list(stage.weighting.parameters()))
         losses = mean_over_ranks(local, self.world)  # strategies' state stays identical
-        task_gradients = stage.gradients.rows()
-        diagnostics = stage.conflict.finish_step(shared=stage.shared, task_gradients=task_gradients)
-        lr = self._optimizer_step(stage)
-        stage.replay.observe(step=state.step_in_stage, losses=losses)
-        stage.weighting.observe(
-            step=state.step_in_stage, losses=losses, task_gradients=task_gradients or None
-        )
+        skipped = self.nonfinite.skip(losses, step=state.global_step + 1, stage=stage.spec.name)
+        if skipped:
+            stage.optimizer.zero_grad(set_to_none=True)
+            lr, diagnostics = stage.optimizer.param_groups[0]["lr"], {}
+        else:
+            lr, diagnostics = self._update(stage, state, losses)
         lap("optimizer")
         weights = stage.weighting.current_weights()
         return {
@@ -169,6 +186,7 @@ class Engine:
             "stage": stage.spec.name,
             **{f"loss/{name}": value for name, value in losses.items()},
             "lr": lr,
+            "nonfinite_steps": state.nonfinite_steps + int(skipped),
             "step_time": time.perf_counter() - started,
             **{f"weight/{name}": w for name, w in weights.items() if len(weights) > 1},
             **diagnostics,
@@ -215,6 +233,21 @@ class Engine:
             total += float(loss.detach())
         return total / k
 
+    def _update(
+        self, stage: StageRun, state: TrainState, losses: dict[str, float]
+    ) -> tuple[float, dict[str, Any]]:
+        """The step's update from its recorded gradients: the conflict strategy, the optimiser,
+        then the strategies observe ``losses``. Returns (the LR used, the strategy's diagnostics).
+        """
+        task_gradients = stage.gradients.rows()
+        diagnostics = stage.conflict.finish_step(shared=stage.shared, task_gradients=task_gradients)
+        lr = self._optimizer_step(stage)
+        stage.replay.observe(step=state.step_in_stage, losses=losses)
+        stage.weighting.observe(
+            step=state.step_in_stage, losses=losses, task_gradients=task_gradients or None
+        )
+        return lr, diagnostics
+
     def _optimizer_step(self, stage: StageRun) -> float:
         """Clip, step the optimiser and the LR schedule; returns the LR the step used."""
         if self.recipe.optimizer.grad_clip is not None:
@@ -243,6 +276,7 @@ class Engine:
         assert self.folder is not None
         state.global_step += 1
         state.step_in_stage += 1
+        state.nonfinite_steps = metrics["nonfinite_steps"]
         if state.global_step % self.recipe.logging.every == 0:
             self.folder.log(metrics)
         if state.global_step % self.recipe.checkpointing.every == 0:
@@ -323,6 +357,8 @@ class Engine:
         format; the others wait so nobody reads a half-written run folder."""
         assert self.folder is not None and self.streams is not None
         state.streams = {name: stream.position() for name, stream in self.streams.items()}
+        if self.skips is not None:
+            state.skips = self.skips.state_dict()
         saved = None
         if stage is not None:
             saved = stage.state_dict()
@@ -333,13 +369,21 @@ class Engine:
         weights = {}
         if self.world.is_main or self.parallel.sharded:  # gathering shards takes every rank
             weights = full_model_state(self.c.model)
+        # never a checkpoint of diverged weights; DDP's other ranks check their identical replica
+        checked = weights or self.c.model.state_dict()
+        check_finite_weights(checked.items(), step=state.global_step)
         self.folder.save(state, model=weights, stage=saved, keep=self.recipe.checkpointing.keep)
         barrier(self.world)
 
 
 def _describe(metrics: dict[str, Any]) -> str:
     losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
-    return f"{metrics['stage']} {losses}"
+    nonfinite = metrics.get("nonfinite_steps", 0)
+    skipped = f" nonfinite={nonfinite}" if nonfinite else ""
+    undecodable = "".join(
+        f" skipped {k[8:]}={v}" for k, v in metrics.items() if k.startswith("skipped/")
+    )
+    return f"{metrics['stage']} {losses}{skipped}{undecodable}"
 
 
 def _progress(*, enabled: bool) -> Progress:

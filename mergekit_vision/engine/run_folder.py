@@ -4,6 +4,9 @@ Layout of ``<run>/``:
 - ``recipe.resolved.yaml``: the fully resolved recipe of the run;
 - ``metrics.jsonl``: one JSON line per logged step (appended; a resumed run first drops the lines
   a crash wrote after its last checkpoint, so the file reads as one uninterrupted run);
+- ``skipped.jsonl``: one JSON line (``step``, ``task``, ``path``, ``reason``) per data file a task
+  skipped because it could not be decoded, each file once per task (trimmed on resume as
+  ``metrics.jsonl`` is);
 - ``checkpoints/step-<N>/`` (and the same in ``last/``):
   - ``model.safetensors``: the merged model (student backbone and heads);
   - ``train_state.pt``: optimiser, LR schedule, replay state, stream positions, step counters, RNG;
@@ -16,20 +19,25 @@ engine writes the folder; eval, export and predict read it through this module's
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from mergekit_vision.weights import load_strict, read_weights
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 RECIPE_FILE = "recipe.resolved.yaml"
 METRICS_FILE = "metrics.jsonl"
+SKIPPED_FILE = "skipped.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 
 
@@ -39,12 +47,17 @@ class TrainState:
 
     ``streams`` maps each task to its batch stream's position (``{"epoch", "offset"}``), so a
     resumed run draws exactly the batches the interrupted one would have drawn next.
+    ``nonfinite_steps`` counts the steps skipped for a NaN or inf loss so far. ``skips`` maps each
+    task to the samples it has read and skipped as undecodable (``{"read", "skipped"}``, summed
+    over the ranks); checkpoints written before it existed load with none.
     """
 
     global_step: int = 0
     stage_index: int = 0
     step_in_stage: int = 0
     streams: dict[str, dict[str, int]] = field(default_factory=dict)
+    nonfinite_steps: int = 0
+    skips: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class RunFolder:
@@ -60,6 +73,7 @@ class RunFolder:
     def __init__(self, root: Path, *, recipe_yaml: str, is_main: bool = True):
         self.root, self.recipe_yaml, self.is_main = root, recipe_yaml, is_main
         self.metrics = root / METRICS_FILE
+        self.skipped = root / SKIPPED_FILE
         self.checkpoints = root / CHECKPOINTS_DIR
 
     def begin(self, *, resume: bool, model: nn.Module) -> tuple[TrainState, dict[str, Any] | None]:
@@ -67,24 +81,34 @@ class RunFolder:
 
         A fresh run refuses a folder that already holds one. A resumed run loads the last
         checkpoint's weights into ``model`` and its RNG state, and drops the metric lines written
-        after that checkpoint.
+        after that checkpoint; a run that stopped before its first checkpoint restarts from step
+        0 (with a warning), its metric lines dropped.
         """
         last = find_last(self.checkpoints)
         if not resume:
             if last is not None or self.metrics.exists():
                 raise FileExistsError(
-                    f"{self.root} already holds a run; pass --resume to continue it, "
+                    f"{self.root} already holds a run; pass --resume to continue it (or to "
+                    "restart it from step 0 when it has no checkpoint yet), "
                     "or choose another --output"
                 )
             if self.is_main:
                 self.root.mkdir(parents=True, exist_ok=True)
+                # left by an attempt that crashed before its first metrics line
+                self.skipped.unlink(missing_ok=True)
             return TrainState(), None
         if last is None:
-            raise FileNotFoundError(
-                f"--resume: no checkpoint under {self.checkpoints}; start without --resume"
-            )
+            if self.is_main:
+                warnings.warn(
+                    f"--resume: {self.root} holds no checkpoint yet; restarting the run from "
+                    "step 0",
+                    stacklevel=2,
+                )
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._truncate_metrics(0)
+            return TrainState(), None
         weights, saved = load_checkpoint(last)
-        model.load_state_dict(weights)
+        load_model_weights(model, last, weights=weights)
         torch.set_rng_state(saved["rng"])
         state = TrainState(**saved["state"])
         if self.is_main:
@@ -99,7 +123,19 @@ class RunFolder:
         """Append one step's metrics as a JSON line."""
         if self.is_main:
             with self.metrics.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
+                f.write(json.dumps(_strict_json(metrics)) + "\n")
+
+    def log_skipped(self, records: list[dict[str, Any]]) -> None:
+        """Append skipped files' records (``step``, ``task``, ``path``, ``reason``), one a line."""
+        if self.is_main and records:
+            with self.skipped.open("a") as f:
+                f.writelines(json.dumps(record) + "\n" for record in records)
+
+    def logged_skips(self) -> list[dict[str, Any]]:
+        """The records ``skipped.jsonl`` holds (none when it does not exist)."""
+        if not self.skipped.exists():
+            return []
+        return [json.loads(line) for line in self.skipped.read_text().splitlines() if line]
 
     def save(
         self,
@@ -123,12 +159,13 @@ class RunFolder:
         )
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines a crashed run wrote after its last checkpoint."""
-        if not self.metrics.exists():
-            return
-        lines = self.metrics.read_text().splitlines()
-        kept = [line for line in lines if line and json.loads(line)["step"] <= step]
-        self.metrics.write_text("".join(line + "\n" for line in kept))
+        """Drop metric (and skipped-file) lines a crashed run wrote after its last checkpoint."""
+        for path in (self.metrics, self.skipped):
+            if not path.exists():
+                continue
+            lines = path.read_text().splitlines()
+            kept = [line for line in lines if line and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
 
 
 def save_checkpoint(
@@ -192,8 +229,55 @@ def find_last(root: Path) -> Path | None:
     return None
 
 
+# What to do about a damaged file in a checkpoint folder.
+DAMAGED_CHECKPOINT = (
+    "use an intact copy of the checkpoint folder (an earlier checkpoints/step-<N> of the run "
+    "copied over checkpoints/last), or train again"
+)
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(model state dict, training state) of one checkpoint folder."""
-    weights = load_file(str(path / MODEL_FILE))
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    weights = _read_model_weights(path)
+    state = read_weights(
+        path / STATE_FILE,
+        what="training state",
+        expected="the step counters, stream positions, optimizer and RNG state that vmerge run "
+        f"saves beside {MODEL_FILE} (tensors and plain containers only)",
+        remedy=DAMAGED_CHECKPOINT,
+    )
     return weights, state
+
+
+def load_model_weights(
+    model: nn.Module, checkpoint: Path, *, weights: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Load ``checkpoint``'s merged model weights (read here unless given) into ``model``
+    strictly; a file that does not fit the model its recipe builds is a clear error."""
+    path = checkpoint / MODEL_FILE
+    load_strict(
+        model,
+        _read_model_weights(checkpoint) if weights is None else weights,
+        what=f"merged model weights {path} do not fit the model the recipe builds",
+        path=path,
+        expected=f"the weights of the model that {RECIPE_FILE} beside them builds",
+        remedy=f"use the recipe the run was trained with (its {RECIPE_FILE}) and the "
+        "mergekit-vision version that trained it",
+    )
+
+
+def _read_model_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return read_weights(
+        checkpoint / MODEL_FILE,
+        what="merged model weights",
+        expected="the merged model (student and heads) that vmerge run saves as safetensors",
+        remedy=DAMAGED_CHECKPOINT,
+    )
+
+
+def _strict_json(metrics: dict[str, Any]) -> dict[str, Any]:
+    """NaN and inf as null: a skipped step's loss is NaN, which strict JSON readers refuse."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in metrics.items()
+    }

@@ -8,6 +8,10 @@ Under data parallelism every rank walks the same global order and keeps every ``
 sample from its ``rank`` on: a step's batches on N ranks together hold exactly the samples one
 process would batch with N x ``batch_size``. The position counts global samples, identical on every
 rank, so a checkpoint resumes at any world size.
+
+A sample the dataset could not decode was skipped there, its record riding with the batch
+(:mod:`mergekit_vision.data.skips`); a stream takes the records off its batches and counts the
+samples it read, for :class:`~mergekit_vision.engine.skips.SkipLedger` to collect.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from mergekit_vision.data.base import collate_samples
+from mergekit_vision.data.base import SKIPPED, collate_samples
+from mergekit_vision.data.skips import NoReadableSampleError
+from mergekit_vision.engine.skips import SkippedSamplesError
 
 if TYPE_CHECKING:
     from mergekit_vision.engine.build import BuiltTask
@@ -73,27 +79,51 @@ class BatchStream:
         start: dict[str, int] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        name: str = "",
     ):
-        """``batch_size`` is this rank's; ``start`` counts global samples (see the module)."""
+        """``batch_size`` is this rank's; ``start`` counts global samples (see the module);
+        ``name`` (the task's) names the data in errors."""
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.name = name
         self.num_workers = num_workers
         self.rank, self.world_size = rank, world_size
         start = start or {"epoch": 0, "offset": 0}
         self.epoch, self.offset = int(start["epoch"]), int(start["offset"])
         self._iterator: Iterator[dict[str, Any]] | None = None
-        self.length = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
+        self._batches_in_pass = 0
+        self.length = _length(dataset)
+        self._read, self._skipped = 0, []  # this rank's, since the last take_skips()
 
     def position(self) -> dict[str, int]:
         return {"epoch": self.epoch, "offset": self.offset}
 
+    def take_skips(self) -> tuple[int, list[dict[str, str]]]:
+        """(samples read, decoded or skipped; the skipped ones' records) on this rank since the
+        last call."""
+        taken = self._read, self._skipped
+        self._read, self._skipped = 0, []
+        return taken
+
     def next(self) -> dict[str, Any]:
         if self._iterator is None:
             self._iterator = self._open()
+            self._batches_in_pass = 0
         try:
             batch = next(self._iterator)
         except StopIteration:  # an iterable dataset ran out: next epoch
+            if self._batches_in_pass == 0 and self.offset == 0:
+                raise SkippedSamplesError(
+                    f"task {self.name!r}: a whole pass over its data gave no sample (none can "
+                    "be decoded, or there is no shard for this process to read)"
+                ) from None
             self.epoch, self.offset, self._iterator = self.epoch + 1, 0, None
             return self.next()
+        except NoReadableSampleError as err:
+            raise SkippedSamplesError(f"task {self.name!r}: {_first_line(err)}") from None
+        self._batches_in_pass += 1
+        skipped = batch.pop(SKIPPED, [])
+        self._read += len(batch["image"]) + len(skipped)
+        self._skipped += skipped
         self._advance(len(batch["image"]) * self.world_size)
         return batch
 
@@ -134,6 +164,24 @@ class BatchStream:
             by_epoch=getattr(self.dataset, "indexed_by_epoch", False),
         )
         return iter(DataLoader(self.dataset, sampler=sampler, drop_last=True, **common))
+
+
+def _length(dataset: Dataset) -> int | None:
+    """Samples per pass, or None for a stream without a length (a WebDataset without
+    ``num_samples`` has ``__len__`` but raises TypeError)."""
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _first_line(err: Exception) -> str:
+    """The data's own message, also when a DataLoader worker wrapped it in its traceback."""
+    text = str(err)
+    if "Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]  # "<module>.NoReadableSampleError: <message>"
+    return last.split(": ", 1)[-1]
 
 
 class _StridedIterable(IterableDataset):
@@ -182,4 +230,5 @@ def task_stream(
         start=start,
         rank=rank,
         world_size=world_size,
+        name=task.name,
     )

@@ -15,7 +15,7 @@ import itertools
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,8 @@ def build_cache(
                 )
                 written += 1
             _check_unique(keys, seen, task_name)
-            shards.append({"file": path.name, "samples": len(keys)})
+            if keys:
+                shards.append({"file": path.name, "samples": len(keys)})
             samples += len(keys)
             bar.update(bar_task, advance=len(keys))
     write_manifest(folder, {**head, "shards": shards, "samples": samples, "complete": True})
@@ -167,7 +168,13 @@ def _chunks(dataset: Any, size: int) -> Iterator[Callable[[], list[dict[str, Any
         return
     for start in range(0, len(dataset), size):
         indices = range(start, min(start + size, len(dataset)))
-        yield lambda indices=indices: [dataset[i] for i in indices]
+        yield lambda indices=indices: _readable(dataset[i] for i in indices)
+
+
+def _readable(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A map-style dataset serves another sample in place of one it cannot decode (marked
+    ``"skipped"``); that stand-in is cached under its own index, so it is dropped here."""
+    return [sample for sample in samples if "skipped" not in sample]
 
 
 @torch.no_grad()
@@ -182,6 +189,8 @@ def _write_shard(
     device: torch.device,
 ) -> list[str]:
     """Compute one shard's targets and prompts; write them atomically; return its keys."""
+    if not samples:  # every sample of the shard was undecodable
+        return []
     views = task.dataset.views
     viewed = [task.dataset.view_of(s, v) for s in samples for v in range(views)]
     rows: dict[str, list[torch.Tensor]] = {}

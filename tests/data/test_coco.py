@@ -10,7 +10,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from mergekit_vision.data.coco import CocoInstancesDataset
-from mergekit_vision.data.transforms import UnreadableImageError
 
 
 def _rle(height: int, width: int, top: int, left: int, side: int, compressed: bool) -> dict:
@@ -99,6 +98,8 @@ def test_missing_paths_name_the_field(coco, tmp_path: Path) -> None:
         _build(images, tmp_path / "nope.json")
     with pytest.raises(FileNotFoundError, match=r"datasets\.coco: images '.*nodir'"):
         _build(tmp_path / "nodir", annotations)
-    (images / "two.png").unlink()
-    with pytest.raises(UnreadableImageError, match=r"two\.png"):
-        _build(images, annotations)[1]
+    (images / "two.png").unlink()  # a missing image is skipped: another sample in its place
+    sample = _build(images, annotations)[1]
+    assert sample["key"] == "one.png"
+    [skipped] = sample["skipped"]
+    assert skipped["path"] == str(images / "two.png") and "No such file" in skipped["reason"]

@@ -8,7 +8,7 @@ from PIL import Image
 
 from mergekit_vision.data.base import collate_samples
 from mergekit_vision.data.image_folder import ImageFolderDataset
-from mergekit_vision.data.transforms import UnreadableImageError
+from mergekit_vision.data.skips import NoReadableSampleError
 
 
 def _params(**fields) -> ImageFolderDataset.Params:
@@ -66,11 +66,19 @@ def test_empty_folder_names_root_and_extensions(tmp_path: Path) -> None:
         _build(tmp_path)
 
 
-def test_unreadable_image_is_named(tmp_path: Path) -> None:
+def test_unreadable_image_is_skipped_and_named(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"\x89PNG truncated")
+    Image.new("RGB", (4, 4)).save(tmp_path / "good.png")
     dataset = _build(tmp_path)
-    with pytest.raises(UnreadableImageError, match="broken.png"):
-        dataset[0]
+    sample = dataset[0]  # broken.png sorts first; good.png stands in for it
+    assert sample["key"] == "good.png"
+    [skipped] = sample["skipped"]
+    assert skipped["path"] == str(tmp_path / "broken.png")
+    assert "cannot identify" in skipped["reason"]
+    assert "skipped" not in dataset[1]
+    (tmp_path / "good.png").write_text("now broken too")
+    with pytest.raises(NoReadableSampleError, match=r"image_folder: none of its 2 samples"):
+        dataset[1]
 
 
 def test_unknown_param_is_rejected(tmp_path: Path) -> None:

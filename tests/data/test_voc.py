@@ -1,5 +1,6 @@
 """The voc dataset plugin, on a VOC layout written here."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from mergekit_vision.data.base import collate_samples
+from mergekit_vision.data.skips import NoReadableSampleError
 from mergekit_vision.data.voc import VOC_CLASSES, VocSegmentationDataset
 from mergekit_vision.registry import DATASETS
 
@@ -78,15 +80,21 @@ def test_missing_paths_name_the_path_and_the_layout(voc: Path, tmp_path: Path) -
         _build(voc, split="test")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         _build(tmp_path / "nowhere")
-    (voc / "JPEGImages" / "a.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"JPEGImages/a\.jpg.*expected"):
-        _build(voc)[0]
+    (voc / "JPEGImages" / "a.jpg").unlink()  # a missing image is skipped, its sample replaced
+    sample = _build(voc)[0]
+    assert sample["key"] == "b"
+    [skipped] = sample["skipped"]
+    assert skipped["path"] == str(voc / "JPEGImages" / "a.*")
+    assert re.search(r"JPEGImages/a\.jpg.*expected", skipped["reason"])
 
 
-def test_colour_label_maps_and_mismatched_sizes_are_errors(voc: Path) -> None:
+def test_colour_label_maps_and_mismatched_sizes_are_skipped(voc: Path) -> None:
     Image.new("RGB", (20, 40)).save(voc / "SegmentationClass" / "a.png")
-    with pytest.raises(ValueError, match="mode RGB"):
-        _build(voc)[0]
+    sample = _build(voc)[0]
+    assert sample["key"] == "b"
+    [skipped] = sample["skipped"]
+    assert skipped["path"] == str(voc / "SegmentationClass" / "a.png")
+    assert "mode RGB" in skipped["reason"]
     Image.new("RGB", (30, 30)).save(voc / "JPEGImages" / "b.png")
-    with pytest.raises(ValueError, match="annotations"):
+    with pytest.raises(NoReadableSampleError, match=r"voc: none of its 2 samples.*annotations"):
         _build(voc)[1]

@@ -1,6 +1,7 @@
 """The webdataset dataset plugin, on tar shards written here."""
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,12 @@ def test_len_comes_from_num_samples(shards: str) -> None:
         len(_build(shards))
 
 
-def test_sample_without_image_is_named(tmp_path: Path) -> None:
+def test_sample_without_image_is_skipped_and_named(tmp_path: Path) -> None:
     with wds.TarWriter(str(tmp_path / "t.tar")) as sink:
         sink.write({"__key__": "odd", "txt": b"caption only"})
-    with pytest.raises(KeyError, match=r"'odd'.*no image field.*\['txt'\]"):
-        list(_build(str(tmp_path / "t.tar")))
+        sink.write({"__key__": "good", "png": _encode(7, "png")})
+    [sample] = list(_build(str(tmp_path / "t.tar")))
+    assert sample["key"] == "good"
+    [skipped] = sample["skipped"]
+    assert skipped["path"].endswith("t.tar:odd")
+    assert re.search(r"no image field.*\['txt'\]", skipped["reason"])
