@@ -1,8 +1,8 @@
 """The contracts every plugin fulfils: teachers, students, heads and losses.
 
 Conventions shared by all of them:
-- Images are float tensors ``[B, 3, H, W]`` in ``[0, 1]``, RGB. Each model normalises with its own
-  mean/std; nothing upstream normalises for it.
+- Images are float tensors ``[B, 3, H, W]`` in ``[0, 1]``, RGB. Each model normalizes with its own
+  mean/std; nothing upstream normalizes for it.
 - Prompts are in pixel coordinates of the image as given to the model (see :class:`Prompts`).
 - Plugins are built by a classmethod ``build(params, ...)`` from their validated ``Params``; the
   ``nn.Module`` constructors themselves take explicit keyword arguments, never a config object.
@@ -81,10 +81,10 @@ class Prompts:
         )
 
 
-def resize_and_normalise(
+def resize_and_normalize(
     images: Tensor, *, size: int | None, mean: Sequence[float], std: Sequence[float]
 ) -> Tensor:
-    """``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, size, size]`` normalised (``None`` keeps H, W)."""
+    """``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, size, size]`` normalized (``None`` keeps H, W)."""
     if size is not None and tuple(images.shape[-2:]) != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
     mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
@@ -134,7 +134,7 @@ class Teacher(nn.Module, ABC):
         return []
 
     def prepare(self, images: Tensor) -> Tensor:
-        return resize_and_normalise(
+        return resize_and_normalize(
             images, size=self.input_size, mean=self.pixel_mean, std=self.pixel_std
         )
 
@@ -182,7 +182,7 @@ class Student(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, images: Tensor, *, return_intermediates: bool = False) -> StudentFeatures:
-        """``images`` ``[B, 3, H, W]`` in [0, 1] (normalised inside)."""
+        """``images`` ``[B, 3, H, W]`` in [0, 1] (normalized inside)."""
 
     @abstractmethod
     def last_block(self) -> nn.Module:

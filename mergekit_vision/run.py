@@ -34,7 +34,7 @@ def dry_run_recipe(recipe: Recipe) -> Recipe:
 
     The recipe's own ``dry_run.set`` overrides apply first (e.g. reduced resolutions); checkpoint
     files that do not exist are dropped so the teachers start from random weights, target
-    caches are ignored (the synthetic images are not in them), and target normalisers estimate
+    caches are ignored (the synthetic images are not in them), and target normalizers estimate
     from one batch.
     """
     data = recipe.model_dump(mode="json")

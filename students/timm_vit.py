@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalise
+from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalize
 from mergekit_vision.registry import STUDENTS, PluginParams, TeacherName
 from mergekit_vision.teachers.timm import timm_state_dict_from_checkpoint
 from mergekit_vision.weights import load_strict, read_weights
@@ -99,7 +99,7 @@ class TimmViTStudent(Student):
         Args:
             model: a timm ViT built with ``dynamic_img_size=True`` and no classifier.
             native_size: the input side its position table was built for.
-            mean, std: input normalisation in [0, 1] units.
+            mean, std: input normalization in [0, 1] units.
         """
         super().__init__()
         for needed in ("patch_embed", "blocks", "forward_intermediates", "num_prefix_tokens"):
@@ -178,7 +178,7 @@ class TimmViTStudent(Student):
             raise ValueError(
                 f"image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
             )
-        pixels = resize_and_normalise(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
+        pixels = resize_and_normalize(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
         intermediates: list[Tensor] = []
         if return_intermediates:
             final, maps = self.model.forward_intermediates(pixels, output_fmt="NCHW")

@@ -24,7 +24,7 @@ from segment_anything.modeling.image_encoder import ImageEncoderViT
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalise
+from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalize
 from mergekit_vision.registry import STUDENTS, PluginParams, TeacherName
 from mergekit_vision.sam.positions import resample_encoder_positions, resample_pos_embed
 from mergekit_vision.sam.variants import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SAM_VARIANTS, SamVariant
@@ -248,7 +248,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
             raise ValueError(
                 f"image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
             )
-        images = resize_and_normalise(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
+        images = resize_and_normalize(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
         x = self.patch_embed(images)
         x = x + resample_pos_embed(self.pos_embed, x.shape[1:3], antialias=True)
         intermediates: list[Tensor] = []

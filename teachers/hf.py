@@ -4,7 +4,7 @@ Targets follow AM-RADIO (Ranzinger et al., CVPR 2024, arXiv 2312.06709): the ``s
 (the vision tower's pooled output: DINOv2's class token, SigLIP's attention-pooled embedding) and
 the ``spatial`` patch features. A model with a text tower (SigLIP, Zhai et al., "Sigmoid Loss for
 Language Image Pre-Training", ICCV 2023, arXiv 2303.15343; CLIP) also gives ``image_embedding``,
-its L2-normalised embedding in the shared image-text space, and :meth:`HfTeacher.encode_text`, so
+its L2-normalized embedding in the shared image-text space, and :meth:`HfTeacher.encode_text`, so
 the evaluation suite uses it as a zero-shot classifier like the open_clip teacher (and, through
 SigLIP's pooling head, :meth:`HfTeacher.dense_embeddings` for zero-shot segmentation). DINOv2 (Oquab
 et al., arXiv 2304.07193) is the reference vision-only model.
@@ -106,7 +106,7 @@ class HfTeacher(Teacher):
                 ``get_image_features``/``get_text_features`` (a CLIP-like model).
             input_size: the side images are resized to.
             patch_size: the vision tower's patch size.
-            mean, std: input normalisation in [0, 1] units.
+            mean, std: input normalization in [0, 1] units.
             tokenizer: the model's tokenizer (texts -> ``input_ids``), for the text tower.
             text_padding, text_length: how texts are padded.
         """
@@ -179,7 +179,7 @@ class HfTeacher(Teacher):
         }
         if self.has_text:
             specs["image_embedding"] = TargetSpec(
-                ("B", self.embed_dim), "L2-normalised image embedding in the image-text space"
+                ("B", self.embed_dim), "L2-normalized image embedding in the image-text space"
             )
         return specs
 
@@ -231,7 +231,7 @@ class HfTeacher(Teacher):
 
     @torch.no_grad()
     def dense_embeddings(self, images: Tensor) -> Tensor:
-        """Per-patch embeddings ``[B, h, w, D]`` (L2-normalised) for dense zero-shot labels.
+        """Per-patch embeddings ``[B, h, w, D]`` (L2-normalized) for dense zero-shot labels.
 
         For SigLIP's attention-pooling head, MaskCLIP's recipe (Zhou et al., ECCV 2022): the
         probe's attention mixes patches, so each patch keeps only its own value path through the
@@ -255,7 +255,7 @@ class HfTeacher(Teacher):
         return F.normalize(patches, dim=-1).reshape(images.shape[0], grid, grid, -1)
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        """L2-normalised text embeddings ``[T, D]`` (class prompts for zero-shot labels)."""
+        """L2-normalized text embeddings ``[T, D]`` (class prompts for zero-shot labels)."""
         if not self.has_text or self.tokenizer is None:
             raise ValueError("this hf teacher has no text tower and tokenizer to encode texts")
         length = self.text_length or getattr(

@@ -171,7 +171,7 @@ class OpenClipTeacher(Teacher):
             clip: an open_clip model (``encode_image``, ``encode_text``, ``visual``).
             tokenizer: open_clip's tokenizer for the model: texts -> ``[T, L]`` token ids.
             embed_dim: the shared image-text embedding width ``D``.
-            normalize: L2-normalise the image embedding target.
+            normalize: L2-normalize the image embedding target.
         """
         super().__init__()
         self.clip = clip
@@ -215,7 +215,7 @@ class OpenClipTeacher(Teacher):
         return self._embed_dim
 
     def target_specs(self) -> dict[str, TargetSpec]:
-        norm = "L2-normalised " if self.normalize else ""
+        norm = "L2-normalized " if self.normalize else ""
         channels, height, width = self._spatial_shape()
         return {
             "image_embedding": TargetSpec(("B", self.embed_dim), f"{norm}image embedding"),
@@ -285,7 +285,7 @@ class OpenClipTeacher(Teacher):
 
     @torch.no_grad()
     def dense_embeddings(self, images: Tensor) -> Tensor:
-        """Per-patch embeddings ``[B, h, w, D]`` (L2-normalised) for dense zero-shot labels.
+        """Per-patch embeddings ``[B, h, w, D]`` (L2-normalized) for dense zero-shot labels.
 
         MaskCLIP (Zhou et al., "Extract Free Dense Labels from CLIP", ECCV 2022): the last
         attention (a ViT's last block, a ResNet's attention pool) mixes every location with the
@@ -317,7 +317,7 @@ class OpenClipTeacher(Teacher):
         return F.normalize(patches, dim=-1).reshape(images.shape[0], grid, grid, -1)
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        """L2-normalised text embeddings ``[T, D]`` (e.g. class prompts for zero-shot labels)."""
+        """L2-normalized text embeddings ``[T, D]`` (e.g. class prompts for zero-shot labels)."""
         tokens = self.tokenizer(texts).to(self._device())
         return self.clip.encode_text(tokens, normalize=True)
 
@@ -331,7 +331,7 @@ def _resnet_dense(visual: nn.Module, pixels: Tensor) -> Tensor:
         pixels: ``[B, 3, R, R]`` prepared images.
 
     Returns:
-        ``[B, h, w, D]`` L2-normalised, ``h = w = R / 32``.
+        ``[B, h, w, D]`` L2-normalized, ``h = w = R / 32``.
     """
     features = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(pixels)))))
     pool = visual.attnpool

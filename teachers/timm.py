@@ -49,7 +49,7 @@ class TimmParams(PluginParams):
     ``num_heads``, ``num_classes``, ``dynamic_img_size``, ...), so a checkpoint trained at another
     size or a tiny test model are both a recipe edit. ``image_size`` is the side every image is
     resized to (default: the model's ``img_size``, else its pretrained config's input size);
-    ``mean``/``std`` override the pretrained config's normalisation. A ViT whose ``image_size``
+    ``mean``/``std`` override the pretrained config's normalization. A ViT whose ``image_size``
     differs from its ``img_size`` has its position table resampled after loading (timm's
     ``set_input_size``), so DINOv2's 518 px checkpoint runs at ``image_size: 224`` directly.
     """
@@ -135,8 +135,8 @@ class TimmTeacher(Teacher):
         Args:
             model: a timm model with ``forward_features`` and ``forward_head(pre_logits=True)``.
             input_size: the side images are resized to.
-            mean, std: the model's input normalisation, in [0, 1] units.
-            normalize_summary: L2-normalise the summary target.
+            mean, std: the model's input normalization, in [0, 1] units.
+            normalize_summary: L2-normalize the summary target.
         """
         super().__init__()
         self.model = model.eval()

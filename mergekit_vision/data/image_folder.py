@@ -32,7 +32,7 @@ class ImageFolderDataset(ImageDataset, Dataset):
 
         @field_validator("extensions")
         @classmethod
-        def _normalise(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        def _normalize(cls, value: tuple[str, ...]) -> tuple[str, ...]:
             return tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in value)
 
     def __init__(self, *, root: Path, files: list[Path], resolution: int, resize: ResizeMode):

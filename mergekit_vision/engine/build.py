@@ -51,7 +51,7 @@ class MergedModel(nn.Module):
         Args:
             student: the backbone.
             heads: one head per teacher target, by recipe name.
-            normalizers: per task, the teacher-target normalisation its head predicts in.
+            normalizers: per task, the teacher-target normalization its head predicts in.
         """
         super().__init__()
         self.student = student
@@ -201,7 +201,7 @@ def _blame(where: str) -> Iterator[None]:
 def _build_normalizer(spec: TaskSpec, teacher: Teacher) -> TargetNormalizer:
     width = teacher.target_specs()[spec.target].shape[1]  # the feature axis (TargetSpec)
     if not isinstance(width, int):
-        raise ValueError(f"target {spec.target!r} has no fixed feature width to normalise")
+        raise ValueError(f"target {spec.target!r} has no fixed feature width to normalize")
     assert spec.normalize is not None
     cls = NORMALIZATION.get(spec.normalize.type)
     return cls.build(spec.normalize.params, dim=width)

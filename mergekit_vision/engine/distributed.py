@@ -153,7 +153,7 @@ class Parallel:
                 HeadForward(self.model),
                 device_ids=[torch.cuda.current_device()] if cuda else None,
                 find_unused_parameters=True,  # a task's forward uses one head of several
-                # buffers (target statistics) stay equal by construction: normalisers update
+                # buffers (target statistics) stay equal by construction: normalizers update
                 # from every rank's targets
                 broadcast_buffers=False,
             )

@@ -321,7 +321,7 @@ class Engine:
         return self.streams
 
     def _estimate_normalizers(self, describe: Callable[[str], None]) -> None:
-        """Each target normaliser's statistics, from its own stream of the task's data (the
+        """Each target normalizer's statistics, from its own stream of the task's data (the
         training streams stay untouched), before the first step; a no-op once frozen."""
         for index, (name, task) in enumerate(self.c.tasks.items()):
             if name not in self.c.model.normalizers or self.c.model.normalizers[name].frozen:

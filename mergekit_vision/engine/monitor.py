@@ -44,7 +44,7 @@ class ForgettingMonitor:
     def measure(
         self, *, model: MergedModel, tasks: list[str], resolution_of, device: torch.device
     ) -> dict[str, float]:
-        """Mean held-out loss of each of ``tasks`` (unweighted; normalisers left as they are)."""
+        """Mean held-out loss of each of ``tasks`` (unweighted; normalizers left as they are)."""
         losses = {}
         for name in tasks:
             values = []

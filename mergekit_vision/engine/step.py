@@ -137,8 +137,8 @@ def task_loss(
 ) -> Tensor:
     """The (unweighted) distillation loss of ``task`` on ``batch``.
 
-    With a target normaliser the head learns the normalised target; its statistics are updated
-    from this batch while ``update_statistics`` and the normaliser is still estimating.
+    With a target normalizer the head learns the normalized target; its statistics are updated
+    from this batch while ``update_statistics`` and the normalizer is still estimating.
     ``forward(images, head=, prompts=)`` replaces the plain student + head call (the DDP wrapper).
     """
     images, prompts, target = batch_targets(
@@ -174,7 +174,7 @@ def batch_targets(
     update_statistics: bool,
     lap: Lap = no_lap,
 ) -> tuple[Tensor, Prompts | None, Tensor]:
-    """``batch``'s images at ``resolution``, their prompts and the teacher's (normalised)
+    """``batch``'s images at ``resolution``, their prompts and the teacher's (normalized)
     target: everything of a task step before the student runs."""
     images, masks = prepare_images(batch, resolution=resolution, device=device)
     lap("data")
@@ -196,9 +196,9 @@ def teacher_targets(
     update_statistics: bool,
     batch: dict[str, Any] | None = None,
 ) -> Tensor:
-    """The teacher's target for ``images`` as the head learns it (normalised if configured).
+    """The teacher's target for ``images`` as the head learns it (normalized if configured).
 
-    Under data parallelism the normaliser's statistics see every rank's targets (gathered), so
+    Under data parallelism the normalizer's statistics see every rank's targets (gathered), so
     they stay identical across ranks. A task with a target source reads keyed views' targets
     there instead of running the teacher (``batch`` names the views).
     """
@@ -211,7 +211,7 @@ def teacher_targets(
         normalizer = model.normalizers[task.name]
         if update_statistics and not normalizer.frozen:
             normalizer.observe(gather_rows(target))
-        target = normalizer.normalise(target)
+        target = normalizer.normalize(target)
     return target
 
 
@@ -225,10 +225,10 @@ def estimate_target_statistics(
     generator: torch.Generator,
     device: torch.device,
 ) -> None:
-    """Feed ``task``'s target normaliser teacher targets until its statistics freeze.
+    """Feed ``task``'s target normalizer teacher targets until its statistics freeze.
 
     Run before the first training step, so the head only ever learns one fixed map: a
-    normaliser still estimating during training moves its targets under the head, and PHI-S
+    normalizer still estimating during training moves its targets under the head, and PHI-S
     switches its rotation on only when the statistics freeze (AM-RADIO and PHI-S likewise
     estimate the teachers' statistics before distilling). Batches come from ``next_batch`` at
     ``resolutions`` in turn; nothing runs when the statistics are already frozen (e.g.

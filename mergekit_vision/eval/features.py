@@ -49,7 +49,7 @@ def feature_retention(
 ) -> dict[str, dict[str, Any]]:
     """Per feature task: ``cosine`` and ``centered_cosine`` (merged head vs teacher),
     ``mean_baseline_cosine`` (a constant prediction vs teacher) and the number of images, all in
-    the teacher's own feature space (a head trained on normalised targets is mapped back).
+    the teacher's own feature space (a head trained on normalized targets is mapped back).
 
     Args:
         components: the built recipe with the trained model loaded.
@@ -72,8 +72,8 @@ def feature_retention(
             head = model.heads[task.spec.head]
             prediction = head(features)[target_name]
             target = task.teacher(images, targets=[target_name])[target_name]
-            if name in model.normalizers:  # the head predicts the normalised target:
-                prediction = model.normalizers[name].denormalise(prediction)  # as the teacher
+            if name in model.normalizers:  # the head predicts the normalized target:
+                prediction = model.normalizers[name].denormalize(prediction)  # as the teacher
             predictions[name].append(prediction.cpu())
             targets[name].append(target.cpu())
     out: dict[str, dict[str, Any]] = {}

@@ -68,7 +68,7 @@ class SamTeacherEval:
             prompt_encoder=self.teacher.component("prompt_encoder"),
             mask_decoder=self.teacher.component("mask_decoder"),
             image_embeddings=encoded,
-            prompts=prompts,  # decode_masks normalises coordinates by prompts.image_size
+            prompts=prompts,  # decode_masks normalizes coordinates by prompts.image_size
         )
         return logits[:, :, 0]
 
@@ -76,8 +76,8 @@ class SamTeacherEval:
 class MergedEval:
     """The merged backbone with its CLIP head and SAM head.
 
-    ``clip_task`` names the task that trained the CLIP head: when that task normalises its
-    targets, the head predicts normalised embeddings, and they are mapped back to the teacher's
+    ``clip_task`` names the task that trained the CLIP head: when that task normalizes its
+    targets, the head predicts normalized embeddings, and they are mapped back to the teacher's
     space (where its text embeddings live) before any comparison.
     """
 
@@ -90,7 +90,7 @@ class MergedEval:
         self.normalizer = model.normalizers[clip_task] if clip_task in model.normalizers else None
 
     def _in_teacher_space(self, embeddings: Tensor) -> Tensor:
-        """``[..., D]`` head outputs -> the teacher's space, unit-normalised."""
+        """``[..., D]`` head outputs -> the teacher's space, unit-normalized."""
         if self.normalizer is not None:
             embeddings = self.normalizer.inverse(embeddings)
         return F.normalize(embeddings.float(), dim=-1)
@@ -126,7 +126,7 @@ class MergedEval:
     @torch.no_grad()
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """Head tokens ``[..., C]`` (e.g. ``[B, h, w, C]``, or pooled ``[N, C]``) -> embeddings
-        ``[..., D]`` in the teacher's space, unit-normalised."""
+        ``[..., D]`` in the teacher's space, unit-normalized."""
         return self._in_teacher_space(self.clip_head.embed(tokens))
 
     @torch.no_grad()

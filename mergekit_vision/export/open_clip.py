@@ -38,10 +38,10 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 class MergedVisual(nn.Module):
     """An open_clip image tower made of the merged student and its CLIP head.
 
-    It takes images as open_clip's preprocessing leaves them (normalised with ``mean``/``std`` of
-    :attr:`preprocess_cfg`, at ``image_size``), undoes that normalisation (the student normalises
+    It takes images as open_clip's preprocessing leaves them (normalized with ``mean``/``std`` of
+    :attr:`preprocess_cfg`, at ``image_size``), undoes that normalization (the student normalizes
     itself) and returns the CLIP head's pooled embedding, mapped back to the teacher's space when
-    the head was trained on normalised targets.
+    the head was trained on normalized targets.
     """
 
     def __init__(
@@ -61,7 +61,7 @@ class MergedVisual(nn.Module):
             image_size: the side ``R`` the tower is fed at.
             mean: the preprocessing mean (in [0, 1] units).
             std: the preprocessing std.
-            normalizer: the target normalisation the head predicts in, or None.
+            normalizer: the target normalization the head predicts in, or None.
         """
         super().__init__()
         self.student, self.head, self.normalizer = student, head, normalizer
@@ -80,7 +80,7 @@ class MergedVisual(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
-        """``[B, 3, R, R]`` preprocessed images -> ``[B, D]`` image embeddings (not normalised)."""
+        """``[B, 3, R, R]`` preprocessed images -> ``[B, D]`` image embeddings (not normalized)."""
         (embedding,) = self.head(self.student(images * self.std + self.mean)).values()
         if self.normalizer is not None:
             embedding = self.normalizer.inverse(embedding)

@@ -106,7 +106,7 @@ class ClipHead(Head):
     than average pooling in the paper), a LayerNorm and an MLP with two hidden layers into the
     CLIP teacher's embedding space. The same LayerNorm + MLP applied per token gives per-patch
     embeddings (:meth:`dense_embeddings`) for zero-shot segmentation. Outputs are not
-    L2-normalised; the cosine loss and zero-shot classifiers normalise.
+    L2-normalized; the cosine loss and zero-shot classifiers normalize.
 
     ``blocks: conv`` swaps the transformer blocks for residual 3 x 3 convolution blocks
     (:class:`ConvBlock`) over the token grid, a departure from the paper: a convolution's

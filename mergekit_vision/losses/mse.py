@@ -16,7 +16,7 @@ class MSELoss(Loss):
 
     FitNets (Romero et al., ICLR 2015, arXiv 1412.6550) regress a teacher's intermediate
     features with it; AM-RADIO (Ranzinger et al., CVPR 2024, arXiv 2312.06709) uses it as the
-    baseline its cosine + smooth-L1 mix improves on, and PHI-S-normalised targets (Ranzinger et
+    baseline its cosine + smooth-L1 mix improves on, and PHI-S-normalized targets (Ranzinger et
     al., arXiv 2410.01680) make it balanced across teachers. Feature maps ``[B, C, h, w]`` are
     compared on the target's grid (the prediction is resized bilinearly).
     """

@@ -63,7 +63,7 @@ class TaskSpec(Frozen):
     max_masks: int = Field(64, ge=1, le=MAX_COUNT)
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
     normalize: NormalizationSpec | None = Field(
-        None, description="teacher-target normalisation (standardize, phi_s)"
+        None, description="teacher-target normalization (standardize, phi_s)"
     )
     heldout: DatasetSpec | None = Field(
         None,

@@ -3,7 +3,7 @@
 segment_anything's ``MaskDecoder.predict_masks`` repeats ONE image embedding once per prompt
 (``repeat_interleave(image_embeddings, n)``), so distilling a batch of images means a Python loop
 over images. Here every prompt of every image is decoded in one pass by expanding each image's
-embedding over its own prompts, and prompt coordinates are normalised by the size of the image they
+embedding over its own prompts, and prompt coordinates are normalized by the size of the image they
 were given in (:class:`~mergekit_vision.contracts.Prompts`), with the dense positional encoding
 computed for the embedding's actual grid, so a student at 512 px (32x32) decodes as well as SAM at
 1024 px (64x64).
@@ -79,7 +79,7 @@ def decode_masks(
 def embed_points(
     prompt_encoder: PromptEncoder, points: Tensor, labels: Tensor, image_size: int
 ) -> Tensor:
-    """SAM's point embedding (with its padding token), normalised by ``image_size``.
+    """SAM's point embedding (with its padding token), normalized by ``image_size``.
 
     Args:
         points: ``[B, Np, P, 2]`` pixel ``(x, y)``.
@@ -101,7 +101,7 @@ def embed_points(
 
 
 def embed_boxes(prompt_encoder: PromptEncoder, boxes: Tensor, image_size: int) -> Tensor:
-    """SAM's two-corner box embedding, normalised by ``image_size``.
+    """SAM's two-corner box embedding, normalized by ``image_size``.
 
     Args:
         boxes: ``[B, Nb, 4]`` pixel ``(x0, y0, x1, y1)``.

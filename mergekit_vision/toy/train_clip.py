@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import resize_and_normalise
+from mergekit_vision.contracts import resize_and_normalize
 from mergekit_vision.data.toy_world.world import (
     ToyWorldConfig,
     caption_templates,
@@ -161,7 +161,7 @@ class ScenePool:
 
 def _resize(images: Tensor, size: int) -> Tensor:
     """``[B, 3, S, S]`` -> ``[B, 3, size, size]``, the resize of ``Teacher.prepare``."""
-    return resize_and_normalise(images, size=size, mean=(0.0,) * 3, std=(1.0,) * 3)
+    return resize_and_normalize(images, size=size, mean=(0.0,) * 3, std=(1.0,) * 3)
 
 
 def multi_positive_clip_loss(
@@ -170,8 +170,8 @@ def multi_positive_clip_loss(
     """Symmetric InfoNCE (CLIP's loss) where pairs with equal ``keys`` are all positives.
 
     Args:
-        image_features: ``[B, D]`` L2-normalised.
-        text_features: ``[B, D]`` L2-normalised, row ``i`` the caption of image ``i``.
+        image_features: ``[B, D]`` L2-normalized.
+        text_features: ``[B, D]`` L2-normalized, row ``i`` the caption of image ``i``.
         logit_scale: scalar, ``exp`` of the learnable log inverse temperature.
         keys: ``B`` content keys; equal keys mean the same scene content.
     """
@@ -278,7 +278,7 @@ def _visual_size(clip: nn.Module) -> int:
 @torch.no_grad()
 def zero_shot_classifier(teacher: OpenClipTeacher, world: ToyWorldConfig) -> Tensor:
     """``[C, D]`` class embeddings: each class's prompts over :func:`caption_templates`,
-    embedded, averaged and re-normalised (CLIP's prompt ensembling)."""
+    embedded, averaged and re-normalized (CLIP's prompt ensembling)."""
     templates = caption_templates()
     names = class_names(world)
     prompts = [template.format(name) for name in names for template in templates]
@@ -299,7 +299,7 @@ def evaluate_toy_clip(
     (scene ``i`` shows class ``i mod C``), with template-ensembled class prompts.
 
     Args:
-        teacher: the CLIP teacher as the merge uses it (its own resizing and normalisation).
+        teacher: the CLIP teacher as the merge uses it (its own resizing and normalization).
         world: the toy world; ``seed`` should differ from the training seed.
         num_scenes: scenes to classify.
         seed: the world seed of the evaluation scenes.

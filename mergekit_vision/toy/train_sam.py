@@ -31,7 +31,7 @@ from pydantic import Field
 from segment_anything.modeling import Sam
 from torch import Tensor
 
-from mergekit_vision.contracts import Prompts, resize_and_normalise
+from mergekit_vision.contracts import Prompts, resize_and_normalize
 from mergekit_vision.data.toy_world.world import Scene, ToyWorldConfig, generate_scene
 from mergekit_vision.eval.metrics import mask_iou
 from mergekit_vision.eval.tasks import interior_points
@@ -228,7 +228,7 @@ def sam_training_loss(
         The scalar loss and ``{"loss", "iou"}`` (mean IoU of the low-res masks) for display.
     """
     size = sam.image_encoder.img_size
-    pixels = resize_and_normalise(
+    pixels = resize_and_normalize(
         images, size=size, mean=SamTeacher.pixel_mean, std=SamTeacher.pixel_std
     )
     embeddings = sam.image_encoder(pixels)
@@ -365,7 +365,7 @@ def evaluate_toy_sam(
     mask, averaged over all instances.
 
     Args:
-        teacher: the SAM teacher as the merge uses it (its own resizing and normalisation).
+        teacher: the SAM teacher as the merge uses it (its own resizing and normalization).
         world: the toy world; ``seed`` should differ from the training seed.
         num_scenes: scenes to evaluate (indices ``0..num_scenes-1`` of ``seed``).
         seed: the world seed of the evaluation scenes.

@@ -40,7 +40,7 @@ def test_dry_run_ignores_target_caches(tiny_recipe_args, tmp_path):
 
 
 def test_dry_run_estimates_target_statistics_from_one_batch(tiny_recipe_args, tmp_path):
-    """A dry run checks the wiring: a normaliser asking for 100 batches estimates from one."""
+    """A dry run checks the wiring: a normalizer asking for 100 batches estimates from one."""
     normalize = "tasks.clip.normalize={type: standardize, params: {estimate_steps: 100}}"
     out = tmp_path / "dry"
     args = ["run", *tiny_recipe_args, "--set", normalize, "--dry-run", "--output", str(out)]

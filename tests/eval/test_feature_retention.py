@@ -20,14 +20,14 @@ VIT = dict(depth=2, embed_dim=32, num_heads=2, init_values=1.0)
 
 
 class StandardisedCopy(nn.Module):
-    """The teacher's summary in a normaliser's space, as a head trained on normalised targets."""
+    """The teacher's summary in a normalizer's space, as a head trained on normalized targets."""
 
-    def __init__(self, normaliser: nn.Module):
+    def __init__(self, normalizer: nn.Module):
         super().__init__()
-        self.normaliser = normaliser
+        self.normalizer = normalizer
 
     def forward(self, features, *, prompts=None):
-        return {"summary": self.normaliser(features.prefix_tokens[:, 0])}
+        return {"summary": self.normalizer(features.prefix_tokens[:, 0])}
 
 
 class TeacherCopy(nn.Module):
@@ -62,7 +62,7 @@ def components():
         "opposite": TeacherCopy(-1.0),
         "standardised": StandardisedCopy(standardise),
     }
-    model = MergedModel(student=student, heads=heads, normalizers={"normalised": standardise})
+    model = MergedModel(student=student, heads=heads, normalizers={"normalized": standardise})
 
     def task(head: str, target: str) -> SimpleNamespace:
         spec = SimpleNamespace(teacher="dino", head=head, target=target)
@@ -72,7 +72,7 @@ def components():
         "summary": task("same", "summary"),
         "spatial": task("same", "spatial"),
         "inverted": task("opposite", "spatial"),
-        "normalised": task("standardised", "summary"),
+        "normalized": task("standardised", "summary"),
     }
     return SimpleNamespace(tasks=tasks, model=model, device=torch.device("cpu"))
 
@@ -80,7 +80,7 @@ def components():
 def test_cosines_and_baseline(components):
     torch.manual_seed(1)
     images = [{"image": (torch.rand(3, 56, 56) * 255).to(torch.uint8)} for _ in range(5)]
-    assert feature_tasks(components) == ["summary", "spatial", "inverted", "normalised"]
+    assert feature_tasks(components) == ["summary", "spatial", "inverted", "normalized"]
     found = feature_retention(components, images, batch_size=2, max_images=4)
     assert found["summary"]["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert found["spatial"]["cosine"] == pytest.approx(1.0, abs=1e-5)
@@ -90,7 +90,7 @@ def test_cosines_and_baseline(components):
     for row in found.values():
         assert row["images"] == 4 and row["teacher"] == "dino"
         assert -1 < row["mean_baseline_cosine"] < 1
-    # a head trained on normalised targets is compared in the teacher's own space
+    # a head trained on normalized targets is compared in the teacher's own space
     for key in ("cosine", "centered_cosine", "mean_baseline_cosine"):
-        assert found["normalised"][key] == pytest.approx(found["summary"][key], abs=1e-4), key
+        assert found["normalized"][key] == pytest.approx(found["summary"][key], abs=1e-4), key
     assert feature_retention(components, None, batch_size=2) == {}

@@ -1,5 +1,5 @@
 """The merged model's CLIP embeddings are compared in the teacher's space: a head trained on
-normalised targets predicts normalised embeddings, and evaluation maps them back before scoring
+normalized targets predicts normalized embeddings, and evaluation maps them back before scoring
 them against the teacher's text embeddings."""
 
 from __future__ import annotations
@@ -25,29 +25,29 @@ class PassThrough(nn.Module):
         return SimpleNamespace(tokens=images[:, :DIM].permute(0, 2, 3, 1))
 
 
-class NormalisedHead(nn.Module):
-    """A perfect head trained on normalised targets: normaliser(teacher embedding)."""
+class NormalizedHead(nn.Module):
+    """A perfect head trained on normalized targets: normalizer(teacher embedding)."""
 
-    def __init__(self, normaliser: Standardize):
+    def __init__(self, normalizer: Standardize):
         super().__init__()
-        self.normaliser = normaliser
+        self.normalizer = normalizer
 
     def forward(self, features, *, prompts=None):
-        return {"image_embedding": self.normaliser(features.tokens.amax(dim=(1, 2)))}
+        return {"image_embedding": self.normalizer(features.tokens.amax(dim=(1, 2)))}
 
     def dense_embeddings(self, features):
-        return self.normaliser(features.tokens)
+        return self.normalizer(features.tokens)
 
 
 def _model() -> tuple[MergedModel, Standardize]:
-    normaliser = Standardize(dim=DIM, estimate_steps=1)
-    normaliser.update(torch.randn(256, DIM) * 4 + 3)  # far from the identity
-    heads = {"clip_head": NormalisedHead(normaliser), "sam_head": nn.Identity()}
-    model = MergedModel(student=PassThrough(), heads=heads, normalizers={"clip": normaliser})
-    return model, normaliser
+    normalizer = Standardize(dim=DIM, estimate_steps=1)
+    normalizer.update(torch.randn(256, DIM) * 4 + 3)  # far from the identity
+    heads = {"clip_head": NormalizedHead(normalizer), "sam_head": nn.Identity()}
+    model = MergedModel(student=PassThrough(), heads=heads, normalizers={"clip": normalizer})
+    return model, normalizer
 
 
-def test_normalised_head_is_scored_in_teacher_space():
+def test_normalized_head_is_scored_in_teacher_space():
     torch.manual_seed(0)
     model, _ = _model()
     images = torch.randn(3, DIM, 4, 4)

@@ -253,7 +253,7 @@ def test_upsample_logits_shape_and_constant_map() -> None:
 
 def _text_and_patches(grid: torch.Tensor, *, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Text embeddings are scaled one-hot vectors; patch (i, j) equals class grid[i, j]'s."""
-    text = 3.0 * torch.eye(dim)[: int(grid.max()) + 1]  # the scale checks L2 normalisation
+    text = 3.0 * torch.eye(dim)[: int(grid.max()) + 1]  # the scale checks L2 normalization
     patches = text[grid].unsqueeze(0)  # [1, h, w, D]
     return text, patches
 

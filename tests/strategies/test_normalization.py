@@ -130,9 +130,9 @@ def test_registered(name):
 
 
 @pytest.mark.parametrize("name", ["standardize", "phi_s"])
-def test_feature_maps_are_normalised_along_their_channel_axis(name):
+def test_feature_maps_are_normalized_along_their_channel_axis(name):
     """Teacher feature maps are ``[B, C, h, w]``: statistics and maps are per channel, whatever
-    the spatial size (the builder sizes the normaliser by the target's axis 1)."""
+    the spatial size (the builder sizes the normalizer by the target's axis 1)."""
     from types import SimpleNamespace
 
     from mergekit_vision.contracts import TargetSpec
@@ -154,7 +154,7 @@ def test_feature_maps_are_normalised_along_their_channel_axis(name):
     for batch in maps.unbind(0):
         normalizer.observe(batch)
         reference.update(batch.movedim(1, -1))
-    out = normalizer.normalise(maps[0])
+    out = normalizer.normalize(maps[0])
     assert out.shape == maps[0].shape
     torch.testing.assert_close(out.movedim(1, -1), reference(maps[0].movedim(1, -1)))
-    torch.testing.assert_close(normalizer.denormalise(out), maps[0], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(normalizer.denormalize(out), maps[0], atol=1e-3, rtol=1e-4)

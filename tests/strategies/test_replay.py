@@ -99,7 +99,7 @@ def test_forgetting_adaptive_raises_the_share_of_a_forgotten_task():
     replay.observe_heldout(step=20, losses={"clip": 0.9, "sam": 1.05})  # within tolerance
     assert replay.shares == pytest.approx({"clip": 2 / 3, "sam": 1 / 3})
     replay.observe_heldout(step=30, losses={"clip": 0.8, "sam": 1.2})  # sam forgets
-    # sam: 1/3 * 2 = 2/3 against clip's 2/3, renormalised: 0.5 each
+    # sam: 1/3 * 2 = 2/3 against clip's 2/3, renormalized: 0.5 each
     assert replay.shares == pytest.approx({"clip": 0.5, "sam": 0.5})
     assert replay.draws(step=31) == [TaskDraw("clip", 6), TaskDraw("sam", 6)]
     replay.observe_heldout(step=40, losses={"clip": 0.8, "sam": 1.3})  # still above: again

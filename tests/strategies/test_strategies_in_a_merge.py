@@ -1,4 +1,4 @@
-"""Every registered replay scheduler, conflict strategy, loss weighting and target normaliser
+"""Every registered replay scheduler, conflict strategy, loss weighting and target normalizer
 runs in a (tiny, real-class) SAM+CLIP merge, chosen from the recipe by name."""
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def test_unknown_strategy_lists_the_valid_names(tiny_recipe_args, capsys):
 
 
 @pytest.mark.parametrize("name", NORMALIZATION.names())
-def test_normaliser_statistics_freeze_before_the_first_step(name, tiny_recipe_args, tmp_path):
-    """A normaliser estimating for longer than the run trains is still frozen from step 1: its
+def test_normalizer_statistics_freeze_before_the_first_step(name, tiny_recipe_args, tmp_path):
+    """A normalizer estimating for longer than the run trains is still frozen from step 1: its
     statistics come from a calibration pass before training, not from the training steps (with
     PHI-S, freezing mid-run would switch its rotation on under a head trained without it)."""
     run = tmp_path / "run"

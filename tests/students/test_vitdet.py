@@ -12,7 +12,7 @@ from segment_anything.modeling import ImageEncoderViT
 from timm.layers import resample_abs_pos_embed_nhwc
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Prompts, TargetSpec, Teacher, resize_and_normalise
+from mergekit_vision.contracts import Prompts, TargetSpec, Teacher, resize_and_normalize
 from mergekit_vision.sam.positions import resample_pos_embed
 from mergekit_vision.sam.variants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from mergekit_vision.students.vitdet import ViTDetStudent, vitdet_state_dict_from_sam_encoder
@@ -78,7 +78,7 @@ def test_initialised_student_reproduces_sam_encoder_at_native_size(attention: st
     images = torch.rand(2, 3, 128, 128)
     with torch.no_grad():
         expected = encoder(
-            resize_and_normalise(images, size=None, mean=SAM_PIXEL_MEAN, std=SAM_PIXEL_STD)
+            resize_and_normalize(images, size=None, mean=SAM_PIXEL_MEAN, std=SAM_PIXEL_STD)
         )
         features = student(images)
     if attention == "original":  # segment_anything's own blocks: bit for bit

@@ -19,7 +19,7 @@ from transformers import (
     SiglipModel,
 )
 
-from mergekit_vision.contracts import Teacher, resize_and_normalise
+from mergekit_vision.contracts import Teacher, resize_and_normalize
 from mergekit_vision.eval.models import ClipTeacherEval
 from mergekit_vision.eval.tasks import class_text_embeddings
 from mergekit_vision.teachers.hf import HfParams, HfTeacher
@@ -80,7 +80,7 @@ def test_dinov2_targets_are_the_models_outputs(dinov2_folder):
     images = torch.rand(2, 3, 40, 40)
     with torch.no_grad():
         out = teacher(images, targets=["summary", "spatial"])
-        pixels = resize_and_normalise(images, size=28, mean=MEAN, std=STD)
+        pixels = resize_and_normalize(images, size=28, mean=MEAN, std=STD)
         want = model(pixel_values=pixels)
     torch.testing.assert_close(out["summary"], want.pooler_output)  # the class token
     patches = want.last_hidden_state[:, 1:].transpose(1, 2).reshape(2, 32, 4, 4)
@@ -98,7 +98,7 @@ def test_siglip_image_and_text_towers(siglip_folder):
     texts = ["a photo of a red circle .", "a blue square"]
     with torch.no_grad():
         out = teacher(images, targets=["image_embedding", "spatial"])
-        pixels = resize_and_normalise(images, size=32, mean=MEAN, std=STD)
+        pixels = resize_and_normalize(images, size=32, mean=MEAN, std=STD)
         want_image = model.get_image_features(pixel_values=pixels)
         ids = torch.tensor([[2, 3, 4, 2, 5, 7, 9, 0], [2, 6, 8, 0, 0, 0, 0, 0]])  # padded to 8
         want_text = model.get_text_features(input_ids=ids)
@@ -117,7 +117,7 @@ def test_siglip_at_another_input_size_resamples_its_position_table(siglip_folder
     images = torch.rand(1, 3, 48, 48)
     with torch.no_grad():
         out = teacher(images, targets=["spatial", "image_embedding"])
-        pixels = resize_and_normalise(images, size=48, mean=MEAN, std=STD)
+        pixels = resize_and_normalize(images, size=48, mean=MEAN, std=STD)
         want = model.vision_model(pixel_values=pixels, interpolate_pos_encoding=True)
     patches = want.last_hidden_state.transpose(1, 2).reshape(1, 32, 6, 6)
     torch.testing.assert_close(out["spatial"], patches)
@@ -131,7 +131,7 @@ def test_siglip_dense_embeddings_are_single_patch_poolings(siglip_folder):
     dense = teacher.dense_embeddings(images)
     assert dense.shape == (2, 4, 4, 32)
     with torch.no_grad():
-        pixels = resize_and_normalise(images, size=32, mean=MEAN, std=STD)
+        pixels = resize_and_normalize(images, size=32, mean=MEAN, std=STD)
         hidden = model.vision_model(pixel_values=pixels).last_hidden_state
         # the pooling head attending to one patch only: attention weight 1 on its value path
         alone = torch.stack([model.vision_model.head(hidden[:, i : i + 1]) for i in (0, 5, 15)], 1)

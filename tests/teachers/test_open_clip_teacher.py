@@ -95,7 +95,7 @@ def test_text_embeddings(reference):
         teacher.component("mask_decoder")
 
 
-def test_unnormalised_embedding_and_other_image_size(reference):
+def test_unnormalized_embedding_and_other_image_size(reference):
     clip, paths = reference
     teacher = OpenClipTeacher.build(tiny_params(paths["bin"], image_size=48, normalize=False))
     assert teacher.input_size == 48

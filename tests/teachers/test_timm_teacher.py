@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from mergekit_vision.contracts import Teacher, resize_and_normalise
+from mergekit_vision.contracts import Teacher, resize_and_normalize
 from mergekit_vision.teachers.timm import TimmParams, TimmTeacher
 
 NAME = "vit_small_patch14_dinov2"
@@ -33,7 +33,7 @@ def params(path, **kwargs) -> TimmParams:
 
 
 def expected(model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    pixels = resize_and_normalise(images, size=56, mean=IMAGENET[0], std=IMAGENET[1])
+    pixels = resize_and_normalize(images, size=56, mean=IMAGENET[0], std=IMAGENET[1])
     with torch.no_grad():
         tokens = model.forward_features(pixels)
     patches = tokens[:, 1:].transpose(1, 2).reshape(images.shape[0], 32, 4, 4)
@@ -89,7 +89,7 @@ def test_released_dinov2_layout_loads_as_timm_loads_it(reference, tmp_path):
         torch.testing.assert_close(out[target], want, atol=1e-5, rtol=1e-5)
 
 
-def test_image_size_and_normalisation_overrides(reference, tmp_path):
+def test_image_size_and_normalization_overrides(reference, tmp_path):
     path = tmp_path / "model.pth"
     torch.save(reference.state_dict(), path)
     teacher = TimmTeacher.build(params(path, image_size=84, mean=(0.5, 0.5, 0.5)))

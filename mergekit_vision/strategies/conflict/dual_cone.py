@@ -19,7 +19,7 @@ class DualConeStrategy(TorchJDStrategy):
     """A torchjd aggregator built on ``QuadprogProjector``; subclasses name it.
 
     Args:
-        norm_eps: guards the Gramian normalisation against division by zero.
+        norm_eps: guards the Gramian normalization against division by zero.
         reg_eps: added to the Gramian's diagonal so the quadratic program stays definite.
     """
 

@@ -1,7 +1,7 @@
-"""The teacher-target normalisation contract.
+"""The teacher-target normalization contract.
 
 Teachers' features live on very different scales (AM-RADIO: SAM's feature std is ~191x DFN
-CLIP's), which silently reweights multi-teacher losses. A normaliser maps a teacher's targets to a
+CLIP's), which silently reweights multi-teacher losses. A normalizer maps a teacher's targets to a
 standard scale before the loss; its statistics are estimated from ``estimate_steps`` batches of
 teacher targets before the first training step (the engine's calibration pass,
 :func:`~mergekit_vision.engine.step.estimate_target_statistics`), then frozen; at export its
@@ -20,7 +20,7 @@ from mergekit_vision.registry import PluginParams
 
 
 class TargetNormalizer(nn.Module):
-    """Args of every normaliser: ``dim`` (feature width D; targets are ``[..., D]``) and
+    """Args of every normalizer: ``dim`` (feature width D; targets are ``[..., D]``) and
     ``estimate_steps`` (how many :meth:`update` calls feed the statistics before they freeze)."""
 
     Params: ClassVar[type[PluginParams]] = PluginParams
@@ -43,11 +43,11 @@ class TargetNormalizer(nn.Module):
         raise NotImplementedError
 
     def forward(self, targets: Tensor) -> Tensor:
-        """Raw ``[..., D]`` -> normalised ``[..., D]``."""
+        """Raw ``[..., D]`` -> normalized ``[..., D]``."""
         raise NotImplementedError
 
-    def inverse(self, normalised: Tensor) -> Tensor:
-        """Normalised ``[..., D]`` -> raw ``[..., D]``."""
+    def inverse(self, normalized: Tensor) -> Tensor:
+        """Normalized ``[..., D]`` -> raw ``[..., D]``."""
         raise NotImplementedError
 
     def fold_into(self, linear: nn.Linear) -> nn.Linear:
@@ -61,10 +61,10 @@ class TargetNormalizer(nn.Module):
         """:meth:`update` with targets ``[B, D, ...]``."""
         self.update(targets.movedim(1, -1))
 
-    def normalise(self, targets: Tensor) -> Tensor:
-        """Raw ``[B, D, ...]`` -> normalised, along the feature axis."""
+    def normalize(self, targets: Tensor) -> Tensor:
+        """Raw ``[B, D, ...]`` -> normalized, along the feature axis."""
         return self(targets.movedim(1, -1)).movedim(-1, 1)
 
-    def denormalise(self, normalised: Tensor) -> Tensor:
-        """Normalised ``[B, D, ...]`` -> raw (what a head trained on normalised targets means)."""
-        return self.inverse(normalised.movedim(1, -1)).movedim(-1, 1)
+    def denormalize(self, normalized: Tensor) -> Tensor:
+        """Normalized ``[B, D, ...]`` -> raw (what a head trained on normalized targets means)."""
+        return self.inverse(normalized.movedim(1, -1)).movedim(-1, 1)

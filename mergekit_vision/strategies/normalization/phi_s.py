@@ -28,7 +28,7 @@ class PhiS(TargetNormalizer):
     where the rotation ``R`` spreads the variance evenly: every output dimension has variance
     exactly ``mean(lambda)``, hence 1 after dividing by ``phi`` (isotropic, not whitening: the
     covariance keeps its shape up to rotation and one global scale). For ``D`` a power of two
-    ``R`` is the normalised Sylvester Hadamard matrix ``H`` of the paper. Other widths (768, ...)
+    ``R`` is the normalized Sylvester Hadamard matrix ``H`` of the paper. Other widths (768, ...)
     have no Sylvester matrix and padding would change the head's width, so ``R`` is then built
     from ``lambda`` by Givens rotations that equalise the diagonal of ``R diag(lambda) R^T``
     (Bendel & Mickey 1978): the same equal per-dimension variance, hence the same property PHI-S
@@ -100,9 +100,9 @@ class PhiS(TargetNormalizer):
         mean, rotation, phi = (t.to(targets.device, targets.dtype) for t in self._map())
         return (targets - mean) @ rotation.T / phi
 
-    def inverse(self, normalised: Tensor) -> Tensor:
-        mean, rotation, phi = (t.to(normalised.device, normalised.dtype) for t in self._map())
-        return (normalised * phi) @ rotation + mean
+    def inverse(self, normalized: Tensor) -> Tensor:
+        mean, rotation, phi = (t.to(normalized.device, normalized.dtype) for t in self._map())
+        return (normalized * phi) @ rotation + mean
 
     def fold_into(self, linear: nn.Linear) -> nn.Linear:
         """``W' = phi R^T W``, ``b' = phi R^T b + mu`` where ``R`` is the full rotation."""

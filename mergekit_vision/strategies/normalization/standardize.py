@@ -61,9 +61,9 @@ class Standardize(TargetNormalizer):
         mean, std = (s.to(targets.device, targets.dtype) for s in self.statistics())
         return (targets - mean) / std
 
-    def inverse(self, normalised: Tensor) -> Tensor:
-        mean, std = (s.to(normalised.device, normalised.dtype) for s in self.statistics())
-        return normalised * std + mean
+    def inverse(self, normalized: Tensor) -> Tensor:
+        mean, std = (s.to(normalized.device, normalized.dtype) for s in self.statistics())
+        return normalized * std + mean
 
     def fold_into(self, linear: nn.Linear) -> nn.Linear:
         """``W' = diag(sigma) W``, ``b' = sigma * b + mu``."""

@@ -19,7 +19,7 @@ class ForgettingAdaptive(ReplayScheduler):
     2017; Rolnick et al., "Experience Replay for Continual Learning", NeurIPS 2019) show that the
     amount of replay sets the forgetting. This scheduler closes that loop instead of stopping:
     when a task's held-out distillation loss exceeds its best so far by more than ``tolerance``
-    (relative), its share is multiplied by ``boost`` and all shares are renormalised to sum to
+    (relative), its share is multiplied by ``boost`` and all shares are renormalized to sum to
     one (so the others shrink), then capped at ``max_share`` with the excess handed to the others
     in proportion. It is raised again at every check while it stays above. Each step draws every
     task with ``max(1, round(share * total))`` samples, ``total`` being the sum of the recipe
@@ -27,10 +27,10 @@ class ForgettingAdaptive(ReplayScheduler):
 
     Args:
         batch_sizes: each task's recipe batch size.
-        initial_shares: starting shares (every task, normalised); default: the recipe batch sizes'
+        initial_shares: starting shares (every task, normalized); default: the recipe batch sizes'
             proportions, i.e. ``fixed_ratio``'s draws.
         tolerance: relative rise over the best held-out loss that counts as forgetting.
-        boost: factor applied to a forgetting task's share (before renormalising).
+        boost: factor applied to a forgetting task's share (before renormalizing).
         max_share: no task's share exceeds this (at least ``1 / T``).
     """
 
@@ -95,7 +95,7 @@ class ForgettingAdaptive(ReplayScheduler):
 
 
 def _capped(weights: dict[str, float], cap: float) -> dict[str, float]:
-    """Normalise ``weights`` to sum to one with no share above ``cap`` (water-filling)."""
+    """Normalize ``weights`` to sum to one with no share above ``cap`` (water-filling)."""
     fixed: dict[str, float] = {}
     while True:
         free = {t: w for t, w in weights.items() if t not in fixed}

@@ -20,7 +20,7 @@ class Proportional(ReplayScheduler):
 
     Args:
         batch_sizes: each task's recipe batch size.
-        probabilities: a weight per task (every task of the stage, no others); normalised to sum
+        probabilities: a weight per task (every task of the stage, no others); normalized to sum
             to one.
         seed: seeds the per-step draws.
     """
@@ -36,7 +36,7 @@ class Proportional(ReplayScheduler):
     ) -> None:
         super().__init__(batch_sizes=batch_sizes)
         self.tasks = list(self.batch_sizes)
-        self.probabilities = _normalised(probabilities, tasks=self.tasks)
+        self.probabilities = _normalized(probabilities, tasks=self.tasks)
         self.seed = seed
 
     def draws(self, *, step: int) -> list[TaskDraw]:
@@ -46,7 +46,7 @@ class Proportional(ReplayScheduler):
         return [TaskDraw(task, self.batch_sizes[task])]
 
 
-def _normalised(probabilities: dict[str, float], *, tasks: list[str]) -> dict[str, float]:
+def _normalized(probabilities: dict[str, float], *, tasks: list[str]) -> dict[str, float]:
     if set(probabilities) != set(tasks):
         raise ValueError(
             f"proportional replay needs a probability for every task and no others; "

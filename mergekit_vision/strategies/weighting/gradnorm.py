@@ -28,7 +28,7 @@ class GradNorm(LossWeighting):
 
     where ``dG_t / dw_t = G_t / w_t``. Dividing by ``mean(G)`` (constant) makes the step
     independent of the gradients' scale, so ``lr`` is a plain step size on the weights. Then the
-    weights are kept positive and renormalised so the updated tasks' weights keep their sum
+    weights are kept positive and renormalized so the updated tasks' weights keep their sum
     (the sum of the recipe weights when every task ran), as in the paper. Tasks training slower
     than average (large ``r_t``) gain weight. ``L_t(0)`` is the first loss seen for each task.
 

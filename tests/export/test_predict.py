@@ -24,7 +24,7 @@ from mergekit_vision.export.loading import load_run
 from mergekit_vision.export.predict import restore_labels
 from mergekit_vision.sam.variants import SAM_PIXEL_MEAN
 
-TINY_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny_sam_clip.yaml"
+TINY_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_sam_clip.yaml"
 TEMPLATES = ["a photo of a {}."]  # the tiny recipe has no eval section: predict's default
 
 

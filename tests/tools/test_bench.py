@@ -8,7 +8,7 @@ import torch
 from mergekit_vision.cli.main import main
 from mergekit_vision.tools.bench import PHASES, bench_student, bench_training
 
-from .conftest import TINY_RECIPE
+from ..conftest import TINY_RECIPE
 
 TINY_STUDENT = dict(
     embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), patch_size=8, window_size=3

@@ -11,7 +11,7 @@ from mergekit_vision.recipe.io import load_recipe
 from mergekit_vision.recipe.schema import Recipe
 
 AUGMENT = "{scale: [0.5, 1.0], hflip: true}"
-TINY_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_sam_clip.yaml"
+TINY_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny_sam_clip.yaml"
 
 
 def keyed_args(tiny_recipe_args: list[str], cache: Path | None) -> list[str]:

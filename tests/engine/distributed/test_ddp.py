@@ -19,10 +19,10 @@ def metrics(run: Path) -> list[dict]:
 def test_two_ranks_with_half_batches_match_one_process(runs, recipe_args, tmp_path):
     """pcgrad on the two tasks, and task b's targets standardised by statistics of its first
     3 batches: gathered from both ranks, they must equal one process's."""
-    normalised = [*recipe_args, "--set", f"tasks.b.normalize={STANDARDIZE}"]
+    normalized = [*recipe_args, "--set", f"tasks.b.normalize={STANDARDIZE}"]
     one, two = tmp_path / "one", tmp_path / "two"
-    runs.run_here([*normalised, "--output", str(one)])
-    runs.torchrun([*normalised, *runs.batch_sizes(2, 2), "--output", str(two)])
+    runs.run_here([*normalized, "--output", str(one)])
+    runs.torchrun([*normalized, *runs.batch_sizes(2, 2), "--output", str(two)])
     reference = runs.weights(one)
     moved = runs.max_difference(reference, runs.weights(one, "step-3"), prefix="student.")
     assert moved > 100 * TOLERANCE  # training moved the weights far more than the tolerance

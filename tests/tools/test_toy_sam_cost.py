@@ -17,7 +17,7 @@ from mergekit_vision.tools.toy_sam_cost import (
 )
 from mergekit_vision.toy.train_sam import ToySamTraining
 
-from .conftest import SAM, WORLD
+from ..toy.conftest import SAM, WORLD
 
 TOY_RECIPE = Path(__file__).parents[2] / "recipes" / "sam_clip_tiny.yaml"
 

@@ -6,7 +6,7 @@ import yaml
 from mergekit_vision.errors import RecipeError
 from mergekit_vision.recipe.io import dump_recipe, load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "recipes" / "sam_clip.yaml"
 
 

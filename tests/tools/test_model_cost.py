@@ -9,7 +9,7 @@ import pytest
 from mergekit_vision.cli.main import main
 from mergekit_vision.tools.model_cost import profile_recipe
 
-from .conftest import TINY_RECIPE
+from ..conftest import TINY_RECIPE
 
 
 @pytest.fixture(scope="module")
