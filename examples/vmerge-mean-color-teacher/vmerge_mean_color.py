@@ -1,7 +1,7 @@
 """An outside teacher plugin: a fixed random projection of an image's colour layout.
 
 It stands in for any foundation model you bring (DINOv2, SigLIP, a depth model...): the plugin
-declares its parameters, its input normalisation and the targets it produces, and mergekit-vision
+declares its parameters, its input normalization and the targets it produces, and mergekit-vision
 finds it through the ``mergekit_vision.teachers`` entry point in ``pyproject.toml``.
 """
 
