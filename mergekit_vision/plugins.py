@@ -57,6 +57,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.data.toy_world.dataset",
     "mergekit_vision.data.voc",
     "mergekit_vision.data.image_classes",
+    "mergekit_vision.data.captions",
     # apps: recipe sections they own
     "mergekit_vision.toy.app",
 )
