@@ -13,7 +13,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mergekit_vision.data.toy_world.export import export_all, export_coco, export_webdataset
+from mergekit_vision.data.toy_world.export import (
+    export_all,
+    export_coco,
+    export_probe_split,
+    export_webdataset,
+)
 from mergekit_vision.toy.spec import ToySpec
 
 
@@ -27,6 +32,13 @@ def prepare_toy(
     if toy.train_seed == toy.eval_seed:
         issue = Issue("toy.eval_seed", "must differ from toy.train_seed: evaluate on unseen scenes")
         raise RecipeError(recipe.name, [issue])
+    earlier = {"toy.train_seed": toy.train_seed, "toy.eval_seed": toy.eval_seed}
+    for field in ("probe_train_seed", "probe_heldout_seed"):
+        same = [name for name, seed in earlier.items() if seed == getattr(toy, field)]
+        if same:
+            issue = Issue(f"toy.{field}", f"must differ from {same[0]}: probe on other scenes")
+            raise RecipeError(recipe.name, [issue])
+        earlier[f"toy.{field}"] = getattr(toy, field)
     console = console or Console(stderr=True)
     export_toy_data(toy, console=console)
     if not teachers:
@@ -105,7 +117,8 @@ def _stamp_file(path: Path, key: dict) -> None:
 
 
 def export_toy_data(toy: ToySpec, *, console: Console) -> None:
-    """Write ``train/`` and ``eval/`` under ``toy.data_dir`` unless already there."""
+    """Write ``train/``, ``eval/``, ``probe_train/`` and ``probe_heldout/`` under
+    ``toy.data_dir``, each unless already there."""
     train, evaluation = toy.data_dir / "train", toy.data_dir / "eval"
     world = toy.world
     single = toy.clip_training.single_object_fraction
@@ -125,7 +138,7 @@ def export_toy_data(toy: ToySpec, *, console: Console) -> None:
         export_coco(train / "coco", config=world, num_samples=count, seed=seed)
         _stamp(train, key)
     key = {"world": world.model_dump(mode="json"), "seed": toy.eval_seed, "n": toy.eval_samples,
-           "per_class": toy.eval_per_class}  # fmt: skip
+           "per_class": toy.eval_per_class, "captions": toy.caption_samples}  # fmt: skip
     if not _fresh(evaluation, key):
         console.print(f"exporting {toy.eval_samples} toy evaluation scenes to {evaluation}")
         export_all(
@@ -134,8 +147,19 @@ def export_toy_data(toy: ToySpec, *, console: Console) -> None:
             num_samples=toy.eval_samples,
             seed=toy.eval_seed,
             num_per_class=toy.eval_per_class,
+            num_captioned=toy.caption_samples,
         )
         _stamp(evaluation, key)
+    probes = (("train", toy.probe_train_seed, toy.probe_train_samples),
+              ("heldout", toy.probe_heldout_seed, toy.probe_heldout_samples))  # fmt: skip
+    for role, seed, count in probes:
+        folder = toy.data_dir / f"probe_{role}"
+        key = {"world": world.model_dump(mode="json"), "seed": seed, "n": count}
+        if not _fresh(folder, key):
+            console.print(f"exporting {count} toy probe {role} scenes to {folder}")
+            split = "train" if role == "train" else "val"
+            export_probe_split(folder, config=world, num_samples=count, seed=seed, split=split)
+            _stamp(folder, key)
 
 
 STAMP = "export.json"

@@ -12,8 +12,11 @@ reading an export back sees exactly the generated pixels.
 | COCO instances  | :func:`export_coco`          | ``coco``               |
 | VOC semantic    | :func:`export_voc`           | ``voc``                |
 | ImageFolder cls | :func:`export_image_classes` | ``image_classes``      |
+| Karpathy JSON   | :func:`export_captions`      | ``captions``           |
 
-Use a seed different from the one a toy run trains on, so evaluation scenes are unseen.
+:func:`export_probe_split` writes the data of frozen-feature probes (a classification folder and
+a VOC set of one seed). Use a seed different from the one a toy run trains on, so evaluation
+scenes are unseen.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from mergekit_vision.data.toy_world.caption_set import CaptionsWriter
 from mergekit_vision.data.toy_world.world import Scene, ToyWorldConfig, class_names, generate_scene
 
 MANIFEST_NAME = "toy_world.json"
@@ -310,6 +314,47 @@ def export_image_classes(
     return out_dir
 
 
+def export_captions(
+    out_dir: Path,
+    *,
+    config: ToyWorldConfig,
+    num_samples: int,
+    seed: int,
+    captions_per_image: int = 5,
+    split: str = "test",
+) -> Path:
+    """A captioned set in the Karpathy-split JSON layout: ``out_dir/images/{key}.png`` and
+    ``out_dir/dataset_toy_world.json``, every image in ``split`` with ``captions_per_image``
+    captions (:func:`~mergekit_vision.data.toy_world.caption_set.scene_captions`); returns
+    ``out_dir``."""
+    writer = CaptionsWriter(
+        Path(out_dir), seed=seed, split=split, captions_per_image=captions_per_image
+    )
+    _run([writer], config=config, num_samples=num_samples, seed=seed)
+    return Path(out_dir)
+
+
+def export_probe_split(
+    out_dir: Path, *, config: ToyWorldConfig, num_samples: int, seed: int, split: str
+) -> Path:
+    """One split of the frozen-feature probes' data, all from ``seed``: ``num_samples`` cluttered
+    scenes in the VOC layout (split file ``split``; a segmentation probe's) and
+    ``max(1, num_samples // num_classes)`` object-centric scenes per class in the ImageFolder
+    layout (a classification probe's), plus the manifest, as :func:`export_all` writes it.
+    A probe trains on one split and scores on another of a different seed. Returns the
+    manifest's path."""
+    out_dir = Path(out_dir)
+    voc = _VocWriter(out_dir / "voc", config=config, split=split)
+    readers = _run([voc], config=config, num_samples=num_samples, seed=seed)
+    per_class = max(1, num_samples // config.num_classes)
+    export_image_classes(
+        out_dir / "image_classes", config=config, num_per_class=per_class, seed=seed
+    )
+    readers.append({"type": "image_classes", "params": {"root": str(out_dir / "image_classes")}})
+    counts = {"num_samples": num_samples, "num_per_class": per_class}
+    return _write_manifest(out_dir, config=config, seed=seed, counts=counts, readers=readers)
+
+
 def export_all(
     out_dir: Path,
     *,
@@ -318,10 +363,13 @@ def export_all(
     seed: int,
     num_per_class: int = 10,
     samples_per_shard: int = 100,
+    num_captioned: int = 0,
 ) -> Path:
     """Every format in its own subfolder of ``out_dir`` plus the manifest ``toy_world.json``
     (config, seed, counts, and for each format the dataset ``type`` and ``params``, paths
-    relative to ``out_dir``, that read it back). Returns the manifest's path."""
+    relative to ``out_dir``, that read it back). With ``num_captioned``, also the first
+    ``num_captioned`` scenes as a captioned set (:func:`export_captions`, in ``captions/``).
+    Returns the manifest's path."""
     out_dir = Path(out_dir)
     writers: list[_Writer] = [
         _ImageFolderWriter(out_dir / "image_folder"),
@@ -336,11 +384,28 @@ def export_all(
         out_dir / "image_classes", config=config, num_per_class=num_per_class, seed=seed
     )
     readers.append({"type": "image_classes", "params": {"root": str(out_dir / "image_classes")}})
+    counts = {"num_samples": num_samples, "num_per_class": num_per_class}
+    if num_captioned:
+        captions = CaptionsWriter(
+            out_dir / "captions", seed=seed, split="test", captions_per_image=5
+        )
+        readers += _run([captions], config=config, num_samples=num_captioned, seed=seed)
+        counts["num_captioned"] = num_captioned
+    return _write_manifest(out_dir, config=config, seed=seed, counts=counts, readers=readers)
+
+
+def _write_manifest(
+    out_dir: Path,
+    *,
+    config: ToyWorldConfig,
+    seed: int,
+    counts: dict[str, int],
+    readers: list[dict[str, Any]],
+) -> Path:
     manifest = {
         "config": config.model_dump(mode="json"),
         "seed": seed,
-        "num_samples": num_samples,
-        "num_per_class": num_per_class,
+        **counts,
         "class_names": class_names(config),
         "datasets": {r["type"]: _relative(r, out_dir) for r in readers},
     }

@@ -12,20 +12,28 @@ import webdataset as wds
 from PIL import Image
 from pycocotools.coco import COCO
 
+from mergekit_vision.data.captions import CaptionsDataset
 from mergekit_vision.data.coco import CocoInstancesDataset
 from mergekit_vision.data.image_classes import ImageClassesDataset
 from mergekit_vision.data.image_folder import ImageFolderDataset
 from mergekit_vision.data.toy_world.export import (
     MANIFEST_NAME,
     export_all,
+    export_captions,
     export_coco,
     export_image_classes,
     export_image_folder,
+    export_probe_split,
     export_voc,
     export_webdataset,
     mixed_scene,
 )
-from mergekit_vision.data.toy_world.world import ToyWorldConfig, class_names, generate_scene
+from mergekit_vision.data.toy_world.world import (
+    ToyWorldConfig,
+    caption_templates,
+    class_names,
+    generate_scene,
+)
 from mergekit_vision.data.voc import VocSegmentationDataset
 from mergekit_vision.data.webdataset_shards import WebDatasetShards
 from mergekit_vision.registry import DATASETS
@@ -168,3 +176,97 @@ def test_webdataset_mixes_in_object_centric_scenes(tmp_path):
             side = scene.boxes[0, 2:] - scene.boxes[0, :2]
             assert side.max() >= CONFIG.centric_size[0] * CONFIG.image_size * 0.7
     assert 10 <= singles <= 30
+
+
+def test_captions_follow_the_karpathy_layout_and_read_back(tmp_path: Path, scenes) -> None:
+    root = export_captions(tmp_path / "cap", config=CONFIG, num_samples=COUNT, seed=SEED)
+    document = json.loads((root / "dataset_toy_world.json").read_text())
+    assert set(document) == {"images", "dataset"} and len(document["images"]) == COUNT
+    sentence_ids = []
+    for imgid, (record, scene) in enumerate(zip(document["images"], scenes, strict=True)):
+        assert set(record) == {"filename", "imgid", "split", "sentids", "sentences"}
+        assert (record["filename"], record["imgid"], record["split"]) == (
+            f"{imgid:06d}.png",
+            imgid,
+            "test",
+        )
+        raws = [s["raw"] for s in record["sentences"]]
+        assert len(set(raws)) == 5 and raws[0] == scene.caption
+        fills = {t.format(scene.caption.removeprefix("a ")) for t in caption_templates()}
+        assert set(raws[1:]) <= fills
+        for sentence in record["sentences"]:
+            assert set(sentence) == {"tokens", "raw", "imgid", "sentid"}
+            assert sentence["imgid"] == imgid and " ".join(sentence["tokens"]) in sentence["raw"]
+        assert record["sentids"] == [s["sentid"] for s in record["sentences"]]
+        sentence_ids += record["sentids"]
+    assert sentence_ids == list(range(5 * COUNT))
+    params = {"annotations": root / "dataset_toy_world.json", "images": root / "images"}
+    dataset = _build(DATASETS.get("captions"), **params)
+    assert isinstance(dataset, CaptionsDataset) and len(dataset) == COUNT
+    for i, scene in enumerate(scenes):
+        sample = dataset[i]
+        assert torch.equal(sample["image"], scene.image)
+        assert sample["captions"] == [s["raw"] for s in document["images"][i]["sentences"]]
+    capped = _build(CaptionsDataset, **params, max_captions_per_image=2)[0]["captions"]
+    assert capped == [s["raw"] for s in document["images"][0]["sentences"][:2]]
+
+
+def test_export_all_adds_the_captioned_set_only_when_asked(tmp_path: Path) -> None:
+    manifest_path = export_all(
+        tmp_path, config=CONFIG, num_samples=3, seed=SEED, num_per_class=1, num_captioned=2
+    )
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["num_captioned"] == 2
+    reader = manifest["datasets"]["captions"]
+    assert reader == {
+        "type": "captions",
+        "params": {
+            "annotations": "captions/dataset_toy_world.json",
+            "images": "captions/images",
+            "split": "test",
+            "max_captions_per_image": 5,
+        },
+    }
+    params = {**reader["params"]}
+    params["annotations"] = tmp_path / params["annotations"]
+    params["images"] = tmp_path / params["images"]
+    dataset = _build(CaptionsDataset, **params)
+    assert [dataset[i]["key"] for i in range(len(dataset))] == ["000000.png", "000001.png"]
+    plain = export_all(tmp_path / "plain", config=CONFIG, num_samples=3, seed=SEED, num_per_class=1)
+    assert "captions" not in json.loads(plain.read_text())["datasets"]
+    assert not (tmp_path / "plain" / "captions").exists()
+
+
+def _read_split(manifest_path: Path) -> dict[str, list[dict]]:
+    """Every sample of each dataset a probe split's manifest lists, read through its plugin."""
+    manifest, out = json.loads(manifest_path.read_text()), {}
+    for name, reader in manifest["datasets"].items():
+        params = {**reader["params"], "root": manifest_path.parent / reader["params"]["root"]}
+        dataset = _build(DATASETS.get(reader["type"]), **params)
+        out[name] = [dataset[i] for i in range(len(dataset))]
+    return out
+
+
+def test_probe_splits_read_back_with_disjoint_scenes(tmp_path: Path) -> None:
+    train = export_probe_split(
+        tmp_path / "probe_train", config=CONFIG, num_samples=14, seed=SEED + 1, split="train"
+    )
+    heldout = export_probe_split(
+        tmp_path / "probe_heldout", config=CONFIG, num_samples=12, seed=SEED + 2, split="val"
+    )
+    manifest = json.loads(train.read_text())
+    assert manifest["seed"] == SEED + 1 and manifest["num_per_class"] == 1  # 14 // 12 classes
+    assert manifest["datasets"]["voc"]["params"] == {"root": "voc", "split": "train"}
+    splits = {"train": _read_split(train), "heldout": _read_split(heldout)}
+    assert {k: len(v) for k, v in splits["train"].items()} == {"voc": 14, "image_classes": 12}
+    assert {k: len(v) for k, v in splits["heldout"].items()} == {"voc": 12, "image_classes": 12}
+    voc_scene = generate_scene(CONFIG, seed=SEED + 1, index=3)
+    assert torch.equal(splits["train"]["voc"][3]["semantic"], voc_scene.semantic)
+    labels = [s["label"] for s in splits["heldout"]["image_classes"]]
+    assert sorted(labels) == list(range(12))  # one object-centric scene per class
+    pixels = {
+        role: {s["image"].numpy().tobytes() for samples in split.values() for s in samples}
+        for role, split in splits.items()
+    }
+    assert len(pixels["train"]) == 26 and len(pixels["heldout"]) == 24
+    assert not pixels["train"] & pixels["heldout"]
