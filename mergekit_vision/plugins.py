@@ -58,6 +58,15 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.data.voc",
     "mergekit_vision.data.image_classes",
     "mergekit_vision.data.captions",
+    "mergekit_vision.eval.measures.zeroshot_top1",
+    "mergekit_vision.eval.measures.promptable_segmentation",
+    "mergekit_vision.eval.measures.zeroshot_semseg",
+    "mergekit_vision.eval.measures.refined_semseg",
+    "mergekit_vision.eval.measures.pipeline_semseg",
+    "mergekit_vision.eval.measures.retrieval",
+    "mergekit_vision.eval.measures.knn_top1",
+    "mergekit_vision.eval.measures.linear_probe",
+    "mergekit_vision.eval.measures.linear_seg_probe",
     # apps: recipe sections they own
     "mergekit_vision.toy.app",
 )

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:  # the plugin bases sit above this leaf; only the type checker sees them
     from mergekit_vision.contracts import Head, Loss, Student, Teacher
     from mergekit_vision.data.base import ImageDataset
+    from mergekit_vision.eval.metric import Metric
     from mergekit_vision.recipe.app import App
     from mergekit_vision.strategies.conflict.base import ConflictStrategy
     from mergekit_vision.strategies.normalization.base import TargetNormalizer
@@ -169,6 +170,7 @@ DATASETS: Registry[ImageDataset] = Registry("datasets")
 WEIGHTING: Registry[LossWeighting] = Registry("weighting")
 NORMALIZATION: Registry[TargetNormalizer] = Registry("normalization")
 APPS: Registry[App] = Registry("apps")
+METRICS: Registry[Metric] = Registry("metrics")
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
     r.kind: r
@@ -183,5 +185,6 @@ ALL_REGISTRIES: dict[str, Registry[Any]] = {
         NORMALIZATION,
         DATASETS,
         APPS,
+        METRICS,
     )
 }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,35 +62,39 @@ def evaluate_components(
 
 
 def save_pictures(evaluation: Evaluation, path: Path, models: dict[str, Any]) -> Path | None:
-    """The first scenes with each model's labels at its calibrated background threshold."""
+    """The first scenes with the text-aligned teacher's and the merged model's labels, each at
+    its calibrated background threshold."""
     spec = evaluation.spec
     semantic = evaluation.dataset(spec.semantic, spec.resolution)
-    if semantic is None or spec.pictures == 0:
+    merged = evaluation.merged
+    if semantic is None or spec.pictures == 0 or "text_dense_embedding" not in merged.capabilities:
         return None
     batch = next(iter_pictures(semantic, spec.pictures))
-    names = semantic.class_names
-    texts = evaluation._texts(semantic, skip_background=True)
-    merged, clip, points = evaluation.merged, evaluation.clip, spec.points_per_class
-    t_clip = models["clip_teacher"].get("semseg_threshold", 0.5)
+    texts = evaluation.texts(merged, semantic, skip_background=True)
+    predictions = {}
+    for name, model in evaluation.teachers.items():
+        if model is merged.text_tower:
+            threshold = models.get(name, {}).get("semseg_threshold", 0.5)
+            predictions[f"{name} teacher"] = partial(
+                dense_labels, model, texts=texts, threshold=threshold
+            )
     t_head = models["merged"].get("semseg_threshold", 0.5)
-    t_refined = models["merged"].get("semseg_refined_threshold", 0.5)
+    predictions["merged (CLIP head)"] = partial(dense_labels, merged, texts=texts, threshold=t_head)
+    if "shared_encoder" in merged.capabilities:
+        predictions["merged (refined)"] = partial(
+            refined_labels,
+            merged,
+            texts=texts,
+            threshold=models["merged"].get("semseg_refined_threshold", 0.5),
+            points_per_class=spec.points_per_class,
+            mask_class=spec.refined_mask_class,
+        )
     return save_grid(
         path,
         images=batch["image"],
         truth=batch["semantic"],
-        class_names=names,
-        predictions={
-            "CLIP teacher": lambda x: dense_labels(clip, x, texts, t_clip),
-            "merged (CLIP head)": lambda x: dense_labels(merged, x, texts, t_head),
-            "merged (refined)": lambda x: refined_labels(
-                merged,
-                x,
-                texts,
-                t_refined,
-                points_per_class=points,
-                mask_class=spec.refined_mask_class,
-            ),
-        },
+        class_names=semantic.class_names,
+        predictions=predictions,
     )
 
 

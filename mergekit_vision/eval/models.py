@@ -32,11 +32,54 @@ def abilities(model: Any) -> set[str]:
     return {name for name in ABILITIES if callable(getattr(model, name, None))}
 
 
+def teacher_eval(teacher: Teacher) -> ClipTeacherEval | SamTeacherEval | None:
+    """The teacher seen through what it offers: a text-aligned image encoder with a text tower
+    (CLIP), a promptable mask decoder (SAM), or nothing ``vmerge eval`` measures yet."""
+    targets = teacher.target_specs()
+    text = callable(getattr(teacher, "encode_text", None))
+    if (
+        text
+        and "image_embedding" in targets
+        and callable(getattr(teacher, "dense_embeddings", None))
+    ):
+        return ClipTeacherEval(teacher)
+    if "image_embeddings" in targets and "prompt_encoder" in teacher.component_names():
+        return SamTeacherEval(teacher)
+    if "summary" in targets or "spatial" in targets:
+        return FeatureTeacherEval(teacher)
+    return None
+
+
+class FeatureTeacherEval:
+    """A teacher whose ability is its features (DINOv2, RADIO): a ``summary`` vector and a
+    ``spatial`` map, read by frozen-feature probes."""
+
+    def __init__(self, teacher: Teacher):
+        self.teacher = teacher
+        targets = teacher.target_specs()
+        self.capabilities = frozenset(
+            name
+            for name, target in (("summary", "summary"), ("dense", "spatial"))
+            if target in targets
+        )
+
+    @torch.no_grad()
+    def summary_features(self, images: Tensor) -> Tensor:
+        return self.teacher(images, targets=["summary"])["summary"].float()
+
+    @torch.no_grad()
+    def dense_features(self, images: Tensor) -> Tensor:
+        return self.teacher(images, targets=["spatial"])["spatial"].float()
+
+
 class ClipTeacherEval:
     """A CLIP-like teacher: image embeddings, MaskCLIP patch embeddings, text embeddings."""
 
+    capabilities = frozenset({"text_image_embedding", "text_dense_embedding", "summary", "dense"})
+
     def __init__(self, teacher: Teacher, *, target: str = "image_embedding"):
         self.teacher, self.target = teacher, target
+        self.text_tower = self
 
     @torch.no_grad()
     def embed_images(self, images: Tensor) -> Tensor:
@@ -51,9 +94,19 @@ class ClipTeacherEval:
     def embed_texts(self, texts: list[str]) -> Tensor:
         return self.teacher.encode_text(texts)  # type: ignore[operator]
 
+    @torch.no_grad()
+    def summary_features(self, images: Tensor) -> Tensor:
+        return self.teacher(images, targets=[self.target])[self.target].float()
+
+    @torch.no_grad()
+    def dense_features(self, images: Tensor) -> Tensor:
+        return self.embed_patches(images).float().permute(0, 3, 1, 2)
+
 
 class SamTeacherEval:
     """A SAM-like teacher: image embeddings once, then masks for any prompts."""
+
+    capabilities = frozenset({"promptable_masks", "dense"})
 
     def __init__(self, teacher: Teacher):
         self.teacher = teacher
@@ -61,6 +114,10 @@ class SamTeacherEval:
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         return self.teacher(images, targets=["image_embeddings"])["image_embeddings"]
+
+    @torch.no_grad()
+    def dense_features(self, images: Tensor) -> Tensor:
+        return self.encode(images).float()
 
     @torch.no_grad()
     def mask_logits(self, encoded: Tensor, prompts: Prompts) -> Tensor:
@@ -82,11 +139,25 @@ class MergedEval:
     """
 
     def __init__(
-        self, model: MergedModel, *, clip_head: str, sam_head: str, clip_task: str | None = None
+        self,
+        model: MergedModel,
+        *,
+        clip_head: str | None,
+        sam_head: str | None,
+        clip_task: str | None = None,
     ):
         self.model = model.eval()
-        self.clip_head = model.heads[clip_head]
-        self.sam_head = model.heads[sam_head]
+        self.clip_head = model.heads[clip_head] if clip_head is not None else None
+        self.sam_head = model.heads[sam_head] if sam_head is not None else None
+        found = {"summary", "dense"}  # the backbone's own tokens, for frozen-feature probes
+        if self.clip_head is not None:
+            found |= {"text_image_embedding", "text_dense_embedding"}
+        if self.sam_head is not None:
+            found.add("promptable_masks")
+        if {"text_dense_embedding", "promptable_masks"} <= found:
+            found.add("shared_encoder")
+        self.capabilities = frozenset(found)
+        self.text_tower: Any = None  # the text-aligned teacher of the CLIP head, set by the caller
         self.normalizer = model.normalizers[clip_task] if clip_task in model.normalizers else None
 
     def _in_teacher_space(self, embeddings: Tensor) -> Tensor:
@@ -104,6 +175,16 @@ class MergedEval:
     @torch.no_grad()
     def embed_patches(self, images: Tensor) -> Tensor:
         return self.embed_patches_from(self.encode(images))
+
+    @torch.no_grad()
+    def summary_features(self, images: Tensor) -> Tensor:
+        """``[B, C]``: the student's tokens averaged over positions."""
+        return self.encode(images).tokens.float().mean(dim=(1, 2))
+
+    @torch.no_grad()
+    def dense_features(self, images: Tensor) -> Tensor:
+        """``[B, C, h, w]``: the student's last-block tokens."""
+        return self.encode(images).tokens.float().permute(0, 3, 1, 2)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Any:

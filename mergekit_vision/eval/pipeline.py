@@ -121,3 +121,16 @@ def _crops(image: Tensor, masks: Tensor) -> Tensor:
     return torch.stack(
         [F.interpolate(c[None], size=(side, side), mode="bilinear")[0] for c in crops]
     )
+
+
+class TwoTeacherPipeline:
+    """The pipeline as an evaluated model: a promptable teacher and a text-aligned teacher."""
+
+    capabilities = frozenset({"mask_then_classify"})
+
+    def __init__(self, *, sam: SamTeacherEval, clip: ClipTeacherEval, grid: int):
+        self.sam, self.clip, self.grid = sam, clip, grid
+        self.text_tower = clip
+
+    def pipeline(self, texts: Tensor) -> SamThenClip:
+        return SamThenClip(sam=self.sam, clip=self.clip, texts=texts, grid=self.grid)

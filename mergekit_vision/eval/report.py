@@ -1,9 +1,36 @@
 """``vmerge eval``: every model's abilities on the recipe's evaluation data, as ``eval.json``, a
 printed table and a picture grid.
 
-Models: the CLIP teacher, the SAM teacher, the two-model SAM-then-CLIP pipeline, and the merged
-model (at the main resolution and at each extra one: a merged model must not switch modes with
-resolution, AM-RADIO arXiv 2312.06709).
+Models are the recipe's teachers (``eval.teachers``, all of them by default) seen through what
+they offer, the two-teacher mask-then-classify pipeline (when a promptable teacher and a
+text-aligned teacher are evaluated), and the merged model through its heads (``eval.heads``), at
+the main resolution and at each extra one: a merged model must not switch modes with resolution
+(AM-RADIO, arXiv 2312.06709). Every metric of ``eval.metrics`` (all registered ones by default)
+runs on every model that offers what it needs (:mod:`mergekit_vision.eval.metric`).
+
+``eval.json`` schema::
+
+    {
+      "resolution": 128,                      # the main evaluation side in px
+      "models": {                             # one object per model, in evaluation order
+        "<teacher name>": {"<value key>": float, ...},
+        "pipeline": {...},
+        "merged": {"<value key>": float, ..., "by_resolution": {"<px>": {...}, ...},
+                   "worst_resolution_ratio": float}  # the worst of "robustness"
+      },
+      "metrics": {                            # the values that ran, in table order
+        "<value key>": {"metric": "<plugin>", "ability": "<group>", "higher_is_better": bool}
+      },
+      "robustness": {"merged": {"<value key>": float | null}},  # with extra_resolutions:
+                                              # worst ratio at another side to the main one
+      "samples": {"classification": int, "instances": int, "semantic": int},
+      "feature_retention": {...},             # see eval/features.py
+      "files": {"json": path, "picture": path}
+    }
+
+A value key is what a metric writes (``zeroshot_cls_top1``, ``prompt_seg_miou``, ...); a model
+only has the keys of the metrics that applied to it. Keys a metric writes but does not list as
+values (a calibrated ``semseg_threshold``) are in the model's object, not in ``metrics``.
 """
 
 from __future__ import annotations
@@ -19,37 +46,41 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from mergekit_vision.engine.build import Components
-from mergekit_vision.eval.models import ClipTeacherEval, MergedEval, SamTeacherEval
-from mergekit_vision.eval.pipeline import SamThenClip
-from mergekit_vision.eval.reuse import fingerprint, load_teacher_rows, save_teacher_rows
-from mergekit_vision.eval.tasks import (
-    Labeler,
-    Segmenter,
-    batches,
-    class_text_embeddings,
-    dense_labeler,
-    dense_segmenter,
-    promptable_segmentation,
-    refined_segmenter,
-    semantic_segmentation,
-    zero_shot_top1,
+from mergekit_vision.eval.metric import LAYOUTS, Metric
+from mergekit_vision.eval.models import MergedEval, teacher_eval
+from mergekit_vision.eval.pipeline import TwoTeacherPipeline
+from mergekit_vision.eval.probe_features import frozen_features
+from mergekit_vision.eval.reuse import (
+    evaluated_teachers,
+    fingerprint,
+    load_teacher_rows,
+    save_teacher_rows,
 )
+from mergekit_vision.eval.robustness import robustness_table
+from mergekit_vision.eval.tasks import batches, class_text_embeddings, semantic_segmentation
+from mergekit_vision.heads.clip_head import ClipHead
+from mergekit_vision.heads.sam_head import SamHead
 from mergekit_vision.recipe.schema import DatasetSpec, EvalSpec, task_of_head
-from mergekit_vision.registry import DATASETS
+from mergekit_vision.registry import DATASETS, METRICS
 
-METRICS = (
-    "zeroshot_cls_top1",
-    "prompt_seg_miou",
-    "prompt_seg_miou_box",
-    "mask_ap",
-    "semseg_miou",
-    "semseg_miou_refined",
-    "seconds_per_image",
-    "gflops_per_image",
-)
+TEXT_CAPABILITIES = frozenset({"text_image_embedding", "text_dense_embedding", "shared_encoder"})
+
+
+def build_metrics(spec: EvalSpec) -> list[Metric]:
+    """The eval section's metrics, or every registered one (by the data they read, simplest
+    needs first, so a model's values come out in a stable order)."""
+    if spec.metrics is not None:
+        return [METRICS.get(m.type).build(m.params) for m in spec.metrics]
+    classes = sorted(
+        (entry.cls for entry in METRICS),
+        key=lambda c: (LAYOUTS.index(c.reads) if c.reads in LAYOUTS else 99, len(c.needs)),
+    )
+    return [cls.build(cls.Params()) for cls in classes]
 
 
 class Evaluation:
+    """The models under evaluation and the metrics that measure them, for one built recipe."""
+
     def __init__(self, components: Components, *, templates: list[str] | None = None):
         spec = components.recipe.eval
         if spec is None:
@@ -57,15 +88,48 @@ class Evaluation:
         self.spec: EvalSpec = spec
         self.seed = components.recipe.seed
         self.recipe = components.recipe
-        self.clip = ClipTeacherEval(components.teachers[spec.clip_teacher])
-        self.sam = SamTeacherEval(components.teachers[spec.sam_teacher])
-        self.merged = MergedEval(
-            components.model,
-            clip_head=spec.clip_head,
-            sam_head=spec.sam_head,
-            clip_task=task_of_head(components.recipe.tasks, spec.clip_head),
-        )
         self.templates = templates or spec.templates
+        self.metrics = build_metrics(spec)
+        self.teachers: dict[str, Any] = {}
+        for name in evaluated_teachers(self.recipe):
+            model = teacher_eval(components.teachers[name])
+            if model is not None:
+                self.teachers[name] = model
+        self.pipeline = self._pipeline()
+        self.merged = self._merged_model(components)
+        self._texts_cache: dict[tuple[int, tuple[str, ...]], torch.Tensor] = {}
+        self._features_cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.resolution = spec.resolution
+
+    def _pipeline(self) -> TwoTeacherPipeline | None:
+        """The first promptable and the first text-aligned evaluated teacher, run in turn."""
+        sam = next(
+            (m for m in self.teachers.values() if "promptable_masks" in m.capabilities), None
+        )
+        clip = next(
+            (m for m in self.teachers.values() if "text_image_embedding" in m.capabilities), None
+        )
+        if sam is None or clip is None:
+            return None
+        return TwoTeacherPipeline(sam=sam, clip=clip, grid=self.spec.pipeline_grid)
+
+    def _merged_model(self, components: Components) -> MergedEval:
+        heads = self.spec.heads if self.spec.heads is not None else list(components.model.heads)
+        clip_head = _one_head(components, heads, ClipHead)
+        sam_head = _one_head(components, heads, SamHead)
+        clip_task = task_of_head(self.recipe.tasks, clip_head) if clip_head else None
+        merged = MergedEval(
+            components.model, clip_head=clip_head, sam_head=sam_head, clip_task=clip_task
+        )
+        tower = None
+        if clip_task is not None:
+            teacher = self.recipe.tasks[clip_task].teacher
+            tower = self.teachers.get(teacher) or teacher_eval(components.teachers[teacher])
+        if tower is None or "text_image_embedding" not in tower.capabilities:
+            merged.capabilities = merged.capabilities - TEXT_CAPABILITIES
+        else:
+            merged.text_tower = tower
+        return merged
 
     def dataset(self, spec: DatasetSpec | None, resolution: int) -> Any:
         if spec is None:
@@ -76,20 +140,64 @@ class Evaluation:
 
     def run(self) -> dict[str, Any]:
         main = self.spec.resolution
-        results: dict[str, Any] = {
-            "resolution": main,
-            "models": {"clip_teacher": {}, "sam_teacher": {}, "pipeline": {}, "merged": {}},
-            "samples": {},
-        }
-        models = results["models"]
-        models["merged"]["by_resolution"] = {}
+        merged: dict[str, Any] = {}
+        by_resolution: dict[str, Any] = {}
         for resolution in [main, *self.spec.extra_resolutions]:
-            merged = self._merged(resolution, results["samples"] if resolution == main else {})
-            models["merged"]["by_resolution"][str(resolution)] = merged
+            row = self.measure(self.merged, resolution)
+            by_resolution[str(resolution)] = row
             if resolution == main:
-                models["merged"].update(merged)
-        models.update(self._teacher_rows(main))
+                merged.update(row)
+        merged["by_resolution"] = by_resolution
+        models = {**self._teacher_rows(main), "merged": merged}
+        metrics = self.metric_table(models)
+        results = {"resolution": main, "models": models, "metrics": metrics}
+        if len(by_resolution) > 1:
+            ratios = resolution_robustness(by_resolution, metrics, reference=main)
+            worst = min((r for r in ratios.values() if r is not None), default=None)
+            if worst is not None:
+                merged["worst_resolution_ratio"] = worst
+            results["robustness"] = {"merged": ratios}
+        results["samples"] = self._samples(main)
         return results
+
+    def measure(self, model: Any, resolution: int) -> dict[str, Any]:
+        """Every metric that applies to ``model`` and has its data, at ``resolution``."""
+        row: dict[str, Any] = {}
+        datasets: dict[str, Any] = {}
+        self.resolution = resolution  # read by metrics that build data of their own (probes)
+        for metric in self.metrics:
+            data = getattr(self.spec, metric.reads, None)
+            if data is None or not metric.applies_to(model):
+                continue
+            if metric.reads not in datasets:
+                datasets[metric.reads] = self.dataset(data, resolution)
+            row.update(metric.compute(model, datasets[metric.reads], self))
+        return row
+
+    def metric_table(self, models: dict[str, Any]) -> dict[str, Any]:
+        """The values that ran, in metric order: the table's rows and compare's columns."""
+        table: dict[str, Any] = {}
+        for metric in self.metrics:
+            for value in metric.values:
+                if value.key in table or not any(value.key in row for row in models.values()):
+                    continue
+                table[value.key] = {
+                    "metric": metric.registry_name,
+                    "ability": metric.ability,
+                    "higher_is_better": value.higher_is_better,
+                }
+        # quality first, then cost (lower is better), each in metric order
+        return dict(sorted(table.items(), key=lambda item: not item[1]["higher_is_better"]))
+
+    def _samples(self, main: int) -> dict[str, int]:
+        samples = {}
+        for layout in LAYOUTS:
+            dataset = self.dataset(getattr(self.spec, layout), main)
+            if dataset is not None:
+                samples[layout] = len(dataset)
+        if "semantic" in samples:
+            samples["semantic"] -= self.spec.calibration_samples
+        return samples
 
     def _teacher_rows(self, main: int) -> dict[str, Any]:
         """The teachers' and the pipeline's rows, read from ``eval.teacher_results`` when it
@@ -105,17 +213,34 @@ class Evaluation:
         return rows
 
     def _measure_teachers(self, main: int) -> dict[str, Any]:
-        return {
-            "clip_teacher": self._clip_teacher(main),
-            "sam_teacher": self._sam_teacher(main),
-            "pipeline": self._pipeline(main),
-        }
+        rows = {name: self.measure(model, main) for name, model in self.teachers.items()}
+        if self.pipeline is not None:
+            rows["pipeline"] = self.measure(self.pipeline, main)
+        return rows
 
-    def _texts(self, dataset: Any, *, skip_background: bool) -> torch.Tensor:
+    def texts(self, model: Any, dataset: Any, *, skip_background: bool) -> torch.Tensor:
+        """``[K, D]`` class text embeddings from ``model``'s text tower (cached per tower)."""
         names = dataset.class_names[1:] if skip_background else dataset.class_names
-        return class_text_embeddings(self.clip, names, self.templates)
+        tower = model.text_tower
+        key = (id(tower), tuple(names))
+        if key not in self._texts_cache:
+            self._texts_cache[key] = class_text_embeddings(tower, names, self.templates)
+        return self._texts_cache[key]
 
-    def _semseg(self, prepare, dataset, **labelers: Labeler) -> dict[str, dict[str, Any]]:
+    def features(
+        self, model: Any, kind: str, data: DatasetSpec, label: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen ``summary`` or ``dense`` features of ``model`` on ``data`` at the current
+        resolution, with each sample's ``label``; computed once per evaluation and shared by
+        the probes that read them (k-NN and linear on the same summary features)."""
+        key = (id(model), kind, data.model_dump_json(), self.resolution, label)
+        if key not in self._features_cache:
+            self._features_cache[key] = frozen_features(
+                model, kind, self.dataset(data, self.resolution), label, self.spec.batch_size
+            )
+        return self._features_cache[key]
+
+    def semseg(self, prepare, dataset, **labelers) -> dict[str, dict[str, Any]]:
         """Each labeler's mIoU and threshold, all reading the same ``prepare`` per batch."""
         return semantic_segmentation(
             prepare,
@@ -126,96 +251,7 @@ class Evaluation:
             batch_size=self.spec.batch_size,
         )
 
-    def _merged(self, resolution: int, samples: dict[str, int]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        classes = self.dataset(self.spec.classification, resolution)
-        if classes is not None:
-            texts = self._texts(classes, skip_background=False)
-            out["zeroshot_cls_top1"] = zero_shot_top1(
-                self.merged, classes, texts, batch_size=self.spec.batch_size
-            )
-            samples["classification"] = len(classes)
-        instances = self.dataset(self.spec.instances, resolution)
-        if instances is not None:
-            out.update(
-                promptable_segmentation(
-                    self.merged,
-                    instances,
-                    max_prompts=self.spec.max_prompts_per_image,
-                    batch_size=self.spec.batch_size,
-                )
-            )
-            samples["instances"] = len(instances)
-        semantic = self.dataset(self.spec.semantic, resolution)
-        if semantic is not None:
-            texts = self._texts(semantic, skip_background=True)
-            refiner = refined_segmenter(
-                self.merged,
-                texts,
-                points_per_class=self.spec.points_per_class,
-                mask_class=self.spec.refined_mask_class,
-            )
-            # The CLIP head's own labels read the refiner's encoder pass (its patch embeddings).
-            head_only = dense_labeler(texts)
-            results = self._semseg(
-                refiner.prepare,
-                semantic,
-                refined=refiner.labels,
-                head=lambda prepared, thresholds: head_only(prepared[1:3], thresholds),
-            )
-            head, refined = results["head"], results["refined"]
-            out.update(
-                semseg_miou=head["miou"],
-                semseg_threshold=head["threshold"],
-                semseg_miou_refined=refined["miou"],
-                semseg_refined_threshold=refined["threshold"],
-            )
-            out.update(self._cost(lambda x: refiner(x, refined["threshold"]), semantic))
-            samples["semantic"] = len(semantic) - self.spec.calibration_samples
-        return out
-
-    def _clip_teacher(self, resolution: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        classes = self.dataset(self.spec.classification, resolution)
-        if classes is not None:
-            texts = self._texts(classes, skip_background=False)
-            out["zeroshot_cls_top1"] = zero_shot_top1(
-                self.clip, classes, texts, batch_size=self.spec.batch_size
-            )
-        semantic = self.dataset(self.spec.semantic, resolution)
-        if semantic is not None:
-            texts = self._texts(semantic, skip_background=True)
-            dense = dense_segmenter(self.clip, texts)
-            result = self._semseg(dense.prepare, semantic, dense=dense.labels)["dense"]
-            out.update(semseg_miou=result["miou"], semseg_threshold=result["threshold"])
-        return out
-
-    def _sam_teacher(self, resolution: int) -> dict[str, Any]:
-        instances = self.dataset(self.spec.instances, resolution)
-        if instances is None:
-            return {}
-        return promptable_segmentation(
-            self.sam,
-            instances,
-            max_prompts=self.spec.max_prompts_per_image,
-            batch_size=self.spec.batch_size,
-        )
-
-    def _pipeline(self, resolution: int) -> dict[str, Any]:
-        semantic = self.dataset(self.spec.semantic, resolution)
-        if semantic is None:
-            return {}
-        texts = self._texts(semantic, skip_background=True)
-        pipeline = SamThenClip(
-            sam=self.sam, clip=self.clip, texts=texts, grid=self.spec.pipeline_grid
-        )
-        segmenter = Segmenter(prepare=pipeline.prepare, labels=pipeline.labels)
-        result = self._semseg(pipeline.prepare, semantic, pipeline=pipeline.labels)["pipeline"]
-        out = {"semseg_miou": result["miou"], "semseg_threshold": result["threshold"]}
-        out.update(self._cost(lambda x: segmenter(x, result["threshold"]), semantic))
-        return out
-
-    def _cost(self, segment, dataset, images: int = 4) -> dict[str, float]:
+    def cost(self, segment, dataset, images: int = 4) -> dict[str, float]:
         """Wall time and FLOPs (torch's FLOP counter) per image of semantic segmentation."""
         batch = next(batches(dataset, batch_size=images))["image"]
         started = time.perf_counter()
@@ -228,6 +264,31 @@ class Evaluation:
         return {"seconds_per_image": seconds, "gflops_per_image": counter.get_total_flops() / 1e9}
 
 
+def resolution_robustness(
+    by_resolution: dict[str, dict[str, Any]], metrics: dict[str, Any], *, reference: int
+) -> dict[str, float | None]:
+    """Each quality value's worst ratio at another resolution to the main one (RADIOv2.5's
+    flatness across resolutions); cost values, noisy timings, are left out."""
+    quality = {key for key, about in metrics.items() if about["higher_is_better"]}
+    per_resolution = {
+        int(side): {k: v for k, v in row.items() if k in quality}
+        for side, row in by_resolution.items()
+    }
+    return robustness_table(
+        per_resolution, reference=reference, higher_is_better=dict.fromkeys(quality, True)
+    )
+
+
+def _one_head(components: Components, names: list[str], kind: type) -> str | None:
+    found = [n for n in names if isinstance(components.model.heads[n], kind)]
+    if len(found) > 1:
+        raise ValueError(
+            f"eval: the merged model has several {kind.__name__} heads ({', '.join(found)}); "
+            "list the ones to evaluate in eval.heads"
+        )
+    return found[0] if found else None
+
+
 def write_results(results: dict[str, Any], output_dir: Path) -> Path:
     path = output_dir / "eval.json"
     tmp = path.with_suffix(".json.tmp")
@@ -237,26 +298,40 @@ def write_results(results: dict[str, Any], output_dir: Path) -> Path:
 
 
 def print_table(results: dict[str, Any], console: Console | None = None) -> None:
+    """One column per model, the metrics' values in rows grouped by ability."""
     console = console or Console()
-    models = results["models"]
+    models, metrics = results["models"], results.get("metrics", {})
     table = Table(title=f"vmerge eval at {results['resolution']} px", show_lines=False)
+    table.add_column("ability", no_wrap=True)
     table.add_column("metric", no_wrap=True, min_width=len("semseg_miou_refined"))
     for name in models:
         table.add_column(name, justify="right")
-    for metric in METRICS:
-        row = [_fmt(models[name].get(metric)) for name in models]
-        if any(cell != "-" for cell in row):
-            table.add_row(metric, *row)
+    for ability, keys in _by_ability(metrics).items():
+        table.add_section()
+        for i, key in enumerate(keys):
+            row = [_fmt(models[name].get(key)) for name in models]
+            table.add_row(ability if i == 0 else "", key, *row)
     console.print(table)
     by_resolution = models["merged"].get("by_resolution", {})
     if len(by_resolution) > 1:
+        ratios = results.get("robustness", {}).get("merged", {})
         table = Table(title="merged model across resolutions")
         table.add_column("metric", no_wrap=True, min_width=len("semseg_miou_refined"))
         for resolution in by_resolution:
             table.add_column(f"{resolution} px", justify="right")
-        for metric in METRICS[:6]:
-            table.add_row(metric, *[_fmt(r.get(metric)) for r in by_resolution.values()])
+        table.add_column("worst ratio", justify="right")
+        for key, about in metrics.items():
+            if about["higher_is_better"]:
+                cells = [_fmt(r.get(key)) for r in by_resolution.values()]
+                table.add_row(key, *cells, _fmt(ratios.get(key)))
         console.print(table)
+
+
+def _by_ability(metrics: dict[str, Any]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for key, about in metrics.items():
+        groups.setdefault(about["ability"], []).append(key)
+    return groups
 
 
 def _fmt(value: Any) -> str:

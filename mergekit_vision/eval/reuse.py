@@ -19,8 +19,7 @@ from mergekit_vision.recipe.schema import Recipe
 
 # Evaluation settings that change only the merged model's rows.
 MERGED_ONLY = {
-    "clip_head",
-    "sam_head",
+    "heads",
     "extra_resolutions",
     "pictures",
     "teacher_results",
@@ -29,11 +28,17 @@ MERGED_ONLY = {
 }
 
 
+def evaluated_teachers(recipe: Recipe) -> list[str]:
+    """The teachers ``vmerge eval`` measures: ``eval.teachers``, or all of the recipe's."""
+    assert recipe.eval is not None
+    return list(recipe.eval.teachers if recipe.eval.teachers is not None else recipe.teachers)
+
+
 def fingerprint(recipe: Recipe) -> str:
     """sha256 over what the teacher rows depend on; checkpoint files by path, size and mtime."""
     spec = recipe.eval
     assert spec is not None
-    teachers = {n: recipe.teachers[n] for n in (spec.clip_teacher, spec.sam_teacher)}
+    teachers = {n: recipe.teachers[n] for n in evaluated_teachers(recipe)}
     payload = {
         "seed": recipe.seed,
         "eval": spec.model_dump(mode="json", exclude=MERGED_ONLY),

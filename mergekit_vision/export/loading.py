@@ -22,7 +22,6 @@ from mergekit_vision.engine.run_folder import (
     load_model_weights,
 )
 from mergekit_vision.export import ExportError
-from mergekit_vision.heads.clip_head import ClipHead
 from mergekit_vision.recipe.io import load_recipe, validate_recipe
 from mergekit_vision.recipe.references import declared_references
 from mergekit_vision.recipe.schema import Recipe
@@ -42,16 +41,20 @@ class LoadedRun:
 
     def head_name(self, kind: type) -> str:
         """The name of the run's head of ``kind`` (the eval section's choice when it has one)."""
-        if self.recipe.eval is not None:
-            chosen = self.recipe.eval.clip_head if kind is ClipHead else self.recipe.eval.sam_head
-            if chosen in self.model.heads and isinstance(self.model.heads[chosen], kind):
-                return chosen
+        if self.recipe.eval is not None and self.recipe.eval.heads is not None:
+            chosen = [
+                name
+                for name in self.recipe.eval.heads
+                if name in self.model.heads and isinstance(self.model.heads[name], kind)
+            ]
+            if len(chosen) == 1:
+                return chosen[0]
         found = [name for name, head in self.model.heads.items() if isinstance(head, kind)]
         if len(found) != 1:
             what = "none" if not found else ", ".join(found)
             raise ExportError(
                 f"{self.run_dir}: needs exactly one {kind.__name__} head, found {what}; "
-                "name the ones to use in the recipe's eval section (eval.clip_head, eval.sam_head)"
+                "name the ones to use in the recipe's eval section (eval.heads)"
             )
         return found[0]
 

@@ -325,6 +325,9 @@ def dangling_references(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         check(f"eval.{role}", evaluation.get(role), teachers, "teacher")
     for role in ("clip_head", "sam_head"):
         check(f"eval.{role}", evaluation.get(role), heads, "head")
+    for section, valid in (("teachers", teachers), ("heads", heads)):
+        for j, name in enumerate(_list(evaluation.get(section))):
+            check(f"eval.{section}.{j}", name, valid, section.removesuffix("s"))
     defined = {"teachers": teachers, "heads": heads, "tasks": tasks}
     for path, section, name in _declared_references(data):
         check(path, name, defined[section], section.removesuffix("s"))

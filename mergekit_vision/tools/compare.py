@@ -149,8 +149,8 @@ def _train_and_evaluate(recipe_path: str, overrides: list[str], folder: str, sen
 
 
 def summarise(variant: Variant, folder: Path, peak: int) -> dict[str, Any]:
-    models = json.loads((folder / "eval.json").read_text())["models"]
-    merged = models["merged"]
+    results = json.loads((folder / "eval.json").read_text())
+    models = results["models"]
     metrics = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines()]
     # Steps of the multi-task stages, whatever the replay scheduler runs in each step.
     recipe = load_recipe(folder / RECIPE_FILE)
@@ -158,15 +158,25 @@ def summarise(variant: Variant, folder: Path, peak: int) -> dict[str, Any]:
     multi = [m["step_time"] for m in metrics if m.get("stage") in stages and "step_time" in m]
     return {
         "variant": variant.name,
-        "clip_retention": _ratio(merged, models["clip_teacher"], "zeroshot_cls_top1"),
-        "sam_retention": _ratio(merged, models["sam_teacher"], "prompt_seg_miou"),
-        "zeroshot_cls_top1": merged.get("zeroshot_cls_top1"),
-        "prompt_seg_miou": merged.get("prompt_seg_miou"),
-        "mask_ap": merged.get("mask_ap"),
-        "semseg_miou_refined": merged.get("semseg_miou_refined"),
+        **metric_columns(models, results.get("metrics", {})),
         "step_time_s": statistics.median(multi) if multi else None,
         "peak_memory_gib": peak / 2**30,
     }
+
+
+def metric_columns(models: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """From the metrics that ran (``eval.json``'s ``metrics``): each teacher's retention by its
+    own first measure that the merged model also has (``<teacher>_retention``, merged /
+    teacher), then the merged model's value of every measure where higher is better."""
+    merged = models["merged"]
+    better = [key for key, about in metrics.items() if about["higher_is_better"]]
+    columns: dict[str, Any] = {}
+    for name, row in models.items():
+        shared = [key for key in better if key in row and key in merged]
+        if name not in ("merged", "pipeline") and shared:
+            columns[f"{name}_retention"] = _ratio(merged, row, shared[0])
+    columns.update({key: merged.get(key) for key in better if key in merged})
+    return columns
 
 
 def _ratio(model: dict, teacher: dict, key: str) -> float | None:
@@ -232,18 +242,23 @@ def _cell(value: Any) -> str:
 
 
 def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """CLIP retention vs SAM retention, the new ability (refined semseg mIoU) as colour."""
+    """The first two teachers' retention (CLIP's and SAM's in a SAM-CLIP recipe), the new
+    ability (refined semseg mIoU) as colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [r for r in rows if r["clip_retention"] is not None and r["sam_retention"] is not None]
+    retention = [c for c in rows[0] if c.endswith("_retention")]
+    if len(retention) < 2:
+        return
+    x_key, y_key = retention[:2]
+    points = [r for r in rows if r[x_key] is not None and r[y_key] is not None]
     figure, ax = plt.subplots(figsize=(8, 5.5))
     scatter = ax.scatter(
-        [r["clip_retention"] for r in points],
-        [r["sam_retention"] for r in points],
-        c=[r["semseg_miou_refined"] or 0.0 for r in points],
+        [r[x_key] for r in points],
+        [r[y_key] for r in points],
+        c=[r.get("semseg_miou_refined") or 0.0 for r in points],
         cmap="viridis",
         s=70,
         edgecolors="black",
@@ -252,15 +267,15 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
     # share one label, one name per line.
     labels: dict[tuple[float, float], list[str]] = {}
     for row in points:
-        labels.setdefault((row["clip_retention"], row["sam_retention"]), []).append(row["variant"])
+        labels.setdefault((row[x_key], row[y_key]), []).append(row["variant"])
     for xy, names in labels.items():
         ax.annotate(
             "\n".join(names), xy, fontsize=7, xytext=(4, 4), textcoords="offset points",
             verticalalignment="bottom" if len(names) == 1 else "top",
         )  # fmt: skip
     ax.margins(x=0.45, y=0.25)  # room for the labels inside the axes
-    ax.set_xlabel("CLIP retention (merged / teacher zero-shot top-1)")
-    ax.set_ylabel("SAM retention (merged / teacher point mIoU)")
+    ax.set_xlabel(f"{x_key} (merged / teacher)")
+    ax.set_ylabel(f"{y_key} (merged / teacher)")
     figure.colorbar(scatter, label="new ability: refined semseg mIoU")
     ax.grid(alpha=0.3)
     figure.tight_layout()

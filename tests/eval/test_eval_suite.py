@@ -34,8 +34,7 @@ def test_eval_writes_every_models_abilities(toy_eval_data, tiny_recipe_args, tmp
     run = tmp_path / "run"
     data = toy_eval_data
     evaluation = [
-        "--set", "eval.clip_teacher=clip", "--set", "eval.sam_teacher=sam",
-        "--set", "eval.clip_head=clip_head", "--set", "eval.sam_head=sam_head",
+        "--set", "eval.teachers=[clip, sam]", "--set", "eval.heads=[clip_head, sam_head]",
         "--set", "eval.resolution=64", "--set", "eval.extra_resolutions=[48]",
         "--set", "eval.calibration_samples=4", "--set", "eval.pictures=2",
         "--set", "eval.pipeline_grid=4",
@@ -49,10 +48,28 @@ def test_eval_writes_every_models_abilities(toy_eval_data, tiny_recipe_args, tmp
     assert main(["run", *tiny_recipe_args, *evaluation, "--output", str(run)]) == 0
     results = json.loads((run / "eval.json").read_text())
     models = results["models"]
-    assert set(models["clip_teacher"]) >= {"zeroshot_cls_top1", "semseg_miou"}
-    assert "prompt_seg_miou" not in models["clip_teacher"]
-    assert set(models["sam_teacher"]) >= {"prompt_seg_miou", "mask_ap"}
-    assert "zeroshot_cls_top1" not in models["sam_teacher"]
+    assert list(models) == ["clip", "sam", "pipeline", "merged"]
+    assert set(models["clip"]) >= {"zeroshot_cls_top1", "semseg_miou"}
+    assert "prompt_seg_miou" not in models["clip"]
+    assert set(models["sam"]) >= {"prompt_seg_miou", "mask_ap"}
+    assert "zeroshot_cls_top1" not in models["sam"]
+    assert list(results["metrics"]) == [
+        "zeroshot_cls_top1",
+        "prompt_seg_miou",
+        "prompt_seg_miou_box",
+        "mask_ap",
+        "mask_ap50",
+        "semseg_miou",
+        "semseg_miou_refined",
+        "seconds_per_image",
+        "gflops_per_image",
+    ]
+    assert results["metrics"]["semseg_miou_refined"] == {
+        "metric": "refined_semseg",
+        "ability": "semantic segmentation",
+        "higher_is_better": True,
+    }
+    assert results["metrics"]["seconds_per_image"]["higher_is_better"] is False
     assert set(models["pipeline"]) >= {"semseg_miou", "seconds_per_image", "gflops_per_image"}
     merged_keys = {"zeroshot_cls_top1", "prompt_seg_miou", "semseg_miou", "semseg_miou_refined"}
     assert set(models["merged"]) >= merged_keys | {"mask_ap"}
@@ -61,10 +78,18 @@ def test_eval_writes_every_models_abilities(toy_eval_data, tiny_recipe_args, tmp
         for key, value in model.items():
             if key != "by_resolution":
                 assert 0 <= value, key
+    ratios = results["robustness"]["merged"]
+    assert set(ratios) == {k for k, a in results["metrics"].items() if a["higher_is_better"]}
+    sides = models["merged"]["by_resolution"]
+    small, main_side = (sides[r]["prompt_seg_miou"] for r in ("48", "64"))
+    assert ratios["prompt_seg_miou"] == pytest.approx(small / main_side)
+    worst = min(r for r in ratios.values() if r is not None)
+    assert models["merged"]["worst_resolution_ratio"] == worst
     assert results["samples"]["semantic"] == 12 - 4
     assert (run / "eval.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "semseg_miou_refined" in printed and "across resolutions" in printed
+    assert "worst ratio" in printed
 
     # evaluating the finished run again from its folder gives the same numbers
     assert main(["eval", str(run), "--output", str(tmp_path / "again")]) == 0

@@ -26,8 +26,8 @@ def eval_data(tmp_path_factory) -> Path:
 
 def evaluation_args(data: Path) -> list[str]:
     return [
-        "--set", "eval={clip_teacher: clip, sam_teacher: sam, clip_head: clip_head, "
-                 "sam_head: sam_head, resolution: 64, calibration_samples: 2, pictures: 0, "
+        "--set", "eval={teachers: [clip, sam], heads: [clip_head, sam_head], "
+                 "resolution: 64, calibration_samples: 2, pictures: 0, "
                  "pipeline_grid: 4}",
         "--set", f"eval.classification={{type: image_classes, "
                  f"params: {{root: {data}/image_classes}}}}",
@@ -59,9 +59,9 @@ def test_compare_runs_each_variant_once_and_reuses_the_teacher_rows(
     stored = json.loads((tmp_path / "teacher_eval.json").read_text())
     for folder in ("replay_fixed_ratio", "replay_alternating"):
         models = json.loads((tmp_path / folder / "eval.json").read_text())["models"]
-        for row in ("clip_teacher", "sam_teacher", "pipeline"):
+        for row in ("clip", "sam", "pipeline"):
             assert models[row] == stored["models"][row]
-        assert models["merged"] != models["clip_teacher"]
+        assert models["merged"] != models["clip"]
 
     # resumable: a second call trains and evaluates nothing again
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/eval.json")}
