@@ -302,10 +302,11 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     models, metrics = results["models"], results.get("metrics", {})
     table = Table(title=f"vmerge eval at {results['resolution']} px", show_lines=False)
-    table.add_column("ability", no_wrap=True)
+    # Values never shrink: on a narrow or piped console (80 columns) the ability names wrap.
+    table.add_column("ability", max_width=14)
     table.add_column("metric", no_wrap=True, min_width=len("semseg_miou_refined"))
     for name in models:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True, min_width=5)
     for ability, keys in _by_ability(metrics).items():
         table.add_section()
         for i, key in enumerate(keys):
