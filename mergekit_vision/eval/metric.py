@@ -20,7 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mergekit_vision.registry import PluginParams
+from pydantic import Field
+from torch import Tensor
+
+from mergekit_vision.recipe.specs import DatasetSpec
+from mergekit_vision.registry import PluginParams, Registry
 
 if TYPE_CHECKING:
     from mergekit_vision.eval.report import Evaluation
@@ -78,3 +82,35 @@ class Metric:
         """The values for ``model`` on ``dataset`` (built at one resolution); ``evaluation``
         gives the eval settings (``evaluation.spec``), text embeddings and shared helpers."""
         raise NotImplementedError
+
+
+class ProbeParams(PluginParams):
+    train: DatasetSpec | None = Field(None, description="the probe's train split")
+
+
+class ProbeMetric(Metric):
+    """A probe: fit on frozen features of a train split (``params.train``), scored on the data
+    the metric reads; nothing runs without a train split.
+
+    Subclasses say which features (``feature``: ``"summary"`` or ``"dense"``) and which sample key
+    holds the target (``label``), and give ``Params`` derived from :class:`ProbeParams`.
+    """
+
+    feature: ClassVar[str] = "summary"
+    label: ClassVar[str] = "label"
+    Params = ProbeParams
+
+    def split_features(
+        self, model: Any, evaluation: Evaluation
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """``(train features, train labels, test features, test labels)``, or None without a
+        train split; features are cached per model, data and resolution by ``evaluation``."""
+        if self.params.train is None:
+            return None
+        train, scored = self.params.train, getattr(evaluation.spec, self.reads)
+        train_features, train_labels = evaluation.features(model, self.feature, train, self.label)
+        test_features, test_labels = evaluation.features(model, self.feature, scored, self.label)
+        return train_features, train_labels, test_features, test_labels
+
+
+METRICS: Registry[Metric] = Registry("metrics")

@@ -8,14 +8,12 @@ from typing import Any
 
 from pydantic import Field
 
-from mergekit_vision.eval.metric import Metric, Value
+from mergekit_vision.eval.metric import METRICS, ProbeMetric, ProbeParams, Value
 from mergekit_vision.eval.probes import knn_top1
-from mergekit_vision.recipe.specs import DatasetSpec
-from mergekit_vision.registry import METRICS, PluginParams
 
 
 @METRICS.register("knn_top1")
-class KnnTop1(Metric):
+class KnnTop1(ProbeMetric):
     """k-NN top-1 of summary features: ``train`` images vote, the classification data is scored
     (runs only when ``params.train`` names the train split)."""
 
@@ -24,26 +22,21 @@ class KnnTop1(Metric):
     values = (Value("knn_top1"),)
     ability = "frozen-feature probes"
 
-    class Params(PluginParams):
-        train: DatasetSpec | None = Field(None, description="the probe's train split")
+    feature = "summary"
+    label = "label"
+
+    class Params(ProbeParams):
         k: int = Field(20, ge=1, le=1000)
         temperature: float = Field(0.07, gt=0, le=10)
 
     def compute(self, model: Any, dataset: Any, evaluation: Any) -> dict[str, float]:
-        params = self.params
-        if params.train is None:
+        split = self.split_features(model, evaluation)
+        if split is None:
             return {}
-        train, train_labels = evaluation.features(model, "summary", params.train, "label")
-        test, test_labels = evaluation.features(
-            model, "summary", evaluation.spec.classification, "label"
-        )
         top1 = knn_top1(
-            train,
-            train_labels,
-            test,
-            test_labels,
-            k=params.k,
-            temperature=params.temperature,
+            *split,
+            k=self.params.k,
+            temperature=self.params.temperature,
             num_classes=len(dataset.class_names),
         )
         return {"knn_top1": top1}

@@ -9,14 +9,12 @@ from typing import Any
 
 from pydantic import Field
 
-from mergekit_vision.eval.metric import Metric, Value
+from mergekit_vision.eval.metric import METRICS, ProbeMetric, ProbeParams, Value
 from mergekit_vision.eval.probes import linear_seg_probe_miou
-from mergekit_vision.recipe.specs import DatasetSpec
-from mergekit_vision.registry import METRICS, PluginParams
 
 
 @METRICS.register("linear_seg_probe")
-class LinearSegProbe(Metric):
+class LinearSegProbe(ProbeMetric):
     """Linear-probe mIoU of dense features, trained on ``train`` (a VOC-layout split), scored
     on the semantic data (runs only when ``params.train`` names the train split)."""
 
@@ -25,29 +23,24 @@ class LinearSegProbe(Metric):
     values = (Value("linear_seg_probe_miou"),)
     ability = "frozen-feature probes"
 
-    class Params(PluginParams):
-        train: DatasetSpec | None = Field(None, description="the probe's train split")
+    feature = "dense"
+    label = "semantic"
+
+    class Params(ProbeParams):
         epochs: int = Field(20, ge=1, le=100_000)
         lr: float = Field(0.05, gt=0, le=10)
         seed: int = 0
 
     def compute(self, model: Any, dataset: Any, evaluation: Any) -> dict[str, float]:
-        params = self.params
-        if params.train is None:
+        split = self.split_features(model, evaluation)
+        if split is None:
             return {}
-        train, train_labels = evaluation.features(model, "dense", params.train, "semantic")
-        test, test_labels = evaluation.features(
-            model, "dense", evaluation.spec.semantic, "semantic"
-        )
         miou = linear_seg_probe_miou(
-            train,
-            train_labels,
-            test,
-            test_labels,
+            *split,
             num_classes=len(dataset.class_names),
-            epochs=params.epochs,
-            lr=params.lr,
-            seed=params.seed,
+            epochs=self.params.epochs,
+            lr=self.params.lr,
+            seed=self.params.seed,
             batch_size=evaluation.spec.batch_size,
         )
         return {"linear_seg_probe_miou": miou}
