@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mergekit_vision.registry import PluginParams
+from mergekit_vision.registry import PluginParams, Registry
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,9 @@ class Teacher(nn.Module, ABC):
         return super().train(False)
 
 
+TEACHERS: Registry[Teacher] = Registry("teachers")
+
+
 @dataclass
 class StudentFeatures:
     """What a student backbone returns.
@@ -194,6 +197,9 @@ class Student(nn.Module, ABC):
         return list(getattr(self, "blocks", ()))
 
 
+STUDENTS: Registry[Student] = Registry("students")
+
+
 class Head(nn.Module, ABC):
     """Maps student features to one teacher's targets (named like the teacher's targets)."""
 
@@ -211,6 +217,9 @@ class Head(nn.Module, ABC):
         """Predictions keyed by target name."""
 
 
+HEADS: Registry[Head] = Registry("heads")
+
+
 class Loss(nn.Module, ABC):
     """A distillation loss between a head's prediction and a teacher's target."""
 
@@ -223,3 +232,6 @@ class Loss(nn.Module, ABC):
     @abstractmethod
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
         """A scalar loss (mean over the batch)."""
+
+
+LOSSES: Registry[Loss] = Registry("losses")

@@ -9,8 +9,11 @@ Contract
   listing every valid name.
 - A ``Params`` field that names another part of the recipe (a teacher, head or task) says so with
   :class:`RefersTo` (``teacher: TeacherName``); the recipe checks every such name exists.
-- Each kind's base class declares the one classmethod signature its plugins share (``build``; an
-  app's ``prepare``), and the registry instances below are typed by that base.
+- Each kind's instance lives beside the base class its plugins subclass, typed by it
+  (``contracts.TEACHERS: Registry[Teacher]``, ``strategies.replay.base.REPLAY``, ...), and that
+  base declares the one classmethod signature its plugins share (``build``; an app's
+  ``prepare``). This module sits below every base, so it knows the instances only by kind:
+  :data:`ALL_REGISTRIES` (filled as the bases are imported, which the built-in list does).
 - Built-ins are found through one explicit import list (:mod:`mergekit_vision.plugins`);
   plugins of other packages through the entry-point group ``mergekit_vision.<kind>``, where each
   entry point names a module (imported for its ``register`` side effect) or a class (registered
@@ -20,22 +23,12 @@ Contract
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
-
-if TYPE_CHECKING:  # the plugin bases sit above this leaf; only the type checker sees them
-    from mergekit_vision.contracts import Head, Loss, Student, Teacher
-    from mergekit_vision.data.base import ImageDataset
-    from mergekit_vision.eval.metric import Metric
-    from mergekit_vision.recipe.app import App
-    from mergekit_vision.strategies.conflict.base import ConflictStrategy
-    from mergekit_vision.strategies.normalization.base import TargetNormalizer
-    from mergekit_vision.strategies.replay.base import ReplayScheduler
-    from mergekit_vision.strategies.weighting.base import LossWeighting
 
 T = TypeVar("T")
 
@@ -97,6 +90,7 @@ class Registry(Generic[T]):
         self.group = f"mergekit_vision.{kind}"
         self._entries: dict[str, PluginEntry[T]] = {}
         self._entry_points_loaded = False
+        _BY_KIND.setdefault(kind, self)  # the first of a kind is the recipe's (tests make more)
 
     def register(self, name: str, *, source: str = "built-in") -> Callable[[type[T]], type[T]]:
         def decorator(cls: type[T]) -> type[T]:
@@ -141,9 +135,7 @@ class Registry(Generic[T]):
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
-        from mergekit_vision.plugins import load_builtins  # imported here: it imports us
-
-        load_builtins()
+        _load_builtins()
         for ep in metadata.entry_points(group=self.group):
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
             before = set(self._entries)
@@ -160,31 +152,53 @@ class Registry(Generic[T]):
         self._entry_points_loaded = False
 
 
-TEACHERS: Registry[Teacher] = Registry("teachers")
-STUDENTS: Registry[Student] = Registry("students")
-HEADS: Registry[Head] = Registry("heads")
-LOSSES: Registry[Loss] = Registry("losses")
-REPLAY: Registry[ReplayScheduler] = Registry("replay")
-CONFLICT: Registry[ConflictStrategy] = Registry("conflict")
-DATASETS: Registry[ImageDataset] = Registry("datasets")
-WEIGHTING: Registry[LossWeighting] = Registry("weighting")
-NORMALIZATION: Registry[TargetNormalizer] = Registry("normalization")
-APPS: Registry[App] = Registry("apps")
-METRICS: Registry[Metric] = Registry("metrics")
+# Every kind, in the order `vmerge plugins` lists them; each instance is made beside its base.
+KINDS = (
+    "teachers",
+    "students",
+    "heads",
+    "losses",
+    "replay",
+    "conflict",
+    "weighting",
+    "normalization",
+    "datasets",
+    "apps",
+    "metrics",
+)
+_BY_KIND: dict[str, Registry[Any]] = {}
 
-ALL_REGISTRIES: dict[str, Registry[Any]] = {
-    r.kind: r
-    for r in (
-        TEACHERS,
-        STUDENTS,
-        HEADS,
-        LOSSES,
-        REPLAY,
-        CONFLICT,
-        WEIGHTING,
-        NORMALIZATION,
-        DATASETS,
-        APPS,
-        METRICS,
-    )
-}
+
+class _AllRegistries(Mapping[str, "Registry[Any]"]):
+    """The registries by kind; looking one up imports the built-ins first, and with them every
+    base class and its registry."""
+
+    def __getitem__(self, kind: str) -> Registry[Any]:
+        _load_builtins()
+        return _BY_KIND[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        _load_builtins()
+        return iter([*KINDS, *sorted(set(_BY_KIND) - set(KINDS))])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+ALL_REGISTRIES: Mapping[str, Registry[Any]] = _AllRegistries()
+
+# Where each registry lived before it moved beside its base: outside plugins that import it from
+# here keep working (typed access: the base's module).
+_MOVED = {name.upper(): name for name in KINDS}
+
+
+def __getattr__(name: str) -> Registry[Any]:
+    if name in _MOVED:
+        return ALL_REGISTRIES[_MOVED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _load_builtins() -> None:
+    from mergekit_vision.plugins import load_builtins  # imported here: it imports the plugins
+
+    load_builtins()

@@ -7,14 +7,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergekit_vision.contracts import TEACHERS
 from mergekit_vision.data.targets_cache.reader import open_target_sources
 from mergekit_vision.engine.build import build_components, missing_paths
 from mergekit_vision.engine.distributed import World, barrier, close_world, init_world
 from mergekit_vision.engine.loop import Engine, TrainState
 from mergekit_vision.errors import Issue, RecipeError
+from mergekit_vision.recipe.app import APPS
 from mergekit_vision.recipe.io import dump_recipe, load_recipe, set_dotted, validate_recipe
 from mergekit_vision.recipe.schema import Recipe
-from mergekit_vision.registry import APPS, TEACHERS
 
 
 class MissingPathsError(RecipeError):

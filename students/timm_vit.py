@@ -21,8 +21,14 @@ from pydantic import Field, model_validator
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalize
-from mergekit_vision.registry import STUDENTS, PluginParams, TeacherName
+from mergekit_vision.contracts import (
+    STUDENTS,
+    Student,
+    StudentFeatures,
+    Teacher,
+    resize_and_normalize,
+)
+from mergekit_vision.registry import PluginParams, TeacherName
 from mergekit_vision.teachers.timm import timm_state_dict_from_checkpoint
 from mergekit_vision.weights import load_strict, read_weights
 

@@ -24,8 +24,14 @@ from segment_anything.modeling.image_encoder import ImageEncoderViT
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mergekit_vision.contracts import Student, StudentFeatures, Teacher, resize_and_normalize
-from mergekit_vision.registry import STUDENTS, PluginParams, TeacherName
+from mergekit_vision.contracts import (
+    STUDENTS,
+    Student,
+    StudentFeatures,
+    Teacher,
+    resize_and_normalize,
+)
+from mergekit_vision.registry import PluginParams, TeacherName
 from mergekit_vision.sam.positions import resample_encoder_positions, resample_pos_embed
 from mergekit_vision.sam.variants import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SAM_VARIANTS, SamVariant
 from mergekit_vision.students.vitdet_attention import ViTDetBlock

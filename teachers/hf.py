@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 
-from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
-from mergekit_vision.registry import TEACHERS, PluginParams
+from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
+from mergekit_vision.registry import PluginParams
 
 PROCESSOR_FILE = "preprocessor_config.json"
 

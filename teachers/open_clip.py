@@ -30,8 +30,8 @@ from open_clip.pretrained import get_pretrained_cfg
 from pydantic import model_validator
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
-from mergekit_vision.registry import TEACHERS, PluginParams
+from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
+from mergekit_vision.registry import PluginParams
 from mergekit_vision.teachers.open_clip_checkpoint import (
     CUSTOM_PREFIX,
     builtin_models,

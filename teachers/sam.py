@@ -23,8 +23,8 @@ from segment_anything.modeling import (
 )
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
-from mergekit_vision.registry import TEACHERS, PluginParams
+from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
+from mergekit_vision.registry import PluginParams
 from mergekit_vision.sam.decoding import decode_masks
 from mergekit_vision.sam.positions import resample_encoder_positions
 from mergekit_vision.sam.variants import (

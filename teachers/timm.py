@@ -33,8 +33,8 @@ from pydantic import Field, model_validator
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Prompts, TargetSpec, Teacher
-from mergekit_vision.registry import TEACHERS, PluginParams
+from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
+from mergekit_vision.registry import PluginParams
 from mergekit_vision.weights import load_strict, read_weights
 
 TARGETS = ("summary", "spatial")

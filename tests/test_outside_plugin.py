@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mergekit_vision.cli.main import main
-from mergekit_vision.registry import TEACHERS, UnknownPluginError
+from mergekit_vision.contracts import TEACHERS
+from mergekit_vision.registry import UnknownPluginError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vmerge-mean-color-teacher"

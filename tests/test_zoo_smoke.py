@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from mergekit_vision.contracts import Prompts, StudentFeatures
-from mergekit_vision.registry import HEADS, LOSSES, STUDENTS, TEACHERS, Registry
+from mergekit_vision.contracts import HEADS, LOSSES, STUDENTS, TEACHERS, Prompts, StudentFeatures
+from mergekit_vision.registry import Registry
 
 TINY_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny_sam_clip.yaml"
 TINY_VIT = dict(depth=2, embed_dim=32, num_heads=2)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from mergekit_vision.registry import PluginParams
+from mergekit_vision.registry import PluginParams, Registry
 
 ResizeMode = Literal["pad", "crop"]
 
@@ -46,6 +46,9 @@ class ImageDataset:
     def path_fields(cls, params: Any) -> dict[str, Path]:
         """Params fields that name files or folders that must exist before a real run."""
         return {}
+
+
+DATASETS: Registry[ImageDataset] = Registry("datasets")
 
 
 SKIPPED = "skipped"  # records of samples skipped in a sample's place (data/skips.py)

@@ -8,11 +8,11 @@ from typing import Any
 from pydantic import Field
 from torch.utils.data import Dataset
 
-from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.base import DATASETS, ImageDataset, ResizeMode
 from mergekit_vision.data.image_folder import find_images
 from mergekit_vision.data.skips import decoding, readable_sample
 from mergekit_vision.data.transforms import load_image, missing_path_error, resize_image
-from mergekit_vision.registry import DATASETS, PluginParams
+from mergekit_vision.registry import PluginParams
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _LAYOUT = "expected <root>/<class folder>/<image>, one folder per class (the ImageFolder layout)"

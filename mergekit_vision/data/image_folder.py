@@ -8,10 +8,10 @@ from typing import Any
 from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
-from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.base import DATASETS, ImageDataset, ResizeMode
 from mergekit_vision.data.skips import decoding, readable_sample
 from mergekit_vision.data.transforms import load_image, missing_path_error, resize_image
-from mergekit_vision.registry import DATASETS, PluginParams
+from mergekit_vision.registry import PluginParams
 
 
 @DATASETS.register("image_folder")

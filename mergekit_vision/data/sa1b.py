@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.base import DATASETS, ImageDataset, ResizeMode
 from mergekit_vision.data.skips import decoding, readable_sample
 from mergekit_vision.data.transforms import (
     choose_masks,
@@ -29,7 +29,7 @@ from mergekit_vision.data.transforms import (
     resize_masks,
     sample_generator,
 )
-from mergekit_vision.registry import DATASETS, PluginParams
+from mergekit_vision.registry import PluginParams
 
 # SA-1B images are ~1500x2250, so decode a few masks at a time to bound memory (~3.4 MB each).
 _DECODE_CHUNK = 8

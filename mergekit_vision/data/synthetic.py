@@ -11,9 +11,9 @@ from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.base import DATASETS, ImageDataset, ResizeMode
 from mergekit_vision.data.transforms import choose_masks, drop_empty, sample_generator
-from mergekit_vision.registry import DATASETS, PluginParams
+from mergekit_vision.registry import PluginParams
 
 
 @DATASETS.register("synthetic")

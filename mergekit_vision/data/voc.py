@@ -11,7 +11,7 @@ from PIL import Image
 from pydantic import Field
 from torch.utils.data import Dataset
 
-from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.base import DATASETS, ImageDataset, ResizeMode
 from mergekit_vision.data.skips import decoding, readable_sample
 from mergekit_vision.data.transforms import (
     UnreadableImageError,
@@ -20,7 +20,7 @@ from mergekit_vision.data.transforms import (
     resize_image,
     resize_label_map,
 )
-from mergekit_vision.registry import DATASETS, PluginParams
+from mergekit_vision.registry import PluginParams
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",

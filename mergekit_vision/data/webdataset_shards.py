@@ -14,10 +14,10 @@ import webdataset as wds
 from pydantic import Field
 from torch.utils.data import IterableDataset
 
-from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.base import DATASETS, ImageDataset, ResizeMode
 from mergekit_vision.data.skips import UndecodableSampleError, decoding, readable_stream
 from mergekit_vision.data.transforms import load_image, missing_path_error, resize_image
-from mergekit_vision.registry import DATASETS, PluginParams
+from mergekit_vision.registry import PluginParams
 
 NodeSplitter = Callable[[Iterator[Any]], Iterator[Any]]
 

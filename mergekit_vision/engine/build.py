@@ -15,7 +15,18 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Head, Loss, Prompts, Student, Teacher
+from mergekit_vision.contracts import (
+    HEADS,
+    LOSSES,
+    STUDENTS,
+    TEACHERS,
+    Head,
+    Loss,
+    Prompts,
+    Student,
+    Teacher,
+)
+from mergekit_vision.data.base import DATASETS
 from mergekit_vision.data.views import with_views
 from mergekit_vision.errors import BuildError, Issue
 from mergekit_vision.recipe.schema import (
@@ -25,16 +36,8 @@ from mergekit_vision.recipe.schema import (
     TaskSpec,
     task_load_resolution,
 )
-from mergekit_vision.registry import (
-    DATASETS,
-    HEADS,
-    LOSSES,
-    NORMALIZATION,
-    STUDENTS,
-    TEACHERS,
-)
 from mergekit_vision.sam.prompts import PromptSampler, PromptSamplerParams
-from mergekit_vision.strategies.normalization.base import TargetNormalizer
+from mergekit_vision.strategies.normalization.base import NORMALIZATION, TargetNormalizer
 
 
 class MergedModel(nn.Module):

@@ -16,10 +16,9 @@ from mergekit_vision.engine.gradients import TaskGradients
 from mergekit_vision.engine.optim import build_optimizer, build_schedule
 from mergekit_vision.errors import Issue, RecipeError
 from mergekit_vision.recipe.schema import BACKBONE, Recipe, StageSpec
-from mergekit_vision.registry import CONFLICT, REPLAY, WEIGHTING
-from mergekit_vision.strategies.conflict.base import ConflictStrategy
-from mergekit_vision.strategies.replay.base import ReplayScheduler
-from mergekit_vision.strategies.weighting.base import LossWeighting
+from mergekit_vision.strategies.conflict.base import CONFLICT, ConflictStrategy
+from mergekit_vision.strategies.replay.base import REPLAY, ReplayScheduler
+from mergekit_vision.strategies.weighting.base import WEIGHTING, LossWeighting
 
 WEIGHTING_GROUP = "weighting"  # the optimiser group of learnable loss weights
 

@@ -45,8 +45,9 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from mergekit_vision.data.base import DATASETS
 from mergekit_vision.engine.build import Components
-from mergekit_vision.eval.metric import LAYOUTS, Metric
+from mergekit_vision.eval.metric import LAYOUTS, METRICS, Metric
 from mergekit_vision.eval.models import MergedEval, teacher_eval
 from mergekit_vision.eval.pipeline import TwoTeacherPipeline
 from mergekit_vision.eval.probe_features import frozen_features
@@ -61,7 +62,6 @@ from mergekit_vision.eval.tasks import batches, class_text_embeddings, semantic_
 from mergekit_vision.heads.clip_head import ClipHead
 from mergekit_vision.heads.sam_head import SamHead
 from mergekit_vision.recipe.schema import DatasetSpec, EvalSpec, task_of_head
-from mergekit_vision.registry import DATASETS, METRICS
 
 TEXT_CAPABILITIES = frozenset({"text_image_embedding", "text_dense_embedding", "shared_encoder"})
 

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergekit_vision.contracts import Teacher
+from mergekit_vision.contracts import STUDENTS, TEACHERS, Teacher
 from mergekit_vision.engine.build import MergedModel, build_components
 from mergekit_vision.engine.run_folder import (
     CHECKPOINTS_DIR,
@@ -25,7 +25,6 @@ from mergekit_vision.export import ExportError
 from mergekit_vision.recipe.io import load_recipe, validate_recipe
 from mergekit_vision.recipe.references import declared_references
 from mergekit_vision.recipe.schema import Recipe
-from mergekit_vision.registry import STUDENTS, TEACHERS
 
 
 @dataclass

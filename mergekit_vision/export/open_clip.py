@@ -22,12 +22,12 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from mergekit_vision.contracts import STUDENTS, TEACHERS
 from mergekit_vision.export import ExportError
 from mergekit_vision.export.loading import LoadedRun
 from mergekit_vision.heads.clip_head import ClipHead, make_blocks
 from mergekit_vision.recipe.schema import task_of_head
-from mergekit_vision.registry import NORMALIZATION, STUDENTS, TEACHERS
-from mergekit_vision.strategies.normalization.base import TargetNormalizer
+from mergekit_vision.strategies.normalization.base import NORMALIZATION, TargetNormalizer
 from mergekit_vision.teachers.open_clip import OpenClipParams, create_clip
 from mergekit_vision.weights import load_strict, read_weights
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Head, Prompts, Student, StudentFeatures, Teacher
+from mergekit_vision.contracts import HEADS, Head, Prompts, Student, StudentFeatures, Teacher
 from mergekit_vision.heads.clip_head import target_spec, target_width
-from mergekit_vision.registry import HEADS, PluginParams, TeacherName
+from mergekit_vision.registry import PluginParams, TeacherName
 
 
 class AdaptorMLP(nn.Module):

@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import (
+    HEADS,
     Head,
     Prompts,
     Student,
@@ -18,7 +19,7 @@ from mergekit_vision.contracts import (
     TargetSpec,
     Teacher,
 )
-from mergekit_vision.registry import HEADS, PluginParams, TeacherName
+from mergekit_vision.registry import PluginParams, TeacherName
 
 
 def target_spec(teachers: dict[str, Teacher], teacher: str, target: str) -> TargetSpec:

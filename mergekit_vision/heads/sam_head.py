@@ -6,8 +6,8 @@ import copy
 
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import Head, Prompts, Student, StudentFeatures, Teacher
-from mergekit_vision.registry import HEADS, PluginParams, TeacherName
+from mergekit_vision.contracts import HEADS, Head, Prompts, Student, StudentFeatures, Teacher
+from mergekit_vision.registry import PluginParams, TeacherName
 from mergekit_vision.sam.decoding import decode_masks
 
 

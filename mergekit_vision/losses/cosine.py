@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from mergekit_vision.contracts import Loss
-from mergekit_vision.registry import LOSSES
+from mergekit_vision.contracts import LOSSES, Loss
 
 
 @LOSSES.register("cosine")

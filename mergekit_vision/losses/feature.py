@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from mergekit_vision.contracts import Loss
-from mergekit_vision.registry import LOSSES, PluginParams
+from mergekit_vision.contracts import LOSSES, Loss
+from mergekit_vision.registry import PluginParams
 
 
 def align_prediction(prediction: Tensor, target: Tensor, *, loss: str) -> Tensor:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mergekit_vision.contracts import Loss
-from mergekit_vision.registry import LOSSES, PluginParams
+from mergekit_vision.contracts import LOSSES, Loss
+from mergekit_vision.registry import PluginParams
 
 # Added to the dice numerator and denominator so empty masks score 0 loss, not NaN.
 _DICE_SMOOTHING = 1.0

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from mergekit_vision.contracts import Loss
+from mergekit_vision.contracts import LOSSES, Loss
 from mergekit_vision.losses.feature import align_prediction
-from mergekit_vision.registry import LOSSES
 
 
 @LOSSES.register("mse")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from mergekit_vision.registry import APPS, PluginParams
+from mergekit_vision.registry import PluginParams, Registry
 
 if TYPE_CHECKING:
     from mergekit_vision.recipe.schema import Recipe
@@ -28,6 +28,9 @@ class App:
     def prepare(cls, recipe: Recipe, *, progress: bool = True) -> None:
         """Make what ``recipe`` needs of this app (data, teachers) before a run; the recipe has
         this app's section. Runs in one process of a distributed run."""
+
+
+APPS: Registry[App] = Registry("apps")
 
 
 def app_section(name: str, value: Any) -> PluginParams | None:

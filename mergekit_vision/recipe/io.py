@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mergekit_vision.errors import Issue, RecipeError
-from mergekit_vision.recipe.app import app_section
+from mergekit_vision.recipe.app import APPS, app_section
 from mergekit_vision.recipe.safe_yaml import (
     RecipeTextError,
     compose_and_load,
@@ -22,7 +22,7 @@ from mergekit_vision.recipe.safe_yaml import (
 )
 from mergekit_vision.recipe.schema import Recipe, dangling_references, unknown_key_message
 from mergekit_vision.recipe.specs import InvalidParams, plugin_specs
-from mergekit_vision.registry import ALL_REGISTRIES, APPS, UnknownPluginError
+from mergekit_vision.registry import ALL_REGISTRIES, UnknownPluginError
 
 
 def _node_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from mergekit_vision.recipe.app import validate_app_sections, with_app_schemas
+from mergekit_vision.recipe.app import APPS, validate_app_sections, with_app_schemas
 from mergekit_vision.recipe.eval_section import EvalSpec
 from mergekit_vision.recipe.ranges import (
     MAX_BATCH,
@@ -40,7 +40,7 @@ from mergekit_vision.recipe.specs import (
     plugin_specs,
 )
 from mergekit_vision.recipe.task_params import AugmentSpec, PromptSamplerParams
-from mergekit_vision.registry import ALL_REGISTRIES, APPS, PluginParams, UnknownPluginError
+from mergekit_vision.registry import ALL_REGISTRIES, PluginParams, UnknownPluginError
 
 BACKBONE = "backbone"  # the parameter-group name of the student backbone
 

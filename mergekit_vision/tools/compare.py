@@ -30,8 +30,8 @@ from mergekit_vision.engine.run_folder import CHECKPOINTS_DIR, METRICS_FILE, REC
 from mergekit_vision.errors import Issue, RecipeError
 from mergekit_vision.recipe.io import load_recipe
 from mergekit_vision.recipe.schema import Recipe
-from mergekit_vision.registry import REPLAY
 from mergekit_vision.run import run_recipe
+from mergekit_vision.strategies.replay.base import REPLAY
 
 STRATEGY_AXES = ("replay", "conflict", "weighting")  # set on every multi-task stage
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergekit_vision.recipe.app import App
-from mergekit_vision.registry import APPS
+from mergekit_vision.recipe.app import APPS, App
 from mergekit_vision.toy.prepare import prepare_toy
 from mergekit_vision.toy.spec import ToySpec
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mergekit_vision.data.base import SKIPPED, collate_samples
+from mergekit_vision.data.base import DATASETS, SKIPPED, collate_samples
 from mergekit_vision.data.captions import CaptionsDataset
-from mergekit_vision.registry import DATASETS
 
 # (filepath, filename, split, captions, grey level); a COCO-style filepath on two of them
 RECORDS = [

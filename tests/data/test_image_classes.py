@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mergekit_vision.data.base import DATASETS
 from mergekit_vision.data.image_classes import ImageClassesDataset
-from mergekit_vision.registry import DATASETS
 
 
 @pytest.fixture

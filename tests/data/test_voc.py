@@ -8,10 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mergekit_vision.data.base import collate_samples
+from mergekit_vision.data.base import DATASETS, collate_samples
 from mergekit_vision.data.skips import NoReadableSampleError
 from mergekit_vision.data.voc import VOC_CLASSES, VocSegmentationDataset
-from mergekit_vision.registry import DATASETS
 
 
 def _label_png(labels: np.ndarray, path: Path) -> None:

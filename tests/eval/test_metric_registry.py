@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mergekit_vision.eval.metric import CAPABILITIES, LAYOUTS, Metric
+from mergekit_vision.eval.metric import CAPABILITIES, LAYOUTS, METRICS, Metric
 from mergekit_vision.eval.report import resolution_robustness
 from mergekit_vision.recipe.eval_section import EvalSpec
 from mergekit_vision.recipe.io import load_recipe
-from mergekit_vision.registry import ALL_REGISTRIES, METRICS
+from mergekit_vision.registry import ALL_REGISTRIES
 
 BUILTINS = {
     "zeroshot_top1",

@@ -14,8 +14,9 @@ from mergekit_vision.data.toy_world.export import export_all
 from mergekit_vision.data.toy_world.world import ToyWorldConfig
 from mergekit_vision.engine.build import build_components
 from mergekit_vision.eval.evaluate import evaluate_components
+from mergekit_vision.eval.metric import METRICS
 from mergekit_vision.recipe.io import load_recipe
-from mergekit_vision.registry import METRICS, UnknownPluginError
+from mergekit_vision.registry import UnknownPluginError
 from mergekit_vision.tools.compare import metric_columns
 
 ROOT = Path(__file__).resolve().parents[2]

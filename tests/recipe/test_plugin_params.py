@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from mergekit_vision.errors import RecipeError
+from mergekit_vision.recipe.app import APPS
 from mergekit_vision.recipe.io import dump_recipe, load_recipe, validate_recipe
 from mergekit_vision.recipe.schema import ConflictSpec, Recipe, StageSpec
-from mergekit_vision.registry import ALL_REGISTRIES, APPS
+from mergekit_vision.registry import ALL_REGISTRIES
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "recipes" / "sam_clip.yaml"

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from mergekit_vision.engine.gradients import TaskGradients
-from mergekit_vision.registry import CONFLICT
 from mergekit_vision.strategies.conflict import torchjd_adapter
+from mergekit_vision.strategies.conflict.base import CONFLICT
 from mergekit_vision.strategies.conflict.torchjd_adapter import MissingDependencyError
 
 NAMES = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mergekit_vision.registry import NORMALIZATION
+from mergekit_vision.strategies.normalization.base import NORMALIZATION
 from mergekit_vision.strategies.normalization.phi_s import (
     PhiS,
     equalizing_rotation,

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from mergekit_vision.registry import REPLAY
 from mergekit_vision.strategies.replay.alternating import Alternating
-from mergekit_vision.strategies.replay.base import TaskDraw
+from mergekit_vision.strategies.replay.base import REPLAY, TaskDraw
 from mergekit_vision.strategies.replay.curriculum import Curriculum
 from mergekit_vision.strategies.replay.forgetting_adaptive import ForgettingAdaptive
 from mergekit_vision.strategies.replay.proportional import Proportional

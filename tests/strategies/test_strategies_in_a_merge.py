@@ -9,7 +9,10 @@ import pytest
 from safetensors.torch import load_file
 
 from mergekit_vision.cli.main import main
-from mergekit_vision.registry import CONFLICT, NORMALIZATION, REPLAY, WEIGHTING
+from mergekit_vision.strategies.conflict.base import CONFLICT
+from mergekit_vision.strategies.normalization.base import NORMALIZATION
+from mergekit_vision.strategies.replay.base import REPLAY
+from mergekit_vision.strategies.weighting.base import WEIGHTING
 
 # Params a plugin cannot do without, as they would appear in a recipe.
 REQUIRED_PARAMS = {

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mergekit_vision.registry import WEIGHTING
+from mergekit_vision.strategies.weighting.base import WEIGHTING
 from mergekit_vision.strategies.weighting.dwa import DynamicWeightAverage
 from mergekit_vision.strategies.weighting.famo import FAMO
 from mergekit_vision.strategies.weighting.gradnorm import GradNorm

@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mergekit_vision.contracts import TEACHERS
 from mergekit_vision.errors import BuildError
 from mergekit_vision.recipe.schema import Recipe, task_load_resolution
 from mergekit_vision.recipe.task_params import PromptSamplerParams
-from mergekit_vision.registry import TEACHERS
 
 FORMAT = 1
 MANIFEST = "manifest.json"

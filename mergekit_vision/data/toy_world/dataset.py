@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 from torch.utils.data import Dataset
 
-from mergekit_vision.data.base import ImageDataset, ResizeMode
+from mergekit_vision.data.base import DATASETS, ImageDataset, ResizeMode
 from mergekit_vision.data.toy_world.world import ToyWorldConfig, class_names, generate_scene
 from mergekit_vision.data.transforms import (
     choose_masks,
@@ -19,7 +19,7 @@ from mergekit_vision.data.transforms import (
     resize_masks,
     sample_generator,
 )
-from mergekit_vision.registry import DATASETS, PluginParams
+from mergekit_vision.registry import PluginParams
 
 
 @DATASETS.register("toy_world")

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from mergekit_vision.eval.metric import Metric, Value
+from mergekit_vision.eval.metric import METRICS, Metric, Value
 from mergekit_vision.eval.retrieval import retrieval_recall
 from mergekit_vision.eval.tasks import batches
-from mergekit_vision.registry import METRICS, PluginParams
+from mergekit_vision.registry import PluginParams
 
 
 @METRICS.register("retrieval")

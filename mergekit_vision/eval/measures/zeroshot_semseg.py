@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mergekit_vision.eval.metric import Metric, Value
+from mergekit_vision.eval.metric import METRICS, Metric, Value
 from mergekit_vision.eval.tasks import dense_segmenter
-from mergekit_vision.registry import METRICS
 
 
 @METRICS.register("zeroshot_semseg")

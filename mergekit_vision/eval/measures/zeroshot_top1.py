@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mergekit_vision.eval.metric import Metric, Value
+from mergekit_vision.eval.metric import METRICS, Metric, Value
 from mergekit_vision.eval.tasks import zero_shot_top1
-from mergekit_vision.registry import METRICS
 
 
 @METRICS.register("zeroshot_top1")

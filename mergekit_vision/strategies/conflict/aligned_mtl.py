@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from mergekit_vision.registry import CONFLICT, PluginParams
+from mergekit_vision.registry import PluginParams
+from mergekit_vision.strategies.conflict.base import CONFLICT
 from mergekit_vision.strategies.conflict.torchjd_adapter import TorchJDStrategy
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from mergekit_vision.registry import PluginParams
+from mergekit_vision.registry import PluginParams, Registry
 
 
 class ConflictStrategy:
@@ -51,6 +51,9 @@ class ConflictStrategy:
     def aggregate(self, matrix: Tensor) -> Tensor:
         """``[T, P]`` per-task gradients -> ``[P]`` update."""
         return matrix.sum(0)
+
+
+CONFLICT: Registry[ConflictStrategy] = Registry("conflict")
 
 
 def _write_flat_grad(params: list[nn.Parameter], flat: Tensor) -> None:

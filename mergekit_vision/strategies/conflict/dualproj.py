@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from mergekit_vision.registry import CONFLICT
+from mergekit_vision.strategies.conflict.base import CONFLICT
 from mergekit_vision.strategies.conflict.dual_cone import DualConeStrategy
 
 

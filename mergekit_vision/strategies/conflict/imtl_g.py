@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergekit_vision.registry import CONFLICT
+from mergekit_vision.strategies.conflict.base import CONFLICT
 from mergekit_vision.strategies.conflict.torchjd_adapter import TorchJDStrategy
 
 if TYPE_CHECKING:

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_vision.registry import CONFLICT, PluginParams
+from mergekit_vision.registry import PluginParams
+from mergekit_vision.strategies.conflict.base import CONFLICT
 from mergekit_vision.strategies.conflict.torchjd_adapter import TorchJDStrategy
 
 if TYPE_CHECKING:

@@ -9,7 +9,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mergekit_vision.registry import CONFLICT, PluginParams
+from mergekit_vision.registry import PluginParams
+from mergekit_vision.strategies.conflict.base import CONFLICT
 from mergekit_vision.strategies.conflict.torchjd_adapter import TorchJDStrategy
 
 if TYPE_CHECKING:

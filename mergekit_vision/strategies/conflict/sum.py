@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mergekit_vision.registry import CONFLICT
-from mergekit_vision.strategies.conflict.base import ConflictStrategy
+from mergekit_vision.strategies.conflict.base import CONFLICT, ConflictStrategy
 
 
 @CONFLICT.register("sum")

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from mergekit_vision.registry import PluginParams
+from mergekit_vision.registry import PluginParams, Registry
 
 
 class TargetNormalizer(nn.Module):
@@ -68,3 +68,6 @@ class TargetNormalizer(nn.Module):
     def denormalize(self, normalized: Tensor) -> Tensor:
         """Normalized ``[B, D, ...]`` -> raw (what a head trained on normalized targets means)."""
         return self.inverse(normalized.movedim(1, -1)).movedim(-1, 1)
+
+
+NORMALIZATION: Registry[TargetNormalizer] = Registry("normalization")

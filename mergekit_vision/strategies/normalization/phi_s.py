@@ -9,8 +9,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mergekit_vision.registry import NORMALIZATION, PluginParams
-from mergekit_vision.strategies.normalization.base import TargetNormalizer
+from mergekit_vision.registry import PluginParams
+from mergekit_vision.strategies.normalization.base import NORMALIZATION, TargetNormalizer
 
 
 @NORMALIZATION.register("phi_s")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mergekit_vision.registry import REPLAY
-from mergekit_vision.strategies.replay.base import ReplayScheduler, TaskDraw
+from mergekit_vision.strategies.replay.base import REPLAY, ReplayScheduler, TaskDraw
 
 
 @REPLAY.register("alternating")

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from mergekit_vision.registry import PluginParams
+from mergekit_vision.registry import PluginParams, Registry
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,6 @@ class ReplayScheduler(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+REPLAY: Registry[ReplayScheduler] = Registry("replay")

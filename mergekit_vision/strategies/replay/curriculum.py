@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from mergekit_vision.registry import REPLAY, PluginParams, TaskName
-from mergekit_vision.strategies.replay.base import ReplayScheduler, TaskDraw
+from mergekit_vision.registry import PluginParams, TaskName
+from mergekit_vision.strategies.replay.base import REPLAY, ReplayScheduler, TaskDraw
 
 
 class CurriculumPoint(PluginParams):

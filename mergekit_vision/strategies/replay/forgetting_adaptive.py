@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import Field
 
-from mergekit_vision.registry import REPLAY, PluginParams, TaskName
-from mergekit_vision.strategies.replay.base import ReplayScheduler, TaskDraw
+from mergekit_vision.registry import PluginParams, TaskName
+from mergekit_vision.strategies.replay.base import REPLAY, ReplayScheduler, TaskDraw
 
 
 @REPLAY.register("forgetting_adaptive")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from mergekit_vision.registry import REPLAY, PluginParams, TaskName
-from mergekit_vision.strategies.replay.base import ReplayScheduler, TaskDraw
+from mergekit_vision.registry import PluginParams, TaskName
+from mergekit_vision.strategies.replay.base import REPLAY, ReplayScheduler, TaskDraw
 
 
 @REPLAY.register("proportional")

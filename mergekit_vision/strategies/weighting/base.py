@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from mergekit_vision.registry import PluginParams
+from mergekit_vision.registry import PluginParams, Registry
 
 
 class LossWeighting(nn.Module):
@@ -56,3 +56,6 @@ class LossWeighting(nn.Module):
 
     def load_state_dict_extra(self, state: dict[str, Any]) -> None:
         pass
+
+
+WEIGHTING: Registry[LossWeighting] = Registry("weighting")

@@ -9,8 +9,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mergekit_vision.registry import WEIGHTING, PluginParams
-from mergekit_vision.strategies.weighting.base import LossWeighting
+from mergekit_vision.registry import PluginParams
+from mergekit_vision.strategies.weighting.base import WEIGHTING, LossWeighting
 
 _EPS = 1e-8  # floor of a loss before taking its log (FAMO's min-loss offset, here 0)
 _BETAS = (0.9, 0.999)  # Adam on the logits, as the official implementation

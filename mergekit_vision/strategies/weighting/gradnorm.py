@@ -8,8 +8,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mergekit_vision.registry import WEIGHTING, PluginParams
-from mergekit_vision.strategies.weighting.base import LossWeighting
+from mergekit_vision.registry import PluginParams
+from mergekit_vision.strategies.weighting.base import WEIGHTING, LossWeighting
 
 
 @WEIGHTING.register("gradnorm")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mergekit_vision.registry import WEIGHTING
-from mergekit_vision.strategies.weighting.base import LossWeighting
+from mergekit_vision.strategies.weighting.base import WEIGHTING, LossWeighting
 
 
 @WEIGHTING.register("static")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mergekit_vision.registry import WEIGHTING, PluginParams
-from mergekit_vision.strategies.weighting.base import LossWeighting
+from mergekit_vision.registry import PluginParams
+from mergekit_vision.strategies.weighting.base import WEIGHTING, LossWeighting
 
 
 @WEIGHTING.register("uncertainty")

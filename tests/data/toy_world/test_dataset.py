@@ -4,9 +4,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from mergekit_vision.data.base import DATASETS
 from mergekit_vision.data.toy_world.dataset import ToyWorldDataset
 from mergekit_vision.data.toy_world.world import ToyWorldConfig, class_names, generate_scene
-from mergekit_vision.registry import DATASETS
 
 WORLD = {"image_size": 64, "max_objects": 3}
 

@@ -12,6 +12,7 @@ import webdataset as wds
 from PIL import Image
 from pycocotools.coco import COCO
 
+from mergekit_vision.data.base import DATASETS
 from mergekit_vision.data.captions import CaptionsDataset
 from mergekit_vision.data.coco import CocoInstancesDataset
 from mergekit_vision.data.image_classes import ImageClassesDataset
@@ -36,7 +37,6 @@ from mergekit_vision.data.toy_world.world import (
 )
 from mergekit_vision.data.voc import VocSegmentationDataset
 from mergekit_vision.data.webdataset_shards import WebDatasetShards
-from mergekit_vision.registry import DATASETS
 
 CONFIG = ToyWorldConfig(image_size=64, colours=ToyWorldConfig().colours[:3])  # 12 classes
 SEED, COUNT = 11, 6
