@@ -16,7 +16,8 @@ from mergekit_vision.engine.run_folder import (
 )
 from mergekit_vision.eval.features import feature_retention_results, print_feature_table
 from mergekit_vision.eval.pictures import save_grid
-from mergekit_vision.eval.report import Evaluation, print_table, write_results
+from mergekit_vision.eval.report import Evaluation, write_results
+from mergekit_vision.eval.table import print_table
 from mergekit_vision.eval.tasks import dense_labels, iter_pictures, refined_labels
 from mergekit_vision.recipe.io import load_recipe
 

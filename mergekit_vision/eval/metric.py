@@ -75,6 +75,10 @@ class Metric:
     def build(cls, params: PluginParams) -> Metric:
         return cls(params)
 
+    def data(self, spec: Any) -> DatasetSpec | None:
+        """The dataset this metric scores on: the eval section's ``reads`` data."""
+        return getattr(spec, self.reads, None)
+
     def applies_to(self, model: Any) -> bool:
         return self.needs <= frozenset(getattr(model, "capabilities", ()))
 
@@ -86,11 +90,17 @@ class Metric:
 
 class ProbeParams(PluginParams):
     train: DatasetSpec | None = Field(None, description="the probe's train split")
+    heldout: DatasetSpec | None = Field(
+        None,
+        description="the split the probe is scored on (default: the eval section's data the "
+        "metric reads)",
+    )
 
 
 class ProbeMetric(Metric):
-    """A probe: fit on frozen features of a train split (``params.train``), scored on the data
-    the metric reads; nothing runs without a train split.
+    """A probe: fit on frozen features of a train split (``params.train``), scored on
+    ``params.heldout`` (default: the eval section's data the metric reads); nothing runs without
+    a train split.
 
     Subclasses say which features (``feature``: ``"summary"`` or ``"dense"``) and which sample key
     holds the target (``label``), and give ``Params`` derived from :class:`ProbeParams`.
@@ -100,6 +110,9 @@ class ProbeMetric(Metric):
     label: ClassVar[str] = "label"
     Params = ProbeParams
 
+    def data(self, spec: Any) -> DatasetSpec | None:
+        return self.params.heldout or super().data(spec)
+
     def split_features(
         self, model: Any, evaluation: Evaluation
     ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
@@ -107,7 +120,7 @@ class ProbeMetric(Metric):
         train split; features are cached per model, data and resolution by ``evaluation``."""
         if self.params.train is None:
             return None
-        train, scored = self.params.train, getattr(evaluation.spec, self.reads)
+        train, scored = self.params.train, self.data(evaluation.spec)
         train_features, train_labels = evaluation.features(model, self.feature, train, self.label)
         test_features, test_labels = evaluation.features(model, self.feature, scored, self.label)
         return train_features, train_labels, test_features, test_labels

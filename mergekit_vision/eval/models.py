@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mergekit_vision.contracts import Prompts, Teacher
-from mergekit_vision.engine.build import MergedModel
+from mergekit_vision.engine.build import Components, MergedModel
 from mergekit_vision.sam.decoding import decode_masks
 
 ABILITIES = ("embed_images", "embed_patches", "mask_logits")
@@ -226,3 +226,66 @@ class MergedEval:
     def mask_logits(self, encoded: Any, prompts: Prompts) -> Tensor:
         (logits,) = self.sam_head(encoded, prompts=prompts).values()
         return logits[:, :, 0]
+
+
+class MergedTeacherView:
+    """The merged model as it stands in for one teacher: the heads that distil that teacher's
+    feature targets, read as frozen features (AM-RADIO's adaptors, arXiv 2312.06709, are probed
+    the same way). A vector target (``[B, D]``, e.g. CLIP's image embedding, DINO's class token)
+    is the view's ``summary``; a map target (``[B, C, h, w]``) its ``dense`` features; predictions
+    of a head trained on normalized targets are mapped back into the teacher's space.
+
+    Args:
+        model: the merged model.
+        summary: ``(head, target, task)`` of the vector target, or None.
+        dense: ``(head, target, task)`` of the map target, or None.
+    """
+
+    def __init__(
+        self,
+        model: MergedModel,
+        *,
+        summary: tuple[str, str, str] | None,
+        dense: tuple[str, str, str] | None,
+    ):
+        self.model, self.summary, self.dense = model.eval(), summary, dense
+        self.capabilities = frozenset(
+            name for name, source in (("summary", summary), ("dense", dense)) if source
+        )
+
+    def _predict(self, images: Tensor, source: tuple[str, str, str]) -> Tensor:
+        head, target, task = source
+        prediction = self.model.heads[head](self.model.student(images))[target]
+        if task in self.model.normalizers:
+            prediction = self.model.normalizers[task].denormalize(prediction)
+        return prediction.float()
+
+    @torch.no_grad()
+    def summary_features(self, images: Tensor) -> Tensor:
+        assert self.summary is not None
+        return self._predict(images, self.summary)
+
+    @torch.no_grad()
+    def dense_features(self, images: Tensor) -> Tensor:
+        assert self.dense is not None
+        return self._predict(images, self.dense)
+
+
+def teacher_views(components: Components, heads: list[str]) -> dict[str, MergedTeacherView]:
+    """``{teacher: view}`` for every teacher the merged model distils a prompt-free feature
+    target of through one of ``heads`` (the first vector and the first map target each)."""
+    sources: dict[str, dict[str, tuple[str, str, str]]] = {}
+    for name, task in components.tasks.items():
+        spec = task.spec
+        target = task.teacher.target_specs()[spec.target]
+        if spec.head not in heads or target.needs_prompts:
+            continue
+        kind = "summary" if len(target.shape) == 2 else "dense" if len(target.shape) == 4 else None
+        if kind is not None:
+            sources.setdefault(spec.teacher, {}).setdefault(kind, (spec.head, spec.target, name))
+    return {
+        teacher: MergedTeacherView(
+            components.model, summary=found.get("summary"), dense=found.get("dense")
+        )
+        for teacher, found in sources.items()
+    }

@@ -3,26 +3,34 @@ printed table and a picture grid.
 
 Models are the recipe's teachers (``eval.teachers``, all of them by default) seen through what
 they offer, the two-teacher mask-then-classify pipeline (when a promptable teacher and a
-text-aligned teacher are evaluated), and the merged model through its heads (``eval.heads``), at
-the main resolution and at each extra one: a merged model must not switch modes with resolution
-(AM-RADIO, arXiv 2312.06709). Every metric of ``eval.metrics`` (all registered ones by default)
-runs on every model that offers what it needs (:mod:`mergekit_vision.eval.metric`).
+text-aligned teacher are evaluated), the merged model through its heads (``eval.heads``), its
+backbone's own tokens giving its frozen features, and, for each evaluated teacher whose feature
+targets it distils, ``merged:<teacher>``: those heads' outputs as frozen features. Every model
+is measured at the main resolution and at each extra one: a merged model must not switch modes
+with resolution (AM-RADIO, arXiv 2312.06709; RADIOv2.5, arXiv 2412.07679). Every metric of
+``eval.metrics`` (all registered ones by default) runs on every model that offers what it needs
+(:mod:`mergekit_vision.eval.metric`).
 
 ``eval.json`` schema::
 
     {
       "resolution": 128,                      # the main evaluation side in px
       "models": {                             # one object per model, in evaluation order
-        "<teacher name>": {"<value key>": float, ...},
-        "pipeline": {...},
-        "merged": {"<value key>": float, ..., "by_resolution": {"<px>": {...}, ...},
-                   "worst_resolution_ratio": float}  # the worst of "robustness"
+        "<teacher name>": {"<value key>": float, ...,
+                           "by_resolution": {"<px>": {"<value key>": float, ...}, ...},
+                           "worst_resolution_ratio": float},   # the worst of "robustness"
+        "pipeline": {...},                    # the same keys for every model
+        "merged": {...},
+        "merged:<teacher>": {...}
       },
       "metrics": {                            # the values that ran, in table order
         "<value key>": {"metric": "<plugin>", "ability": "<group>", "higher_is_better": bool}
       },
-      "robustness": {"merged": {"<value key>": float | null}},  # with extra_resolutions:
+      "robustness": {"<model>": {"<value key>": float | null}},  # with extra_resolutions: the
                                               # worst ratio at another side to the main one
+      "versus_teachers": {"<value key>": {"<teacher>": {
+          "model": "merged" | "merged:<teacher>",  # the merged row compared
+          "ratio": float, "above": bool}}},   # merged / teacher (inverted where lower is better)
       "samples": {"classification": int, "instances": int, "semantic": int},
       "feature_retention": {...},             # see eval/features.py
       "files": {"json": path, "picture": path}
@@ -37,25 +45,25 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from mergekit_vision.data.base import DATASETS
 from mergekit_vision.engine.build import Components
 from mergekit_vision.eval.metric import LAYOUTS, METRICS, Metric
-from mergekit_vision.eval.models import MergedEval, teacher_eval
+from mergekit_vision.eval.models import MergedEval, teacher_eval, teacher_views
 from mergekit_vision.eval.pipeline import TwoTeacherPipeline
-from mergekit_vision.eval.probe_features import frozen_features
+from mergekit_vision.eval.probe_features import FeatureStore, frozen_features
 from mergekit_vision.eval.reuse import (
     evaluated_teachers,
     fingerprint,
     load_teacher_rows,
     save_teacher_rows,
+    teacher_stamp,
 )
 from mergekit_vision.eval.robustness import robustness_table
 from mergekit_vision.eval.tasks import batches, class_text_embeddings, semantic_segmentation
@@ -97,9 +105,14 @@ class Evaluation:
                 self.teachers[name] = model
         self.pipeline = self._pipeline()
         self.merged = self._merged_model(components)
+        heads = self.spec.heads if self.spec.heads is not None else list(components.model.heads)
+        views = teacher_views(components, heads)
+        self.views = {t: view for t, view in views.items() if t in self.teachers}
         self._texts_cache: dict[tuple[int, tuple[str, ...]], torch.Tensor] = {}
         self._features_cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.resolution = spec.resolution
+        store = spec.teacher_results
+        self.feature_store = FeatureStore(store.with_suffix(".features") if store else None)
 
     def _pipeline(self) -> TwoTeacherPipeline | None:
         """The first promptable and the first text-aligned evaluated teacher, run in turn."""
@@ -140,25 +153,31 @@ class Evaluation:
 
     def run(self) -> dict[str, Any]:
         main = self.spec.resolution
-        merged: dict[str, Any] = {}
-        by_resolution: dict[str, Any] = {}
-        for resolution in [main, *self.spec.extra_resolutions]:
-            row = self.measure(self.merged, resolution)
-            by_resolution[str(resolution)] = row
-            if resolution == main:
-                merged.update(row)
-        merged["by_resolution"] = by_resolution
-        models = {**self._teacher_rows(main), "merged": merged}
+        sides = [main, *self.spec.extra_resolutions]
+        merged = {"merged": self.merged, **{f"merged:{t}": v for t, v in self.views.items()}}
+        models = self._teacher_rows(sides)
+        for name, model in merged.items():
+            row = self.row(model, sides)
+            if name == "merged" or any(row["by_resolution"].values()):  # a view no metric read
+                models[name] = row
         metrics = self.metric_table(models)
         results = {"resolution": main, "models": models, "metrics": metrics}
-        if len(by_resolution) > 1:
-            ratios = resolution_robustness(by_resolution, metrics, reference=main)
-            worst = min((r for r in ratios.values() if r is not None), default=None)
-            if worst is not None:
-                merged["worst_resolution_ratio"] = worst
-            results["robustness"] = {"merged": ratios}
+        if len(sides) > 1:
+            results["robustness"] = {}
+            for name, row in models.items():
+                ratios = resolution_robustness(row["by_resolution"], metrics, reference=main)
+                worst = min((r for r in ratios.values() if r is not None), default=None)
+                if worst is not None:
+                    row["worst_resolution_ratio"] = worst
+                results["robustness"][name] = ratios
+        results["versus_teachers"] = versus_teachers(models, metrics, list(self.teachers))
         results["samples"] = self._samples(main)
         return results
+
+    def row(self, model: Any, sides: list[int]) -> dict[str, Any]:
+        """``model``'s values at the main side, with every side's in ``by_resolution``."""
+        by_resolution = {str(side): self.measure(model, side) for side in sides}
+        return {**by_resolution[str(sides[0])], "by_resolution": by_resolution}
 
     def measure(self, model: Any, resolution: int) -> dict[str, Any]:
         """Every metric that applies to ``model`` and has its data, at ``resolution``."""
@@ -166,12 +185,13 @@ class Evaluation:
         datasets: dict[str, Any] = {}
         self.resolution = resolution  # read by metrics that build data of their own (probes)
         for metric in self.metrics:
-            data = getattr(self.spec, metric.reads, None)
+            data = metric.data(self.spec)
             if data is None or not metric.applies_to(model):
                 continue
-            if metric.reads not in datasets:
-                datasets[metric.reads] = self.dataset(data, resolution)
-            row.update(metric.compute(model, datasets[metric.reads], self))
+            key = data.model_dump_json()
+            if key not in datasets:
+                datasets[key] = self.dataset(data, resolution)
+            row.update(metric.compute(model, datasets[key], self))
         return row
 
     def metric_table(self, models: dict[str, Any]) -> dict[str, Any]:
@@ -199,23 +219,23 @@ class Evaluation:
             samples["semantic"] -= self.spec.calibration_samples
         return samples
 
-    def _teacher_rows(self, main: int) -> dict[str, Any]:
+    def _teacher_rows(self, sides: list[int]) -> dict[str, Any]:
         """The teachers' and the pipeline's rows, read from ``eval.teacher_results`` when it
         holds them for the same teachers and data (see ``eval/reuse.py``)."""
         store = self.spec.teacher_results
         if store is None:
-            return self._measure_teachers(main)
+            return self._measure_teachers(sides)
         key = fingerprint(self.recipe)
         rows = load_teacher_rows(store, key)
         if rows is None:
-            rows = self._measure_teachers(main)
+            rows = self._measure_teachers(sides)
             save_teacher_rows(store, key, rows)
         return rows
 
-    def _measure_teachers(self, main: int) -> dict[str, Any]:
-        rows = {name: self.measure(model, main) for name, model in self.teachers.items()}
+    def _measure_teachers(self, sides: list[int]) -> dict[str, Any]:
+        rows = {name: self.row(model, sides) for name, model in self.teachers.items()}
         if self.pipeline is not None:
-            rows["pipeline"] = self.measure(self.pipeline, main)
+            rows["pipeline"] = self.row(self.pipeline, sides)
         return rows
 
     def texts(self, model: Any, dataset: Any, *, skip_background: bool) -> torch.Tensor:
@@ -235,9 +255,16 @@ class Evaluation:
         the probes that read them (k-NN and linear on the same summary features)."""
         key = (id(model), kind, data.model_dump_json(), self.resolution, label)
         if key not in self._features_cache:
-            self._features_cache[key] = frozen_features(
-                model, kind, self.dataset(data, self.resolution), label, self.spec.batch_size
-            )
+            dataset = self.dataset(data, self.resolution)
+            compute = partial(frozen_features, model, kind, dataset, label, self.spec.batch_size)
+            teacher = next((n for n, m in self.teachers.items() if m is model), None)
+            if teacher is None:
+                self._features_cache[key] = compute()
+            else:  # a teacher's features outlive this evaluation (eval/reuse.py)
+                about = {"teacher": teacher_stamp(self.recipe, teacher), "kind": kind,
+                         "data": data.model_dump(mode="json"), "side": self.resolution,
+                         "label": label}  # fmt: skip
+                self._features_cache[key] = self.feature_store.get(about, compute)
         return self._features_cache[key]
 
     def semseg(self, prepare, dataset, **labelers) -> dict[str, dict[str, Any]]:
@@ -297,43 +324,25 @@ def write_results(results: dict[str, Any], output_dir: Path) -> Path:
     return path
 
 
-def print_table(results: dict[str, Any], console: Console | None = None) -> None:
-    """One column per model, the metrics' values in rows grouped by ability."""
-    console = console or Console()
-    models, metrics = results["models"], results.get("metrics", {})
-    table = Table(title=f"vmerge eval at {results['resolution']} px", show_lines=False)
-    # Values never shrink: on a narrow or piped console (80 columns) the ability names wrap.
-    table.add_column("ability", max_width=14)
-    table.add_column("metric", no_wrap=True, min_width=len("semseg_miou_refined"))
-    for name in models:
-        table.add_column(name, justify="right", no_wrap=True, min_width=5)
-    for ability, keys in _by_ability(metrics).items():
-        table.add_section()
-        for i, key in enumerate(keys):
-            row = [_fmt(models[name].get(key)) for name in models]
-            table.add_row(ability if i == 0 else "", key, *row)
-    console.print(table)
-    by_resolution = models["merged"].get("by_resolution", {})
-    if len(by_resolution) > 1:
-        ratios = results.get("robustness", {}).get("merged", {})
-        table = Table(title="merged model across resolutions")
-        table.add_column("metric", no_wrap=True, min_width=len("semseg_miou_refined"))
-        for resolution in by_resolution:
-            table.add_column(f"{resolution} px", justify="right")
-        table.add_column("worst ratio", justify="right")
-        for key, about in metrics.items():
-            if about["higher_is_better"]:
-                cells = [_fmt(r.get(key)) for r in by_resolution.values()]
-                table.add_row(key, *cells, _fmt(ratios.get(key)))
-        console.print(table)
-
-
-def _by_ability(metrics: dict[str, Any]) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {}
+def versus_teachers(
+    models: dict[str, Any], metrics: dict[str, Any], teachers: list[str]
+) -> dict[str, dict[str, Any]]:
+    """For each metric, the merged model against each teacher that has it: the ratio (merged /
+    teacher, or teacher / merged where lower is better, so above 1 is better) and which merged
+    row it came from: ``merged:<teacher>`` (the heads standing in for that teacher) where it has
+    the metric, else the backbone's own ``merged`` row."""
+    table: dict[str, dict[str, Any]] = {}
     for key, about in metrics.items():
-        groups.setdefault(about["ability"], []).append(key)
-    return groups
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
+        for teacher in teachers:
+            theirs = models.get(teacher, {}).get(key)
+            source = f"merged:{teacher}" if key in models.get(f"merged:{teacher}", {}) else "merged"
+            ours = models[source].get(key)
+            if theirs is None or ours is None or not theirs or not ours:
+                continue
+            ratio = ours / theirs if about["higher_is_better"] else theirs / ours
+            table.setdefault(key, {})[teacher] = {
+                "model": source,
+                "ratio": ratio,
+                "above": ratio > 1,
+            }
+    return table

@@ -20,7 +20,6 @@ from mergekit_vision.recipe.schema import Recipe
 # Evaluation settings that change only the merged model's rows.
 MERGED_ONLY = {
     "heads",
-    "extra_resolutions",
     "pictures",
     "teacher_results",
     "refined_mask_class",
@@ -48,6 +47,16 @@ def fingerprint(recipe: Recipe) -> str:
         },
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def teacher_stamp(recipe: Recipe, name: str) -> dict[str, Any]:
+    """What one teacher's outputs depend on: its recipe entry, checkpoint file and the seed."""
+    teacher = recipe.teachers[name]
+    return {
+        "seed": recipe.seed,
+        "teacher": teacher.model_dump(mode="json"),
+        "file": _file_stamp(getattr(teacher.params, "checkpoint", None)),
+    }
 
 
 def _file_stamp(path: Any) -> list[Any] | None:

@@ -167,14 +167,19 @@ def summarise(variant: Variant, folder: Path, peak: int) -> dict[str, Any]:
 def metric_columns(models: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """From the metrics that ran (``eval.json``'s ``metrics``): each teacher's retention by its
     own first measure that the merged model also has (``<teacher>_retention``, merged /
-    teacher), then the merged model's value of every measure where higher is better."""
+    teacher; the merged model as it stands in for that teacher, ``merged:<teacher>``, where it
+    has the measure), then the merged model's value of every measure where higher is better."""
     merged = models["merged"]
     better = [key for key, about in metrics.items() if about["higher_is_better"]]
     columns: dict[str, Any] = {}
     for name, row in models.items():
-        shared = [key for key in better if key in row and key in merged]
-        if name not in ("merged", "pipeline") and shared:
-            columns[f"{name}_retention"] = _ratio(merged, row, shared[0])
+        if name in ("merged", "pipeline") or name.startswith("merged:"):
+            continue
+        view = models.get(f"merged:{name}", {})
+        shared = [key for key in better if key in row and (key in view or key in merged)]
+        if shared:
+            ours = view if shared[0] in view else merged
+            columns[f"{name}_retention"] = _ratio(ours, row, shared[0])
     columns.update({key: merged.get(key) for key in better if key in merged})
     return columns
 

@@ -78,6 +78,17 @@ def test_eval_writes_every_models_abilities(toy_eval_data, tiny_recipe_args, tmp
         for key, value in model.items():
             if key != "by_resolution":
                 assert 0 <= value, key
+    assert set(results["robustness"]) == set(models)  # every model across resolutions
+    assert set(models["sam"]["by_resolution"]) == {"64", "48"}
+    versus = results["versus_teachers"]
+    assert set(versus["prompt_seg_miou"]) == {"sam"} and set(versus["zeroshot_cls_top1"]) == {
+        "clip"
+    }
+    point = versus["prompt_seg_miou"]["sam"]
+    assert point["ratio"] == pytest.approx(
+        models["merged"]["prompt_seg_miou"] / models["sam"]["prompt_seg_miou"]
+    )
+    assert point["above"] == (point["ratio"] > 1) and point["model"] == "merged"
     ratios = results["robustness"]["merged"]
     assert set(ratios) == {k for k, a in results["metrics"].items() if a["higher_is_better"]}
     sides = models["merged"]["by_resolution"]
@@ -89,7 +100,7 @@ def test_eval_writes_every_models_abilities(toy_eval_data, tiny_recipe_args, tmp
     assert (run / "eval.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "semseg_miou_refined" in printed and "across resolutions" in printed
-    assert "worst ratio" in printed
+    assert "worst ratio" in printed and "merged vs teachers" in printed and "x below" in printed
 
     # evaluating the finished run again from its folder gives the same numbers
     assert main(["eval", str(run), "--output", str(tmp_path / "again")]) == 0
