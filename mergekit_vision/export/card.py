@@ -40,8 +40,11 @@ def read_eval(run: LoadedRun) -> dict[str, Any] | None:
     return None
 
 
-def model_card(recipe: Recipe, metrics: dict[str, Any] | None) -> str:
-    """A Markdown model card: what was merged, from what data, how well it does."""
+def model_card(
+    recipe: Recipe, metrics: dict[str, Any] | None, *, loading: list[str] | None = None
+) -> str:
+    """A Markdown model card: what was merged, from what data, how well it does, and how to load
+    it (``loading``'s lines; by default this folder's, as :func:`export_safetensors` writes it)."""
     lines = [
         f"# {recipe.name}",
         "",
@@ -77,7 +80,7 @@ def model_card(recipe: Recipe, metrics: dict[str, Any] | None) -> str:
         "",
         *_metric_lines(metrics),
         "",
-        *_loading_lines(),
+        *(_loading_lines() if loading is None else loading),
     ]
     return "\n".join(lines)
 

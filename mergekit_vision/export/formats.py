@@ -7,7 +7,9 @@ from pathlib import Path
 
 from mergekit_vision.export import ExportError
 from mergekit_vision.export.card import export_safetensors
+from mergekit_vision.export.hf import export_hf
 from mergekit_vision.export.loading import LoadedRun, load_run
+from mergekit_vision.export.onnx import export_onnx
 from mergekit_vision.export.open_clip import export_open_clip
 from mergekit_vision.export.sam import export_sam
 
@@ -15,6 +17,8 @@ FORMATS: dict[str, Callable[[LoadedRun, Path], list[Path]]] = {
     "sam": export_sam,
     "open_clip": export_open_clip,
     "safetensors": export_safetensors,
+    "hf": export_hf,
+    "onnx": export_onnx,
 }
 
 

@@ -94,7 +94,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """Rebuild ``run_dir``'s merged model from its last checkpoint and resolved recipe."""
     checkpoint = find_checkpoint(run_dir)
     recipe = load_recipe(checkpoint / RECIPE_FILE)
-    standalone, random_teachers = _standalone_recipe(recipe)
+    standalone, random_teachers = standalone_recipe(recipe)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random teachers are expected here and announced above
         components = build_components(standalone, allow_random_init=True)
@@ -110,14 +110,15 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     )
 
 
-def _standalone_recipe(recipe: Recipe) -> tuple[Recipe, set[str]]:
-    """The recipe with missing teacher checkpoints dropped and no training data to open."""
+def standalone_recipe(recipe: Recipe, *, read_teachers: bool = True) -> tuple[Recipe, set[str]]:
+    """The recipe with missing teacher checkpoints (all of them unless ``read_teachers``)
+    dropped and no training data to open; and the teachers that will have random weights."""
     data = recipe.model_dump(mode="json")
     random_teachers = set()
     for name, spec in recipe.teachers.items():
         fields = TEACHERS.get(spec.type).checkpoint_fields(spec.params)
         for field, path in fields.items():
-            if path is None or not Path(path).is_file():
+            if not read_teachers or path is None or not Path(path).is_file():
                 data["teachers"][name]["params"][field] = None
                 random_teachers.add(name)
     for task in data["tasks"].values():

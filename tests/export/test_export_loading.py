@@ -38,5 +38,5 @@ def test_missing_teacher_checkpoints_give_random_teachers_but_the_same_model(tin
 def test_export_cli_user_errors_exit_2(tmp_path, tiny_run_dir, capsys):
     assert main(["export", str(tmp_path), "--format", "sam"]) == 2
     assert "not a run folder" in capsys.readouterr().err
-    assert main(["export", str(tiny_run_dir), "--format", "onnx"]) == 2
-    assert "formats: sam, open_clip, safetensors" in capsys.readouterr().err
+    assert main(["export", str(tiny_run_dir), "--format", "tflite"]) == 2
+    assert "formats: sam, open_clip, safetensors, hf, onnx" in capsys.readouterr().err
