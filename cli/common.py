@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mergekit_vision.errors import (
     BuildError,
@@ -43,7 +44,8 @@ RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
 
 
 def user_error(err: Exception) -> None:
-    errors.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets (pip install 'mergekit-vision[wandb]')
+    errors.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -67,6 +67,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.eval.measures.knn_top1",
     "mergekit_vision.eval.measures.linear_probe",
     "mergekit_vision.eval.measures.linear_seg_probe",
+    "mergekit_vision.trackers.tensorboard",
+    "mergekit_vision.trackers.wandb",
+    "mergekit_vision.trackers.mlflow",
     # apps: recipe sections they own
     "mergekit_vision.toy.app",
 )

@@ -165,6 +165,7 @@ KINDS = (
     "datasets",
     "apps",
     "metrics",
+    "trackers",
 )
 _BY_KIND: dict[str, Registry[Any]] = {}
 

@@ -46,6 +46,7 @@ from mergekit_vision.engine.stage import (
 from mergekit_vision.engine.step import Lap, estimate_target_statistics, no_lap, task_loss
 from mergekit_vision.engine.streams import BatchStream, open_streams, task_stream
 from mergekit_vision.recipe.schema import StageSpec
+from mergekit_vision.trackers.group import TrackerGroup
 
 __all__ = ["Engine", "TrainState"]
 
@@ -63,6 +64,7 @@ class Engine:
         output_dir: the run folder (needed by :meth:`run` only).
         recipe_yaml: the resolved recipe, saved in the run folder and every checkpoint.
         world: this process's place under ``torchrun`` (one process by default).
+        trackers: experiment trackers handed every metrics line (the caller closes them).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Engine:
         output_dir: Path | None = None,
         recipe_yaml: str = "",
         world: World | None = None,
+        trackers: TrackerGroup | None = None,
     ):
         self.c = components
         apply_performance(components.model, components.recipe.performance, device=components.device)
@@ -79,7 +82,9 @@ class Engine:
         self.recipe = components.recipe
         self.folder = None
         if output_dir is not None:
-            self.folder = RunFolder(output_dir, recipe_yaml=recipe_yaml, is_main=self.world.is_main)
+            self.folder = RunFolder(
+                output_dir, recipe_yaml=recipe_yaml, is_main=self.world.is_main, trackers=trackers
+            )
         # What a plugin froze by design (e.g. SAM's prompt encoder) stays frozen in every stage.
         self._trainable_names = {n: p.requires_grad for n, p in self.c.model.named_parameters()}
         # one process until run() wraps or shards (steps driven from outside run() stay local)

@@ -13,7 +13,8 @@ Layout of ``<run>/``:
   - ``recipe.resolved.yaml``: the recipe that produced it.
 Each checkpoint folder is written under a temporary name and renamed into place, so a crash never
 leaves a half-written checkpoint. Everything loads with ``weights_only=True`` or safetensors. The
-engine writes the folder; eval, export and predict read it through this module's names.
+engine writes the folder; eval, export and predict read it through this module's names. The
+recipe's experiment trackers (``logging.trackers``) receive every line ``metrics.jsonl`` does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from mergekit_vision.trackers.group import TrackerGroup
 from mergekit_vision.weights import load_strict, read_weights
 
 MODEL_FILE = "model.safetensors"
@@ -68,10 +70,20 @@ class RunFolder:
         root: the run folder.
         recipe_yaml: the resolved recipe, saved beside the run and in every checkpoint.
         is_main: whether this process writes (rank 0; the other ranks only read).
+        trackers: experiment trackers, started by :meth:`begin` and handed every metrics line
+            (closed by whoever opened them).
     """
 
-    def __init__(self, root: Path, *, recipe_yaml: str, is_main: bool = True):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        recipe_yaml: str,
+        is_main: bool = True,
+        trackers: TrackerGroup | None = None,
+    ):
         self.root, self.recipe_yaml, self.is_main = root, recipe_yaml, is_main
+        self.trackers = trackers or TrackerGroup()
         self.metrics = root / METRICS_FILE
         self.skipped = root / SKIPPED_FILE
         self.checkpoints = root / CHECKPOINTS_DIR
@@ -82,8 +94,14 @@ class RunFolder:
         A fresh run refuses a folder that already holds one. A resumed run loads the last
         checkpoint's weights into ``model`` and its RNG state, and drops the metric lines written
         after that checkpoint; a run that stopped before its first checkpoint restarts from step
-        0 (with a warning), its metric lines dropped.
+        0 (with a warning), its metric lines dropped. The trackers start from there.
         """
+        state, saved = self._begin(resume=resume, model=model)
+        if self.is_main:
+            self.trackers.start(recipe_yaml=self.recipe_yaml, from_step=state.global_step)
+        return state, saved
+
+    def _begin(self, *, resume: bool, model: nn.Module) -> tuple[TrainState, dict[str, Any] | None]:
         last = find_last(self.checkpoints)
         if not resume:
             if last is not None or self.metrics.exists():
@@ -102,7 +120,7 @@ class RunFolder:
                 warnings.warn(
                     f"--resume: {self.root} holds no checkpoint yet; restarting the run from "
                     "step 0",
-                    stacklevel=2,
+                    stacklevel=3,  # the engine's run, which called begin
                 )
                 self.root.mkdir(parents=True, exist_ok=True)
                 self._truncate_metrics(0)
@@ -120,10 +138,12 @@ class RunFolder:
             (self.root / RECIPE_FILE).write_text(self.recipe_yaml)
 
     def log(self, metrics: dict[str, Any]) -> None:
-        """Append one step's metrics as a JSON line."""
+        """Append one step's metrics as a JSON line, and hand it to the trackers."""
         if self.is_main:
+            record = _strict_json(metrics)
             with self.metrics.open("a") as f:
-                f.write(json.dumps(_strict_json(metrics)) + "\n")
+                f.write(json.dumps(record) + "\n")
+            self.trackers.log(record)
 
     def log_skipped(self, records: list[dict[str, Any]]) -> None:
         """Append skipped files' records (``step``, ``task``, ``path``, ``reason``), one a line."""
@@ -166,6 +186,16 @@ class RunFolder:
             lines = path.read_text().splitlines()
             kept = [line for line in lines if line and json.loads(line)["step"] <= step]
             path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_metrics(root: Path) -> list[dict[str, Any]]:
+    """The lines of a run folder's ``metrics.jsonl``, in order."""
+    path = root / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{root} holds no {METRICS_FILE}: give a run folder that vmerge run has written to"
+        )
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def save_checkpoint(

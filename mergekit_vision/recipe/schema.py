@@ -36,6 +36,7 @@ from mergekit_vision.recipe.specs import (
     ReplaySpec,
     StudentSpec,
     TeacherSpec,
+    TrackerSpec,
     WeightingSpec,
     plugin_specs,
 )
@@ -162,8 +163,16 @@ class ScheduleSpec(Frozen):
 
 
 class LoggingSpec(Frozen):
+    """Where a run's metrics go: ``metrics.jsonl`` in the run folder, every line of it also to
+    each of ``trackers`` (``tensorboard``, ``wandb``, ``mlflow``; ``vmerge plugins trackers``)."""
+
     every: int = Field(1, ge=1, le=MAX_COUNT, description="write metrics.jsonl every N steps")
     progress: bool = True
+    trackers: list[TrackerSpec] = Field(
+        default_factory=list,
+        description="experiment trackers that receive every metrics line, the resolved recipe "
+        "and the final evaluation; a name or {type, params}",
+    )
 
 
 class CheckpointSpec(Frozen):

@@ -17,13 +17,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     SerializeAsAny,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
 from mergekit_vision.registry import ALL_REGISTRIES, PluginParams, UnknownPluginError
 
@@ -124,6 +126,32 @@ class ConflictSpec(PluginSpec):
 
 class WeightingSpec(PluginSpec):
     kind = "weighting"
+
+
+class TrackerSpec(PluginSpec):
+    """An experiment tracker; a bare name (``tensorboard``) stands for it with default params."""
+
+    kind = "trackers"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        if not isinstance(data, str):
+            return data
+        try:
+            ALL_REGISTRIES[cls.kind].entry(data)
+        except UnknownPluginError as err:
+            raise PydanticCustomError(
+                "unknown_plugin", "{message}", {"message": str(err)}
+            ) from None
+        return {"type": data, "params": {}}  # params given: validated, defaults filled in
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        entry = handler(core_schema)
+        return {"anyOf": [{"type": "string", "description": "a tracker's name"}, entry]}
 
 
 def plugin_specs(
