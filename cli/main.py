@@ -19,6 +19,7 @@ from mergekit_vision.cli.common import (
     RecipeArg,
     SetOption,
     console,
+    errors,
     guarded,
     load_toy_recipe,
     user_error,
@@ -127,13 +128,18 @@ app.command()(perf.profile)
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (or one checkpoint folder).")],
     format_: Annotated[
-        str, typer.Option("--format", help="sam, open_clip or safetensors (with a model card).")
+        str,
+        typer.Option(
+            "--format",
+            help="sam, open_clip, safetensors (with a model card), hf (from_pretrained) or onnx.",
+        ),
     ],
     output: Annotated[
         Path | None, typer.Option(help="Folder (default RUN_DIR/export/FORMAT).")
     ] = None,
 ) -> None:
-    """Export the merged model for segment_anything, open_clip, or as safetensors + model card."""
+    """Export the merged model for segment_anything, open_clip, the Hugging Face Hub or ONNX
+    runtimes, or as safetensors + model card."""
     from mergekit_vision.export.formats import export_run
 
     files = guarded(lambda: export_run(run_dir, format=format_, output=output))
@@ -231,10 +237,45 @@ def cache(
 
 
 @app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (overlaid in one plot).")],
+    output: Annotated[
+        Path | None,
+        typer.Option(help="PNG file (default RUN_DIR/curves.png; curves.png for several)."),
+    ] = None,
+) -> None:
+    """Plot loss curves per task and stage, the LR and eval results of runs into one PNG."""
+    from mergekit_vision.tools.plot import write_plot
+
+    path = guarded(lambda: write_plot(run_dirs, output))
+    console.print(f"[green]wrote[/] {path}")
+
+
+@app.command()
 def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
-    """Check RECIPE and print it fully resolved (exit 2 listing every problem)."""
+    """Check RECIPE and print it fully resolved (exit 2 listing every problem); say which weights
+    it names by hub name or tag are not in the local cache."""
+    from mergekit_vision.engine.named_weights import uncached_weights
+
     resolved = guarded(lambda: load_recipe(recipe, set_))
     console.print(dump_recipe(resolved), highlight=False, markup=False, end="")
+    for issue in uncached_weights(resolved):  # a note on stderr: stdout stays the recipe
+        errors.print(f"[yellow]not cached:[/] {issue}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def fetch(recipe: RecipeArg, set_: SetOption = None) -> None:
+    """Download the weights RECIPE names by hub name or tag into the local cache, for a run
+    without internet (HF_HOME places the cache; docs/weights.md)."""
+    from mergekit_vision.engine.named_weights import Fetched, fetch_weights
+
+    def report(done: Fetched) -> None:
+        state = "[green]downloaded[/]" if done.downloaded else "[green]cached[/]"
+        console.print(f"{state} {done.where}: {done.name!r} -> {done.path}", highlight=False)
+
+    resolved = guarded(lambda: load_recipe(recipe, set_))
+    if not guarded(lambda: fetch_weights(resolved, source=str(recipe), report=report)):
+        console.print("nothing to fetch: the recipe names no weights by hub name or tag")
 
 
 @app.command()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mergekit_vision.hub import WeightsName
 from mergekit_vision.registry import PluginParams, Registry
 
 
@@ -112,7 +113,14 @@ class Teacher(nn.Module, ABC):
 
     @classmethod
     def checkpoint_fields(cls, params: Any) -> dict[str, Path | None]:
-        """Recipe fields (relative to ``params``) that name files this teacher reads."""
+        """Recipe fields (relative to ``params``) that name files this teacher reads; a field
+        naming weights by hub name or tag maps to its file in the local cache, None if absent."""
+        return {}
+
+    @classmethod
+    def weight_names(cls, params: Any) -> dict[str, WeightsName]:
+        """Recipe fields (relative to ``params``) that name weights by hub name or tag, which
+        ``vmerge fetch`` downloads and :func:`mergekit_vision.hub.resolve` finds."""
         return {}
 
     @abstractmethod
@@ -182,6 +190,11 @@ class Student(nn.Module, ABC):
     @abstractmethod
     def build(cls, params: Any, *, teachers: dict[str, Teacher]) -> Student:
         """Build (and initialise from a teacher, if the params say so)."""
+
+    @classmethod
+    def weight_names(cls, params: Any) -> dict[str, WeightsName]:
+        """Recipe fields (relative to ``params``) that name weights by hub name or tag."""
+        return {}
 
     @abstractmethod
     def forward(self, images: Tensor, *, return_intermediates: bool = False) -> StudentFeatures:

@@ -50,3 +50,17 @@ class WeightsFileError(ValueError):
     def __init__(self, path: Path, *, problem: str, expected: str, remedy: str):
         self.path, self.problem, self.expected, self.remedy = Path(path), problem, expected, remedy
         super().__init__(f"{problem}. Expected {expected}. To fix: {remedy}.")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Weights named by a hub name or tag that cannot be had: not in the local cache while
+    downloads are off or the Hub cannot be reached, or not where the name points.
+
+    ``where`` is the params field (``params.pretrained``) or, when known, the recipe field
+    (``teachers.clip.params.pretrained``); ``detail`` says what is wrong, with the name and the
+    cache folder, and what to do. The message reads ``"{where}: {detail}"``.
+    """
+
+    def __init__(self, where: str, detail: str):
+        self.where, self.detail = where, detail
+        super().__init__(f"{where}: {detail}")

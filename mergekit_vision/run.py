@@ -6,16 +6,20 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mergekit_vision.contracts import TEACHERS
 from mergekit_vision.data.targets_cache.reader import open_target_sources
-from mergekit_vision.engine.build import build_components, missing_paths
+from mergekit_vision.engine.build import Components, build_components, missing_paths
 from mergekit_vision.engine.distributed import World, barrier, close_world, init_world
 from mergekit_vision.engine.loop import Engine, TrainState
+from mergekit_vision.engine.named_weights import fetch_weights, recipe_weight_names
 from mergekit_vision.errors import Issue, RecipeError
+from mergekit_vision.hub import cached
 from mergekit_vision.recipe.app import APPS
 from mergekit_vision.recipe.io import dump_recipe, load_recipe, set_dotted, validate_recipe
 from mergekit_vision.recipe.schema import Recipe
+from mergekit_vision.trackers.group import TrackerGroup, open_trackers
 
 
 class MissingPathsError(RecipeError):
@@ -34,13 +38,21 @@ def dry_run_recipe(recipe: Recipe) -> Recipe:
     """The recipe shrunk for ``--dry-run``: synthetic data, small batches, one step per stage.
 
     The recipe's own ``dry_run.set`` overrides apply first (e.g. reduced resolutions); checkpoint
-    files that do not exist are dropped so the teachers start from random weights, target
-    caches are ignored (the synthetic images are not in them), and target normalizers estimate
-    from one batch.
+    files that do not exist and weights names the local cache lacks (a dry run downloads
+    nothing) are dropped so those models start from random weights, target caches are ignored
+    (the synthetic images are not in them), and target normalizers estimate from one batch.
     """
     data = recipe.model_dump(mode="json")
     for dotted, value in recipe.dry_run.set.items():
         set_dotted(data, dotted, value)
+    for weights in recipe_weight_names(recipe):
+        if cached(weights) is None:
+            warnings.warn(
+                f"dry run: {weights.where} {weights.name!r} is not in the local cache "
+                f"({weights.source.folder}); using random weights (`vmerge fetch` downloads it)",
+                stacklevel=2,
+            )
+            set_dotted(data, weights.where, None)
     for name, spec in recipe.teachers.items():
         fields = TEACHERS.get(spec.type).checkpoint_fields(spec.params)
         for field, path in fields.items():
@@ -119,10 +131,19 @@ def _run(
                 for name in apps:
                     APPS.get(name).prepare(recipe, progress=progress)
             barrier(world)
-        problems = missing_paths(recipe)
+        # local files and data first: a run that cannot start downloads nothing
+        problems = missing_paths(recipe, weight_names=False)
         if problems:
             raise MissingPathsError(str(recipe_path), problems + [_how_to_fix(recipe_path)])
+        if world.is_main:  # one process downloads what the ranks then read from the cache
+            fetch_weights(recipe, source=str(recipe_path))
+        barrier(world)
         output = output or Path("runs") / recipe.name
+    # Before any model is built, so that a tracker's missing library costs no time; a dry run
+    # checks the libraries but sends nothing (its metrics are not a run's).
+    trackers = open_trackers(
+        recipe.logging.trackers, run_dir=output, enabled=world.is_main and not dry_run
+    )
     if dry_run:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -132,26 +153,63 @@ def _run(
         components = build_components(recipe, target_sources=open_target_sources(recipe))
     output.mkdir(parents=True, exist_ok=True)
     recipe_yaml = dump_recipe(recipe)
-    engine = Engine(components, output_dir=output, recipe_yaml=recipe_yaml, world=world)
-    state = engine.run(max_steps=max_steps, resume=resume, progress=progress)
-    finished = state.stage_index >= len(recipe.stages)
-    if finished and recipe.eval is not None and not dry_run and world.distributed:
+    with trackers:
+        engine = Engine(
+            components, output_dir=output, recipe_yaml=recipe_yaml, world=world, trackers=trackers
+        )
+        state = engine.run(max_steps=max_steps, resume=resume, progress=progress)
+        finished = state.stage_index >= len(recipe.stages)
+        if finished and recipe.eval is not None and not dry_run:
+            _evaluate(components, output, world=world, trackers=trackers, step=state.global_step)
+    return RunResult(output_dir=output, state=state, recipe=recipe, main_process=world.is_main)
+
+
+def _evaluate(
+    components: Components, output: Path, *, world: World, trackers: TrackerGroup, step: int
+) -> None:
+    """What ``vmerge eval`` measures, written to the run folder; the merged model's numbers
+    also go to the trackers, at the last step."""
+    if world.distributed:
         if world.is_main:
             warnings.warn(
                 f"evaluation skipped under torchrun: run `vmerge eval {output}` in one process",
-                stacklevel=2,
+                stacklevel=3,
             )
-    elif finished and recipe.eval is not None and not dry_run:
-        from mergekit_vision.eval.evaluate import evaluate_components
+        return
+    from mergekit_vision.eval.evaluate import evaluate_components
 
-        components.model.eval()
-        evaluate_components(components, output_dir=output)
-    return RunResult(output_dir=output, state=state, recipe=recipe, main_process=world.is_main)
+    components.model.eval()
+    results = evaluate_components(components, output_dir=output)
+    trackers.log({"step": step, **merged_eval_scalars(results)})
+
+
+def merged_eval_scalars(results: dict[str, Any]) -> dict[str, float]:
+    """The merged model's numbers in ``eval.json`` results, flat: ``eval/<model>/<key>`` for the
+    merged model and its per-head views (``merged:<head>``), per-resolution values under
+    ``by_resolution/<side>/``, and ``eval/feature_retention/<task>/<key>``."""
+    merged = {
+        name: values
+        for name, values in results.get("models", {}).items()
+        if name == "merged" or name.startswith("merged:")
+    }
+    tree = {**merged, "feature_retention": results.get("feature_retention", {})}
+    return _numbers(tree, "eval/")
+
+
+def _numbers(tree: dict[str, Any], prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
 
 
 def _how_to_fix(recipe_path: str | Path) -> Issue:
     return Issue(
         "",
-        f"edit {recipe_path} or pass --set <path>=<value> with local files "
-        "(weights and data cannot be downloaded by vmerge); --dry-run runs without them",
+        f"edit {recipe_path} or pass --set <path>=<value> with local files (data cannot be "
+        "downloaded by vmerge; weights can be named instead, see docs/weights.md); --dry-run "
+        "runs without them",
     )

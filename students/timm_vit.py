@@ -28,8 +28,13 @@ from mergekit_vision.contracts import (
     Teacher,
     resize_and_normalize,
 )
+from mergekit_vision.hub import WeightsName, cached, resolve
 from mergekit_vision.registry import PluginParams, TeacherName
-from mergekit_vision.teachers.timm import timm_state_dict_from_checkpoint
+from mergekit_vision.teachers.timm import (
+    pretrained_stats,
+    timm_state_dict_from_checkpoint,
+    timm_weights,
+)
 from mergekit_vision.weights import load_strict, read_weights
 
 # create_model arguments the student sets itself.
@@ -72,13 +77,16 @@ class TimmViTStudent(Student):
         """``model_kwargs`` go to ``timm.create_model`` (``depth``, ``embed_dim``, ``num_heads``,
         ``reg_tokens``, ...); ``native_size`` is the side the position table is defined for;
         ``init_from`` names a ``timm`` teacher of the same architecture whose weights start the
-        backbone; ``checkpoint`` is a timm checkpoint file (either, not both)."""
+        backbone; ``checkpoint`` is a timm checkpoint file; ``pretrained`` names timm weights as
+        the timm teacher does (a tag of ``model`` or ``hf-hub:org/name``; at most one of the
+        three)."""
 
         model: str
         model_kwargs: dict[str, Any] = Field(default_factory=dict)
         native_size: int = Field(224, ge=8)
         init_from: TeacherName | None = None
         checkpoint: Path | None = None
+        pretrained: str | None = None
         mean: tuple[float, float, float] | None = None
         std: tuple[float, float, float] | None = None
 
@@ -89,8 +97,14 @@ class TimmViTStudent(Student):
             owned = sorted(set(self.model_kwargs) & set(_OWNED_KWARGS))
             if owned:
                 raise ValueError(f"model_kwargs may not set {', '.join(owned)} (set by timm_vit)")
-            if self.init_from is not None and self.checkpoint is not None:
-                raise ValueError("give init_from or checkpoint, not both (one would overwrite)")
+            given = [self.init_from, self.checkpoint, self.pretrained]
+            if sum(value is not None for value in given) > 1:
+                raise ValueError(
+                    "give one of init_from, checkpoint and pretrained, not both (one would "
+                    "overwrite the other)"
+                )
+            if self.pretrained is not None:
+                timm_weights(self.model, self.pretrained)  # an unknown tag fails here
             return self
 
     def __init__(
@@ -133,6 +147,10 @@ class TimmViTStudent(Student):
             **params.model_kwargs,
         )
         data = resolve_model_data_config(model)
+        weights = params.checkpoint
+        if params.pretrained is not None:
+            weights = resolve(cls.weight_names(params)["pretrained"])
+            data = {**data, **pretrained_stats(params.model, params.pretrained, weights)}
         student = cls(
             model=model,
             native_size=params.native_size,
@@ -147,15 +165,23 @@ class TimmViTStudent(Student):
                 )
             source = teachers[params.init_from].component("model").state_dict()
             student.load_timm_weights(source, source_name=f"teacher {params.init_from!r}")
-        if params.checkpoint is not None:
-            raw = read_weights(params.checkpoint, what="student checkpoint")
-            student.load_timm_weights(raw, source_name=str(params.checkpoint))
+        if weights is not None:
+            raw = read_weights(weights, what="student checkpoint")
+            student.load_timm_weights(raw, source_name=str(weights))
         return student
 
     @classmethod
     def checkpoint_fields(cls, params: Params) -> dict[str, Path | None]:
-        """Recipe fields that name files this student reads."""
+        """Recipe fields that name files this student reads (a name: its cached file)."""
+        if params.pretrained is not None:
+            return {"pretrained": cached(cls.weight_names(params)["pretrained"])}
         return {"checkpoint": params.checkpoint}
+
+    @classmethod
+    def weight_names(cls, params: Params) -> dict[str, WeightsName]:
+        if params.pretrained is None:
+            return {}
+        return {"pretrained": timm_weights(params.model, params.pretrained)}
 
     def load_timm_weights(self, checkpoint: Mapping[str, Any], *, source_name: str) -> None:
         """Load timm weights (any grid; classifier weights dropped) into the backbone."""

@@ -31,8 +31,10 @@ from mergekit_vision.contracts import (
     Teacher,
     resize_and_normalize,
 )
+from mergekit_vision.hub import Sha256, WeightsName, cached
 from mergekit_vision.registry import PluginParams, TeacherName
 from mergekit_vision.sam.positions import resample_encoder_positions, resample_pos_embed
+from mergekit_vision.sam.releases import check_sam_weights, sam_release, sam_weights_file
 from mergekit_vision.sam.variants import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SAM_VARIANTS, SamVariant
 from mergekit_vision.students.vitdet_attention import ViTDetBlock
 from mergekit_vision.weights import load_strict, read_weights
@@ -93,6 +95,12 @@ class ViTDetStudent(ImageEncoderViT, Student):
     pixel_std = SAM_PIXEL_STD
 
     class Params(PluginParams):
+        """Sizes default to ``variant``'s. The backbone starts from a teacher's image encoder
+        (``init_from``), a local ``checkpoint`` (SAM's, or this student's own), or ``pretrained``,
+        an official SAM release by name (``vit_b``: its image encoder, SHA-256 checked, see
+        docs/weights.md); at most one of them. ``sha256`` is the weights file's expected
+        SHA-256 (a release's official one by default)."""
+
         variant: Literal[SamVariant, "custom"] = "vit_b"
         # sizes are positive: a 0 would only surface as a division by zero while building
         embed_dim: PositiveInt | None = None
@@ -105,6 +113,8 @@ class ViTDetStudent(ImageEncoderViT, Student):
         native_size: PositiveInt = 1024
         init_from: TeacherName | None = None
         checkpoint: Path | None = None
+        pretrained: SamVariant | None = None
+        sha256: Sha256 | None = None
         attention: Literal["sdpa", "original"] = Field(
             "sdpa",
             description="'sdpa': scaled_dot_product_attention with the relative position bias "
@@ -121,8 +131,12 @@ class ViTDetStudent(ImageEncoderViT, Student):
                 raise ValueError(f"global_attn_indexes must lie in [0, {arch['depth']})")
             if self.native_size % self.patch_size:
                 raise ValueError("native_size must be a multiple of patch_size")
-            if self.init_from is not None and self.checkpoint is not None:
-                raise ValueError("give init_from or checkpoint, not both (one would overwrite)")
+            check_sam_weights(self.variant, checkpoint=self.checkpoint, pretrained=self.pretrained)
+            if self.init_from is not None and (self.checkpoint, self.pretrained) != (None, None):
+                raise ValueError(
+                    "give one of init_from, checkpoint and pretrained, not both (one would "
+                    "overwrite the other)"
+                )
             return self
 
         def architecture(self) -> dict[str, Any]:
@@ -205,6 +219,9 @@ class ViTDetStudent(ImageEncoderViT, Student):
 
     @classmethod
     def build(cls, params: Params, *, teachers: dict[str, Teacher]) -> ViTDetStudent:
+        weights = sam_weights_file(  # first: a refused file stops the build before any model
+            checkpoint=params.checkpoint, pretrained=params.pretrained, sha256=params.sha256
+        )
         student = cls(**params.architecture())
         if params.init_from is not None:
             if params.init_from not in teachers:
@@ -214,15 +231,23 @@ class ViTDetStudent(ImageEncoderViT, Student):
                 )
             encoder = teachers[params.init_from].component("image_encoder")
             student.load_sam_encoder(encoder.state_dict(), source=f"teacher {params.init_from!r}")
-        if params.checkpoint is not None:
-            state = read_weights(params.checkpoint, what="student checkpoint")
-            student.load_sam_encoder(state, source=str(params.checkpoint))
+        if weights is not None:
+            state = read_weights(weights, what="student checkpoint")
+            student.load_sam_encoder(state, source=str(weights))
         return student
 
     @classmethod
     def checkpoint_fields(cls, params: Params) -> dict[str, Path | None]:
-        """Recipe fields that name files this student reads."""
+        """Recipe fields that name files this student reads (a release: its cached file)."""
+        if params.pretrained is not None:
+            return {"pretrained": cached(cls.weight_names(params)["pretrained"])}
         return {"checkpoint": params.checkpoint}
+
+    @classmethod
+    def weight_names(cls, params: Params) -> dict[str, WeightsName]:
+        if params.pretrained is None:
+            return {}
+        return {"pretrained": sam_release(params.pretrained, sha256=params.sha256)}
 
     def load_sam_encoder(self, state_dict: Mapping[str, Tensor], *, source: str) -> None:
         """Load SAM image-encoder (or whole SAM, or own) weights, resampled to this student."""

@@ -9,7 +9,9 @@ the evaluation suite uses it as a zero-shot classifier like the open_clip teache
 SigLIP's pooling head, :meth:`HfTeacher.dense_embeddings` for zero-shot segmentation). DINOv2 (Oquab
 et al., arXiv 2304.07193) is the reference vision-only model.
 
-Nothing is downloaded: the folder is read with ``local_files_only=True``.
+The model is a local ``save_pretrained`` folder, or a Hub repository (``pretrained``, with a
+``revision``) whose snapshot huggingface_hub keeps in its cache (docs/weights.md); either folder is
+read with ``local_files_only=True``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 
 from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
+from mergekit_vision.hub import HubSnapshot, WeightsName, cached, check_repo_id, resolve
 from mergekit_vision.registry import PluginParams
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -38,14 +41,18 @@ class HfParams(PluginParams):
     """Where the model is, and how images and texts reach it.
 
     ``path`` is a ``save_pretrained`` folder (``config.json``, weights, optionally
-    ``preprocessor_config.json`` and tokenizer files). ``config`` (a transformers config dict with
-    ``model_type``) builds random weights for dry runs and tests only. ``mean``/``std`` and
+    ``preprocessor_config.json`` and tokenizer files); ``pretrained`` a Hub repository id
+    ("facebook/dinov2-large") holding one, at ``revision`` (a branch, tag or commit; default
+    main). ``config`` (a transformers config dict with ``model_type``) builds random weights for
+    dry runs and tests only. ``mean``/``std`` and
     ``image_size`` override the folder's image processor and config. ``text_padding`` and
     ``text_length`` say how class prompts are tokenised (SigLIP was trained on texts padded to
     64 tokens: ``max_length``).
     """
 
     path: Path | None = None
+    pretrained: str | None = None
+    revision: str | None = None
     config: dict[str, Any] | None = None
     image_size: int | None = Field(None, ge=8)
     mean: tuple[float, float, float] | None = None
@@ -57,6 +64,11 @@ class HfParams(PluginParams):
     def _check(self) -> HfParams:
         if self.config is not None and "model_type" not in self.config:
             raise ValueError("config needs a 'model_type' (e.g. 'dinov2', 'siglip')")
+        # a revision alone is let through: dry runs and loaded runs drop an uncached 'pretrained'
+        if self.pretrained is not None:
+            if self.path is not None:
+                raise ValueError("give path (a local folder) or pretrained (a repo id), not both")
+            check_repo_id(self.pretrained)
         return self
 
 
@@ -131,19 +143,22 @@ class HfTeacher(Teacher):
 
     @classmethod
     def build(cls, params: HfParams, *, allow_random_init: bool = False) -> HfTeacher:
-        if params.path is not None:
-            model = AutoModel.from_pretrained(str(params.path), local_files_only=True)
+        names = cls.weight_names(params)
+        folder = resolve(names["pretrained"]) if names else params.path
+        if folder is not None:
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
         elif allow_random_init and params.config is not None:
             config = dict(params.config)
             model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
             warnings.warn("hf teacher has random weights", stacklevel=2)
         else:
             raise ValueError(
-                "hf teacher needs 'path', a local save_pretrained folder; random weights (from "
-                "'config') are only for tests and dry runs (allow_random_init)"
+                "hf teacher needs 'path', a local save_pretrained folder, or 'pretrained', a Hub "
+                "repo id; random weights (from 'config') are only for tests and dry runs "
+                "(allow_random_init)"
             )
         vision_config = _vision_config(model.config)
-        stats = _processor_stats(params.path)
+        stats = _processor_stats(folder)
         mean = params.mean or stats.get("image_mean")
         std = params.std or stats.get("image_std")
         if mean is None or std is None:
@@ -153,8 +168,8 @@ class HfTeacher(Teacher):
                 )
             mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         tokenizer = None
-        if params.path is not None and callable(getattr(model, "get_text_features", None)):
-            tokenizer = AutoTokenizer.from_pretrained(str(params.path), local_files_only=True)
+        if folder is not None and callable(getattr(model, "get_text_features", None)):
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         teacher = cls(
             model=model,
             input_size=params.image_size or int(vision_config.image_size),
@@ -169,7 +184,18 @@ class HfTeacher(Teacher):
 
     @classmethod
     def checkpoint_fields(cls, params: HfParams) -> dict[str, Path | None]:
+        if params.pretrained is not None:
+            folder = cached(cls.weight_names(params)["pretrained"])
+            return {"pretrained": None if folder is None else folder / "config.json"}
         return {"path": None if params.path is None else params.path / "config.json"}
+
+    @classmethod
+    def weight_names(cls, params: HfParams) -> dict[str, WeightsName]:
+        if params.pretrained is None:
+            return {}
+        source = HubSnapshot(params.pretrained, params.revision)
+        what = "transformers model"
+        return {"pretrained": WeightsName("pretrained", params.pretrained, what, source)}
 
     def target_specs(self) -> dict[str, TargetSpec]:
         grid = self.input_size // self.patch_size

@@ -31,11 +31,14 @@ from pydantic import model_validator
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
+from mergekit_vision.hub import HF_HUB_PREFIX, WeightsName, cached, resolve
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.teachers.open_clip_checkpoint import (
     CUSTOM_PREFIX,
     builtin_models,
+    hub_preprocess,
     load_open_clip_checkpoint,
+    open_clip_weights,
 )
 
 _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
@@ -47,12 +50,16 @@ class OpenClipParams(PluginParams):
 
     ``model`` is an open_clip model name ("ViT-L-14"), or only a label when ``model_cfg`` (an
     open_clip architecture dict: ``embed_dim``, ``vision_cfg``, ``text_cfg``) defines the model.
-    ``pretrained_tag`` names the tag the checkpoint was released under, to take its preprocessing
-    (mean/std) and to check its activation (QuickGELU or not); nothing is downloaded.
+    Weights are a local ``checkpoint`` file or ``pretrained``, by name: a tag of the model
+    ("datacomp_xl_s13b_b90k") or "hf-hub:org/name[@revision]", resolved through the Hub cache
+    (docs/weights.md). ``pretrained_tag`` names the tag a local checkpoint was released under;
+    a tag (``pretrained``'s or this one) sets the preprocessing (mean/std) and is checked against
+    the model's activation (QuickGELU or not).
     """
 
     model: str
     checkpoint: Path | None = None
+    pretrained: str | None = None
     model_cfg: dict[str, Any] | None = None
     pretrained_tag: str | None = None
     image_size: int | None = None
@@ -64,8 +71,8 @@ class OpenClipParams(PluginParams):
             missing = [k for k in _CONFIG_KEYS if k not in self.model_cfg]
             if missing:
                 raise ValueError(f"model_cfg lacks {', '.join(missing)} (needs {_CONFIG_KEYS})")
-            if self.pretrained_tag is not None:
-                raise ValueError("pretrained_tag needs a built-in model name, not a model_cfg")
+            if self.tag() is not None:
+                raise ValueError("a pretrained tag needs a built-in model name, not a model_cfg")
         elif self.model not in open_clip.list_models():
             raise ValueError(
                 f"unknown open_clip model {self.model!r}; give a model_cfg or one of "
@@ -79,7 +86,23 @@ class OpenClipParams(PluginParams):
                 f"open_clip model {self.model!r} has no tag {self.pretrained_tag!r}; "
                 f"its tags: {', '.join(tags) or '(none)'}"
             )
+        if self.pretrained is not None:
+            if self.checkpoint is not None:
+                raise ValueError("give checkpoint (a local file) or pretrained (a name), not both")
+            if self.pretrained_tag is not None and self.tag() != self.pretrained_tag:
+                raise ValueError(
+                    f"pretrained_tag {self.pretrained_tag!r} contradicts pretrained "
+                    f"{self.pretrained!r}, a tag itself; drop pretrained_tag"
+                )
+            open_clip_weights(self.model, self.pretrained)  # an unknown tag fails here
         return self
+
+    def tag(self) -> str | None:
+        """The tag the weights were released under: ``pretrained_tag``, or ``pretrained`` when
+        it is a tag rather than an ``hf-hub:`` name."""
+        if self.pretrained is not None and not self.pretrained.startswith(HF_HUB_PREFIX):
+            return self.pretrained
+        return self.pretrained_tag
 
 
 def _similar_models(name: str) -> list[str]:
@@ -97,20 +120,28 @@ def register_model_cfg(model_cfg: Mapping[str, Any]) -> str:
 
 
 def create_clip(params: OpenClipParams) -> tuple[nn.Module, str]:
-    """An untrained open_clip model for ``params`` and the name open_clip knows it by."""
+    """An untrained open_clip model for ``params`` and the name open_clip knows it by.
+
+    Its preprocessing is the tag's, or that of the ``open_clip_config.json`` an ``hf-hub:`` name
+    brought into the cache beside its weights.
+    """
     name = params.model if params.model_cfg is None else register_model_cfg(params.model_cfg)
     preprocess: dict[str, Any] = {}
-    if params.pretrained_tag is not None:
-        tag_cfg = get_pretrained_cfg(params.model, params.pretrained_tag)
+    tag = params.tag()
+    if tag is not None:
+        tag_cfg = get_pretrained_cfg(params.model, tag)
         model_gelu = bool(open_clip.get_model_config(name).get("quick_gelu", False))
         if bool(tag_cfg.get("quick_gelu", False)) != model_gelu:
             raise ValueError(
-                f"open_clip tag {params.pretrained_tag!r} was trained "
+                f"open_clip tag {tag!r} was trained "
                 f"{'with' if tag_cfg.get('quick_gelu') else 'without'} QuickGELU but model "
                 f"{params.model!r} is built {'with' if model_gelu else 'without'} it; use the "
                 "model name with (or without) the '-quickgelu' suffix"
             )
         preprocess = {k: tuple(tag_cfg[k]) for k in ("mean", "std") if k in tag_cfg}
+    elif params.pretrained is not None:
+        weights = cached(OpenClipTeacher.weight_names(params)["pretrained"])
+        preprocess = hub_preprocess(weights) if weights is not None else {}
     with _without_random_init_warning():
         clip = open_clip.create_model(
             name,
@@ -187,16 +218,18 @@ class OpenClipTeacher(Teacher):
 
     @classmethod
     def build(cls, params: OpenClipParams, *, allow_random_init: bool = False) -> OpenClipTeacher:
-        clip, name = create_clip(params)
-        if params.checkpoint is not None:
-            load_open_clip_checkpoint(clip, params.checkpoint, model=params.model)
+        names = cls.weight_names(params)
+        weights = resolve(names["pretrained"]) if names else params.checkpoint
+        clip, name = create_clip(params)  # after resolving: a Hub config sets its mean/std
+        if weights is not None:
+            load_open_clip_checkpoint(clip, weights, model=params.model)
         elif allow_random_init:
             warnings.warn(f"open_clip teacher {params.model} has random weights", stacklevel=2)
         else:
             raise ValueError(
                 f"open_clip teacher {params.model!r} needs a checkpoint (e.g. "
-                "open_clip_pytorch_model.bin); random weights are only for tests and dry runs "
-                "(allow_random_init)"
+                "open_clip_pytorch_model.bin) or pretrained (a tag or an hf-hub: name); random "
+                "weights are only for tests and dry runs (allow_random_init)"
             )
         teacher = cls(
             clip=clip,
@@ -208,7 +241,15 @@ class OpenClipTeacher(Teacher):
 
     @classmethod
     def checkpoint_fields(cls, params: OpenClipParams) -> dict[str, Path | None]:
+        if params.pretrained is not None:
+            return {"pretrained": cached(cls.weight_names(params)["pretrained"])}
         return {"checkpoint": params.checkpoint}
+
+    @classmethod
+    def weight_names(cls, params: OpenClipParams) -> dict[str, WeightsName]:
+        if params.pretrained is None:
+            return {}
+        return {"pretrained": open_clip_weights(params.model, params.pretrained)}
 
     @property
     def embed_dim(self) -> int:

@@ -1,20 +1,71 @@
 """Reading open_clip checkpoints: released files and training checkpoints into a ``CLIP``, with
-errors that say which built-in model the weights would fit."""
+errors that say which built-in model the weights would fit; and where open_clip keeps the weights
+a tag or an ``hf-hub:`` name points to."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import open_clip
+from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
+from open_clip.pretrained import get_pretrained_cfg
 from torch import Tensor, nn
 
+from mergekit_vision.hub import HF_HUB_PREFIX, HubFile, WeightsName, parse_hf_hub
 from mergekit_vision.weights import load_strict, read_weights
 
 CUSTOM_PREFIX = "mergekit-custom-"  # names of architectures registered from a recipe's model_cfg
+
+
+def open_clip_weights(model: str, pretrained: str, *, field: str = "pretrained") -> WeightsName:
+    """Where open_clip keeps ``model``'s weights named ``pretrained``: a tag of the model
+    (``"datacomp_xl_s13b_b90k"``, open_clip's own table gives its Hub repository) or
+    ``"hf-hub:org/name[@revision]"`` (with ``open_clip_config.json`` beside the weights).
+    Safetensors first, as open_clip's ``download_pretrained_from_hf`` prefers them.
+
+    Raises:
+        ValueError: an unknown tag, a tag without a Hub location, or a malformed Hub name.
+    """
+    what = f"open_clip {model} weights"
+    if pretrained.startswith(HF_HUB_PREFIX):
+        repo_id, revision = parse_hf_hub(pretrained)
+        files = (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)
+        source = HubFile(repo_id, files, revision, companions=(HF_CONFIG_NAME,))
+        return WeightsName(field=field, name=pretrained, what=what, source=source)
+    hub = get_pretrained_cfg(model, pretrained).get("hf_hub", "")
+    if not hub:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        known = f"its tags: {', '.join(tags)}" if tags else "it has no tags"
+        raise ValueError(
+            f"open_clip model {model!r} has no tag {pretrained!r} on the Hub ({known}); "
+            "give a tag, an hf-hub: name or a local checkpoint"
+        )
+    # open_clip's table: 'org/name/' means the default file, 'org/name/file.bin' another one
+    repo_id, filename = os.path.split(hub)
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        files: tuple[str, ...] = (HF_SAFE_WEIGHTS_NAME, filename)
+    elif filename.endswith((".bin", ".pth")):
+        files = (filename[: -len(".bin")] + ".safetensors", filename)
+    else:
+        files = (filename,)
+    return WeightsName(field=field, name=pretrained, what=what, source=HubFile(repo_id, files))
+
+
+def hub_preprocess(weights_file: Path) -> dict[str, tuple[float, ...]]:
+    """The mean/std of the ``open_clip_config.json`` beside weights from an ``hf-hub:`` name (its
+    ``preprocess_cfg``, as ``open_clip.create_model("hf-hub:...")`` reads it); {} without one."""
+    config = weights_file.parent / HF_CONFIG_NAME
+    if not config.is_file():
+        return {}
+    preprocess = json.loads(config.read_text()).get("preprocess_cfg", {})
+    return {k: tuple(preprocess[k]) for k in ("mean", "std") if k in preprocess}
 
 
 def builtin_models() -> list[str]:

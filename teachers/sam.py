@@ -24,9 +24,11 @@ from segment_anything.modeling import (
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
+from mergekit_vision.hub import Sha256, WeightsName, cached
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.sam.decoding import decode_masks
 from mergekit_vision.sam.positions import resample_encoder_positions
+from mergekit_vision.sam.releases import check_sam_weights, sam_release, sam_weights_file
 from mergekit_vision.sam.variants import (
     RELEASED_SIZES,
     SAM_PIXEL_MEAN,
@@ -46,10 +48,18 @@ _REL_POS = re.compile(r"image_encoder\.blocks\.(\d+)\.attn\.rel_pos_[hw]")
 
 
 class SamParams(PluginParams):
-    """Architecture and weights of a SAM teacher; encoder sizes default to ``variant``'s."""
+    """Architecture and weights of a SAM teacher; encoder sizes default to ``variant``'s.
+
+    Weights are a local ``checkpoint`` file or ``pretrained``, an official release by name
+    (``vit_b``, ``vit_l``, ``vit_h``: downloaded once into the cache, see docs/weights.md).
+    ``sha256`` is the weights file's expected SHA-256, checked before it is read; a release's
+    official digest is the default.
+    """
 
     variant: Literal[SamVariant, "custom"] = "vit_b"
     checkpoint: Path | None = None
+    pretrained: SamVariant | None = None
+    sha256: Sha256 | None = None
     image_size: PositiveInt = RELEASED_SIZES.image_size
     encoder_embed_dim: PositiveInt | None = None
     encoder_depth: PositiveInt | None = None
@@ -73,6 +83,7 @@ class SamParams(PluginParams):
             "encoder_global_attn_indexes",
         )
         missing = [name for name in encoder_fields if getattr(self, name) is None]
+        check_sam_weights(self.variant, checkpoint=self.checkpoint, pretrained=self.pretrained)
         if self.variant == "custom" and missing:
             raise ValueError(
                 f"variant 'custom' needs the image encoder sizes; missing: {', '.join(missing)} "
@@ -272,6 +283,10 @@ class SamTeacher(Teacher):
 
     @classmethod
     def build(cls, params: SamParams, *, allow_random_init: bool = False) -> SamTeacher:
+        # first: a missing or refused file stops the build before any model is allocated
+        weights = sam_weights_file(
+            checkpoint=params.checkpoint, pretrained=params.pretrained, sha256=params.sha256
+        )
         embed_dim, depth, heads, global_blocks = params.encoder_sizes()
         sam = build_sam_model(
             encoder_embed_dim=embed_dim,
@@ -280,14 +295,14 @@ class SamTeacher(Teacher):
             encoder_global_attn_indexes=global_blocks,
             **params.model_dump(include=_OPEN_SIZES),
         )
-        if params.checkpoint is not None:
-            load_sam_checkpoint(sam, params.checkpoint, params=params)
+        if weights is not None:
+            load_sam_checkpoint(sam, weights, params=params)
         elif allow_random_init:
             warnings.warn(f"SAM teacher {params.variant} has random weights", stacklevel=2)
         else:
             raise ValueError(
-                f"SAM teacher {params.variant!r} needs a checkpoint (e.g. sam_vit_b_01ec64.pth); "
-                "random weights are only for tests and dry runs (allow_random_init)"
+                f"SAM teacher {params.variant!r} needs a checkpoint file or pretrained (a release "
+                "such as vit_b); random weights are only for tests and dry runs (allow_random_init)"
             )
         teacher = cls(
             sam=sam, image_size=params.image_size, multimask_output=params.multimask_output
@@ -296,7 +311,15 @@ class SamTeacher(Teacher):
 
     @classmethod
     def checkpoint_fields(cls, params: SamParams) -> dict[str, Path | None]:
+        if params.pretrained is not None:
+            return {"pretrained": cached(cls.weight_names(params)["pretrained"])}
         return {"checkpoint": params.checkpoint}
+
+    @classmethod
+    def weight_names(cls, params: SamParams) -> dict[str, WeightsName]:
+        if params.pretrained is None:
+            return {}
+        return {"pretrained": sam_release(params.pretrained, sha256=params.sha256)}
 
     def target_specs(self) -> dict[str, TargetSpec]:
         return {

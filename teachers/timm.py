@@ -8,8 +8,10 @@ head pools them) and the ``spatial`` feature map. The reference use is DINOv2 (O
 ``vit_*_patch14_dinov2`` models, whose class-token and patch features are the targets RADIO
 distils from it.
 
-The model is built with ``pretrained=False`` (nothing is downloaded) and loaded from a local file
-in timm's own formats: a ``.pth``/``.bin`` or ``.safetensors`` state dict, a training checkpoint
+The model is built with ``pretrained=False`` and loaded from a file: a local ``checkpoint``, or
+the file a ``pretrained`` name points to in the Hub cache (a tag of the architecture, as timm's
+own table lists it, or ``hf-hub:org/name``; see docs/weights.md). Files come in timm's own
+formats: a ``.pth``/``.bin`` or ``.safetensors`` state dict, a training checkpoint
 (``{"state_dict": ...}`` or ``{"model": ...}``, EMA weights preferred as timm does), or a released
 checkpoint in the architecture's original layout, converted by the architecture's own
 ``checkpoint_filter_fn`` exactly as timm converts it when it loads pretrained weights (DINOv2's
@@ -19,6 +21,7 @@ checkpoint in the architecture's original layout, converted by the architecture'
 from __future__ import annotations
 
 import difflib
+import json
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,16 +32,18 @@ import timm
 import timm.models
 import torch
 import torch.nn.functional as F
+from huggingface_hub.constants import CONFIG_NAME, PYTORCH_WEIGHTS_NAME, SAFETENSORS_SINGLE_FILE
 from pydantic import Field, model_validator
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
+from mergekit_vision.hub import HF_HUB_PREFIX, HubFile, WeightsName, cached, parse_hf_hub, resolve
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.weights import load_strict, read_weights
 
 TARGETS = ("summary", "spatial")
-# create_model arguments the teacher owns: weights come only from ``checkpoint``.
+# create_model arguments the teacher owns: weights come only from ``checkpoint``/``pretrained``.
 _RESERVED_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
 
 
@@ -52,10 +57,13 @@ class TimmParams(PluginParams):
     ``mean``/``std`` override the pretrained config's normalization. A ViT whose ``image_size``
     differs from its ``img_size`` has its position table resampled after loading (timm's
     ``set_input_size``), so DINOv2's 518 px checkpoint runs at ``image_size: 224`` directly.
+    Weights are a local ``checkpoint`` or ``pretrained``, by name: a pretrained tag of ``model``
+    ("lvd142m") or "hf-hub:org/name[@revision]"; its normalization then comes with it.
     """
 
     model: str
     checkpoint: Path | None = None
+    pretrained: str | None = None
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     image_size: int | None = Field(None, ge=8)
     mean: tuple[float, float, float] | None = None
@@ -72,9 +80,76 @@ class TimmParams(PluginParams):
         reserved = sorted(set(self.model_kwargs) & set(_RESERVED_KWARGS))
         if reserved:
             raise ValueError(
-                f"model_kwargs may not set {', '.join(reserved)}: weights come from 'checkpoint'"
+                f"model_kwargs may not set {', '.join(reserved)}: weights come from 'checkpoint' "
+                "or 'pretrained'"
             )
+        if self.pretrained is not None:
+            if self.checkpoint is not None:
+                raise ValueError("give checkpoint (a local file) or pretrained (a name), not both")
+            timm_weights(self.model, self.pretrained)  # an unknown tag fails here
         return self
+
+
+def timm_weights(model: str, pretrained: str, *, field: str = "pretrained") -> WeightsName:
+    """Where timm keeps ``model``'s weights named ``pretrained``: a pretrained tag of the
+    architecture ("lvd142m", whose Hub repository timm's own table gives) or
+    "hf-hub:org/name[@revision]" (timm's Hub layout: ``model.safetensors`` or
+    ``pytorch_model.bin`` beside a ``config.json``).
+
+    Raises:
+        ValueError: an unknown tag, a tag without a Hub location, or a malformed Hub name.
+    """
+    filename = None
+    if pretrained.startswith(HF_HUB_PREFIX):
+        repo_id, revision = parse_hf_hub(pretrained)
+    else:
+        cfg = _tag_cfg(model, pretrained)
+        if not cfg.hf_hub_id:
+            raise ValueError(
+                f"timm tag {model}.{pretrained} has no Hub location; download {cfg.url or 'it'} "
+                "and give the file as checkpoint"
+            )
+        repo_id, revision = parse_hf_hub(HF_HUB_PREFIX + cfg.hf_hub_id)
+        filename = cfg.hf_hub_filename
+    files = (filename,) if filename else (SAFETENSORS_SINGLE_FILE, PYTORCH_WEIGHTS_NAME)
+    source = HubFile(repo_id, files, revision, companions=(CONFIG_NAME,))
+    return WeightsName(field=field, name=pretrained, what=f"timm {model} weights", source=source)
+
+
+def _tag_cfg(model: str, tag: str) -> Any:
+    try:
+        cfg = timm.models.get_pretrained_cfg(f"{model}.{tag}")
+    except RuntimeError:  # timm's answer to an unknown tag
+        cfg = None
+    if cfg is None:
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{model}.*")]
+        raise ValueError(
+            f"timm model {model!r} has no pretrained tag {tag!r}; its tags: "
+            f"{', '.join(tags) or '(none)'} (or give an hf-hub: name)"
+        )
+    return cfg
+
+
+def pretrained_stats(model: str, pretrained: str, weights_file: Path) -> dict[str, Any]:
+    """The mean/std that come with weights named ``pretrained``: the tag's pretrained config, or
+    the ``pretrained_cfg`` of the Hub repository's ``config.json`` (whose ``architecture`` must be
+    ``model``).
+
+    Raises:
+        ValueError: the repository holds another architecture.
+    """
+    if not pretrained.startswith(HF_HUB_PREFIX):
+        cfg = _tag_cfg(model, pretrained)
+        return {"mean": cfg.mean, "std": cfg.std}
+    config_file = weights_file.parent / CONFIG_NAME
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    architecture = config.get("architecture")
+    if architecture is not None and architecture != model:
+        raise ValueError(
+            f"{pretrained} holds a {architecture!r}, not model {model!r}; set model: {architecture}"
+        )
+    stats = config.get("pretrained_cfg", {})
+    return {k: tuple(stats[k]) for k in ("mean", "std") if k in stats}
 
 
 def timm_state_dict_from_checkpoint(
@@ -152,15 +227,20 @@ class TimmTeacher(Teacher):
 
     @classmethod
     def build(cls, params: TimmParams, *, allow_random_init: bool = False) -> TimmTeacher:
+        weights, stats = params.checkpoint, {}
+        if params.pretrained is not None:  # first: a missing name stops before any model is built
+            weights = resolve(cls.weight_names(params)["pretrained"])
+            stats = pretrained_stats(params.model, params.pretrained, weights)
         model = timm.create_model(params.model, pretrained=False, **params.model_kwargs)
-        if params.checkpoint is not None:
-            load_timm_checkpoint(model, params.checkpoint, name=params.model)
+        if weights is not None:
+            load_timm_checkpoint(model, weights, name=params.model)
         elif allow_random_init:
             warnings.warn(f"timm teacher {params.model} has random weights", stacklevel=2)
         else:
             raise ValueError(
-                f"timm teacher {params.model!r} needs a checkpoint (.pth or .safetensors); "
-                "random weights are only for tests and dry runs (allow_random_init)"
+                f"timm teacher {params.model!r} needs a checkpoint (.pth or .safetensors) or "
+                "pretrained (a tag or an hf-hub: name); random weights are only for tests and dry "
+                "runs (allow_random_init)"
             )
         data = resolve_model_data_config(model)
         _fit_input_size(model, params.image_size)
@@ -168,15 +248,23 @@ class TimmTeacher(Teacher):
         teacher = cls(
             model=model,
             input_size=size,
-            mean=params.mean or data["mean"],
-            std=params.std or data["std"],
+            mean=params.mean or stats.get("mean") or data["mean"],
+            std=params.std or stats.get("std") or data["std"],
             normalize_summary=params.normalize_summary,
         )
         return teacher.freeze()
 
     @classmethod
     def checkpoint_fields(cls, params: TimmParams) -> dict[str, Path | None]:
+        if params.pretrained is not None:
+            return {"pretrained": cached(cls.weight_names(params)["pretrained"])}
         return {"checkpoint": params.checkpoint}
+
+    @classmethod
+    def weight_names(cls, params: TimmParams) -> dict[str, WeightsName]:
+        if params.pretrained is None:
+            return {}
+        return {"pretrained": timm_weights(params.model, params.pretrained)}
 
     def target_specs(self) -> dict[str, TargetSpec]:
         channels, height, width = self.spatial_shape

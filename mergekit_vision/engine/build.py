@@ -28,6 +28,7 @@ from mergekit_vision.contracts import (
 )
 from mergekit_vision.data.base import DATASETS
 from mergekit_vision.data.views import with_views
+from mergekit_vision.engine.named_weights import uncached_weights
 from mergekit_vision.errors import BuildError, Issue
 from mergekit_vision.recipe.schema import (
     BACKBONE,
@@ -125,15 +126,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def missing_paths(recipe: Recipe) -> list[Issue]:
-    """Every checkpoint or data path the recipe names that does not exist (checked before work)."""
+def missing_paths(recipe: Recipe, *, weight_names: bool = True) -> list[Issue]:
+    """Every checkpoint or data path the recipe names that does not exist (checked before work),
+    and, with ``weight_names``, every weights name the local cache lacks."""
     issues: list[Issue] = []
     for name, spec in recipe.teachers.items():
         cls = TEACHERS.get(spec.type)
+        named = cls.weight_names(spec.params)
         for field, path in cls.checkpoint_fields(spec.params).items():
             where = f"teachers.{name}.params.{field}"
+            if field in named:
+                continue  # a name, checked against the cache below
             if path is None:
-                issues.append(Issue(where, "no checkpoint given; set it to a local file"))
+                issues.append(
+                    Issue(
+                        where, "no checkpoint given; set it to a local file (or name the weights)"
+                    )
+                )
             elif not Path(path).is_file():
                 issues.append(Issue(where, f"checkpoint file {str(path)!r} does not exist"))
     for name, task in recipe.tasks.items():
@@ -143,7 +152,7 @@ def missing_paths(recipe: Recipe) -> list[Issue]:
             if not Path(path).exists():
                 where = f"tasks.{name}.data.params.{field}"
                 issues.append(Issue(where, f"path {str(path)!r} does not exist"))
-    return issues
+    return issues + (uncached_weights(recipe) if weight_names else [])
 
 
 def build_components(

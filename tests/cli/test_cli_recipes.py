@@ -44,14 +44,16 @@ def test_plugins_lists_every_kind(capsys):
     assert main(["plugins", "nonsense"]) == 2
 
 
-def test_run_with_missing_paths_stops_before_work(tmp_path, capsys):
+def test_run_with_missing_paths_stops_before_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     out = tmp_path / "run"
     assert main(["run", str(REFERENCE), "--output", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "teachers.sam.params.checkpoint" in err and "does not exist" in err
-    assert "tasks.sam.data.params.root" in err
+    assert "tasks.sam.data.params.root" in err and "does not exist" in err
+    assert "tasks.clip.data.params.urls" in err
     assert "Traceback" not in err
     assert not out.exists()
+    assert not (tmp_path / "hf").exists()  # a run that cannot start downloads no weights
 
 
 @pytest.mark.parametrize(

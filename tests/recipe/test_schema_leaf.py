@@ -14,6 +14,8 @@ FORBIDDEN = (
     "open_clip",
     "timm",
     "transformers",
+    "huggingface_hub",
+    "mergekit_vision.hub",
     "mergekit_vision.toy",
     "mergekit_vision.eval",
     "mergekit_vision.data",
