@@ -18,16 +18,13 @@ A metric measures one ability of one model at one resolution. It declares
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import Field
 from torch import Tensor
 
 from mergekit_vision.recipe.specs import DatasetSpec
 from mergekit_vision.registry import PluginParams, Registry
-
-if TYPE_CHECKING:
-    from mergekit_vision.eval.report import Evaluation
 
 # What an evaluated model can offer (each eval model class lists its own in ``capabilities``).
 CAPABILITIES = {
@@ -39,6 +36,24 @@ CAPABILITIES = {
     "summary": "one feature vector per image",
     "dense": "a feature map per image",
 }
+
+
+class Evaluation(Protocol):
+    """What a metric may ask of the evaluation running it (``eval.report.Evaluation``)."""
+
+    spec: Any  # the recipe's eval section
+    resolution: int  # the side being measured
+
+    def texts(self, model: Any, dataset: Any, *, skip_background: bool) -> Tensor: ...
+
+    def features(
+        self, model: Any, kind: str, data: DatasetSpec, label: str
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def semseg(self, prepare: Any, dataset: Any, **labelers: Any) -> dict[str, dict[str, Any]]: ...
+
+    def cost(self, segment: Any, dataset: Any, images: int = 4) -> dict[str, float]: ...
+
 
 # The datasets of the eval section a metric can read.
 LAYOUTS = ("classification", "instances", "semantic", "captions")
