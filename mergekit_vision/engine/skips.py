@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch.distributed as dist
 
@@ -23,8 +23,12 @@ from mergekit_vision.engine.distributed import World, mean_over_ranks
 from mergekit_vision.engine.run_folder import RunFolder
 from mergekit_vision.errors import Issue, RecipeError
 
-if TYPE_CHECKING:
-    from mergekit_vision.engine.streams import BatchStream
+
+class BatchStream(Protocol):
+    """What the ledger reads of a task's stream (``engine.streams.BatchStream``)."""
+
+    def take_skips(self) -> tuple[int, list[dict[str, str]]]: ...
+
 
 BOUND_FIELD = "data.max_skip_fraction"
 ADVICE = f"fix or remove those files, or raise {BOUND_FIELD}"
