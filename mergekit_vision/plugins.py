@@ -15,6 +15,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.teachers.open_clip",
     "mergekit_vision.teachers.timm",
     "mergekit_vision.teachers.hf",
+    "mergekit_vision.teachers.sam2",
     "mergekit_vision.students.vitdet",
     "mergekit_vision.students.timm_vit",
     # the machinery

@@ -15,6 +15,8 @@ import yaml
 from mergekit_vision.contracts import HEADS, LOSSES, STUDENTS, TEACHERS, Prompts, StudentFeatures
 from mergekit_vision.registry import Registry
 
+from .tiny_sam2 import TINY_SAM2_CONFIG
+
 TINY_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny_sam_clip.yaml"
 TINY_VIT = dict(depth=2, embed_dim=32, num_heads=2)
 
@@ -29,6 +31,7 @@ def _tiny_recipe_params(*keys: str) -> dict:
 # One tiny configuration per built-in plugin: ``params`` for teachers, students and heads.
 TEACHER_PARAMS: dict[str, Callable[[], dict]] = {
     "sam": lambda: _tiny_recipe_params("teachers", "sam"),
+    "sam2": lambda: dict(config=TINY_SAM2_CONFIG),
     "open_clip": lambda: _tiny_recipe_params("teachers", "clip"),
     "timm": lambda: dict(
         model="vit_small_patch14_dinov2", model_kwargs=dict(img_size=28, **TINY_VIT)

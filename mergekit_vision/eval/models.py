@@ -104,23 +104,35 @@ class ClipTeacherEval:
 
 
 class SamTeacherEval:
-    """A SAM-like teacher: image embeddings once, then masks for any prompts."""
+    """A SAM-like teacher: image embeddings once, then masks for any prompts.
+
+    A teacher with a decoder of its own (SAM 2's reads high-resolution maps beside the image
+    embedding) offers ``encode(images)`` and ``mask_logits(encoded, prompts, multimask_output=)``,
+    used as they are; otherwise its SAM prompt encoder and mask decoder decode the image
+    embeddings."""
 
     capabilities = frozenset({"promptable_masks", "dense"})
 
     def __init__(self, teacher: Teacher):
         self.teacher = teacher
+        own = (getattr(teacher, name, None) for name in ("encode", "mask_logits"))
+        self.decodes_itself = all(callable(method) for method in own)
 
     @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
+    def encode(self, images: Tensor) -> Any:
+        if self.decodes_itself:
+            return self.teacher.encode(images)  # type: ignore[operator]
         return self.teacher(images, targets=["image_embeddings"])["image_embeddings"]
 
     @torch.no_grad()
     def dense_features(self, images: Tensor) -> Tensor:
-        return self.encode(images).float()
+        return self.teacher(images, targets=["image_embeddings"])["image_embeddings"].float()
 
     @torch.no_grad()
-    def mask_logits(self, encoded: Tensor, prompts: Prompts) -> Tensor:
+    def mask_logits(self, encoded: Any, prompts: Prompts) -> Tensor:
+        if self.decodes_itself:
+            own = self.teacher.mask_logits  # type: ignore[operator]
+            return own(encoded, prompts, multimask_output=False)[:, :, 0]
         logits, _ = decode_masks(
             prompt_encoder=self.teacher.component("prompt_encoder"),
             mask_decoder=self.teacher.component("mask_decoder"),

@@ -368,9 +368,12 @@ def _class_points(coarse: Tensor, points_per_class: int, *, seed: int) -> Tensor
 
 
 def _select(features: Any, index: int) -> Any:
-    """One image's share of batched encoder outputs (a tensor or a dataclass of tensors)."""
+    """One image's share of batched encoder outputs (a tensor, a list of tensors such as SAM 2's
+    feature levels, or a dataclass of tensors)."""
     if isinstance(features, Tensor):
         return features[index : index + 1]
+    if isinstance(features, list):
+        return [level[index : index + 1] for level in features]
     fields = {
         k: (v[index : index + 1] if isinstance(v, Tensor) else v) for k, v in vars(features).items()
     }

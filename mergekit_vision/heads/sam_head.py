@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+from segment_anything.modeling import MaskDecoder
 from torch import Tensor, nn
 
 from mergekit_vision.contracts import HEADS, Head, Prompts, Student, StudentFeatures, Teacher
@@ -57,6 +58,15 @@ class SamHead(Head):
                 f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
             )
         teacher = teachers[params.init_from]
+        if not isinstance(teacher.component("mask_decoder"), MaskDecoder):
+            # SAM 2's decoder also reads the encoder's stride-4 and stride-8 maps, which a
+            # single-scale student feature map does not have
+            raise ValueError(
+                f"sam_head init_from {params.init_from!r}: its mask decoder is a "
+                f"{type(teacher.component('mask_decoder')).__name__}, not segment_anything's "
+                "SAM mask decoder this head runs; initialise sam_head from a 'sam' teacher (a "
+                "task may still take its mask_logits from any promptable teacher, SAM 2 too)"
+            )
         prompt_encoder = copy.deepcopy(teacher.component("prompt_encoder"))
         mask_decoder = copy.deepcopy(teacher.component("mask_decoder"))
         if student.out_channels != prompt_encoder.embed_dim:
