@@ -206,16 +206,29 @@ def cache(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Teacher batch (default: the task's).")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="Target storage: float16 or bfloat16.")] = "float16",
+    codec: Annotated[
+        str, typer.Option(help="Target storage: fp16, bf16, int8 or pca:K (docs/cache.md).")
+    ] = "fp16",
+    dtype: Annotated[
+        str | None, typer.Option(hidden=True, help="Before --codec: float16 or bfloat16.")
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a cache of other settings in the folder.")
     ] = False,
 ) -> None:
     """Precompute teachers' targets per sample view into a resumable cache (docs/cache.md)."""
-    from mergekit_vision.tools.cache_writer import DTYPES, cache_recipe
+    from mergekit_vision.data.targets_cache.codecs import LEGACY_DTYPES, parse_codec
+    from mergekit_vision.tools.cache_writer import cache_recipe
 
-    if dtype not in DTYPES:
-        user_error(ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"))
+    if dtype is not None:
+        if dtype not in LEGACY_DTYPES or codec not in ("fp16", LEGACY_DTYPES[dtype]):
+            user_error(ValueError(f"--dtype {dtype} is replaced by --codec (fp16, bf16, ...)"))
+        codec = LEGACY_DTYPES[dtype]
+        errors.print(f"[yellow]note:[/] --dtype {dtype} is now --codec {codec}", highlight=False)
+    try:
+        chosen = parse_codec(codec)
+    except ValueError as err:
+        user_error(ValueError(f"--codec: {err}"))
     reports = guarded(
         lambda: cache_recipe(
             recipe,
@@ -224,7 +237,7 @@ def cache(
             output=output,
             shard_size=shard_size,
             batch_size=batch_size,
-            dtype=dtype,
+            codec=chosen,
             overwrite=overwrite,
         )
     )
@@ -233,6 +246,14 @@ def cache(
             f"[green]cached[/] {r.task}: {r.samples} samples in {r.folder} "
             f"({r.shards_written} shards written, {r.shards_reused} kept, {r.seconds:.1f} s); "
             f"train from it with tasks.{r.task}.targets_cache={r.folder}"
+        )
+        size = r.size
+        console.print(
+            f"  targets as {size.codec}: {size.bytes_per_image:,.0f} B/image "
+            f"(fp16: {size.fp16_bytes_per_image:,.0f} B/image, {size.ratio_to_fp16:.2f}x smaller"
+            + (f"; includes {size.shared:,} B of codec state" if size.shared else "")
+            + ")",
+            highlight=False,
         )
 
 

@@ -5,20 +5,29 @@
 the recipe says (teacher checkpoint, resolution, views, augmentation, prompts, dataset), naming
 the difference; the builder then checks it against the task's dataset. During training the
 engine's step asks it, the task's target source, for the prompts and target of each keyed view
-in place of the teacher; shards are memory-mapped, so only the rows a batch needs are read.
+in place of the teacher; shards are memory-mapped, so only the rows a batch needs are read, and
+each row is decoded by the cache's codec (:mod:`.codecs`) to float32.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import Tensor
 
 from mergekit_vision.contracts import Prompts
+from mergekit_vision.data.targets_cache.codecs import (
+    codec_from_record,
+    manifest_codec,
+    state_of,
+)
 from mergekit_vision.data.targets_cache.manifest import (
     StaleCacheError,
     cache_identity,
@@ -61,6 +70,11 @@ class CachedTargets:
             for position, key in enumerate(json.loads(handle.metadata()["keys"])):
                 self._rows[key] = (shard, position)
         self._fields = set(self._files[0].keys()) if self._files else set()
+        record = manifest_codec(manifest)
+        self.codec = codec_from_record(record)
+        state = folder / record["state"] if "state" in record else None
+        self._shared = load_file(str(state)) if state is not None else {}
+        self._shard_state: dict[tuple[int, str], dict[str, Tensor]] = {}
 
     @classmethod
     def open(cls, recipe: Recipe, task: str, *, dataset: Any = None) -> CachedTargets:
@@ -83,10 +97,16 @@ class CachedTargets:
             )
         if not manifest.get("complete"):
             raise StaleCacheError(task, f"the cache in {folder} is unfinished; {fix}")
-        missing = [s["file"] for s in manifest["shards"] if not (folder / s["file"]).is_file()]
+        try:
+            codec_from_record(manifest_codec(manifest))
+        except ValueError as err:
+            raise StaleCacheError(task, f"the cache in {folder}: {err}; {fix}") from None
+        files = [s["file"] for s in manifest["shards"]]
+        files += [f for f in [manifest_codec(manifest).get("state")] if f is not None]
+        missing = [f for f in files if not (folder / f).is_file()]
         if missing:
             raise StaleCacheError(
-                task, f"the cache in {folder} lacks shard files {', '.join(missing[:5])}; {fix}"
+                task, f"the cache in {folder} lacks the files {', '.join(missing[:5])}; {fix}"
             )
         cached = cls(task=task, folder=folder, manifest=manifest)
         cached.check_dataset(dataset)
@@ -113,11 +133,21 @@ class CachedTargets:
 
     def target(self, batch: dict[str, Any], images: Tensor) -> Tensor:
         """The cached targets ``[B, ...]`` (float32, on ``images``' device) of the batch's views."""
-        target = self._gather(batch, images.shape[-1], "target")
-        assert target is not None
-        return target.to(device=images.device, dtype=torch.float32)
+        name = f"{images.shape[-1]}.target"
+        decoded = [
+            self.codec.decode(rows, self._state(shard, name))
+            for shard, rows in self._rows_of(batch, images.shape[-1], "target")
+        ]
+        return torch.cat(decoded).to(device=images.device, dtype=torch.float32)
 
     def _gather(self, batch: dict[str, Any], resolution: int, field: str) -> Tensor | None:
+        rows = self._rows_of(batch, resolution, field)
+        return None if rows is None else torch.cat([r for _, r in rows])
+
+    def _rows_of(
+        self, batch: dict[str, Any], resolution: int, field: str
+    ) -> list[tuple[int, Tensor]] | None:
+        """``(shard, stored row [1, ...])`` of each of the batch's views, in batch order."""
         if resolution not in self.resolutions:
             raise StaleCacheError(
                 self.task,
@@ -131,8 +161,34 @@ class CachedTargets:
         for key, view in zip(batch["key"], batch["view"].tolist(), strict=True):
             shard, position = self._locate(key)
             row = position * self.views + view % self.views
-            rows.append(self._files[shard].get_slice(name)[row : row + 1])
-        return torch.cat(rows)
+            rows.append((shard, self._files[shard].get_slice(name)[row : row + 1]))
+        return rows
+
+    def _state(self, shard: int, field: str) -> dict[str, Tensor]:
+        """The codec's shared tensors and shard ``shard``'s own (int8's scales) for ``field``."""
+        if (shard, field) not in self._shard_state:
+            handle = self._files[shard]
+            own = {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(field + ".")}
+            shared = state_of(self._shared, field)
+            self._shard_state[shard, field] = shared | state_of(own, field)
+        return self._shard_state[shard, field]
+
+    def stored_size(self) -> CacheSize:
+        """What the cached targets take, against the same targets in fp16."""
+        stored = fp16 = 0
+        for shard, handle in enumerate(self._files):
+            for resolution in self.resolutions:
+                field = f"{resolution}.target"
+                for name in (n for n in handle.keys() if n == field or n.startswith(field + ".")):
+                    tensor = handle.get_slice(name)
+                    stored += math.prod(tensor.get_shape()) * _ITEM_BYTES[tensor.get_dtype()]
+                shape = handle.get_slice(field).get_shape()
+                decoded = self.codec.decoded_shape(tuple(shape), self._state(shard, field))
+                fp16 += 2 * math.prod(decoded)
+        shared = sum(t.numel() * t.element_size() for t in self._shared.values())
+        return CacheSize(
+            codec=str(self.codec), samples=self.samples, shards=stored, shared=shared, fp16=fp16
+        )
 
     def _locate(self, key: str) -> tuple[int, int]:
         try:
@@ -143,6 +199,43 @@ class CachedTargets:
                 f"sample {key!r} is not in the cache in {self.folder} (the dataset changed?); "
                 f"run `vmerge cache <recipe> --task {self.task} --overwrite` to rebuild it",
             ) from None
+
+
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
+
+
+@dataclass(frozen=True)
+class CacheSize:
+    """Bytes of a cache's stored target tensors (codes, scales, coefficients, basis and mean;
+    not the prompts, which every codec keeps alike, nor the files' headers).
+
+    Args:
+        codec: the codec, as ``vmerge cache --codec`` names it.
+        samples: samples cached (each with every view and resolution).
+        shards: bytes of the target tensors in the shard files.
+        shared: bytes of the codec's shared tensors (``codec.safetensors``), stored once.
+        fp16: bytes the same targets take in fp16.
+    """
+
+    codec: str
+    samples: int
+    shards: int
+    shared: int
+    fp16: int
+
+    @property
+    def bytes_per_image(self) -> float:
+        """All target bytes (the shared ones spread over the samples) per sample."""
+        return (self.shards + self.shared) / max(self.samples, 1)
+
+    @property
+    def fp16_bytes_per_image(self) -> float:
+        return self.fp16 / max(self.samples, 1)
+
+    @property
+    def ratio_to_fp16(self) -> float:
+        """How many times fewer bytes than fp16 (above 1: smaller)."""
+        return self.fp16 / max(self.shards + self.shared, 1)
 
 
 def _length(dataset: Any) -> int | None:
