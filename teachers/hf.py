@@ -9,6 +9,13 @@ the evaluation suite uses it as a zero-shot classifier like the open_clip teache
 SigLIP's pooling head, :meth:`HfTeacher.dense_embeddings` for zero-shot segmentation). DINOv2 (Oquab
 et al., arXiv 2304.07193) is the reference vision-only model.
 
+SigLIP 2 (Tschannen et al., arXiv 2502.14786) comes in two forms: its fixed-resolution
+checkpoints are SigLIP models (``model_type: siglip``); its NaFlex ones are ``Siglip2Model``,
+whose vision tower reads patchified pixels with their grid and is configured by a patch count
+instead of an image size; both are served, text tower included. DINOv3 (Simeoni et al., arXiv
+2508.10104; ``DINOv3ViTModel``) is served like DINOv2: its class token is the ``summary``, and its
+register tokens are dropped from the ``spatial`` map with the class token.
+
 The model is a local ``save_pretrained`` folder, or a Hub repository (``pretrained``, with a
 ``revision``) whose snapshot huggingface_hub keeps in its cache (docs/weights.md); either folder is
 read with ``local_files_only=True``.
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +37,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+from transformers.models.siglip2.modeling_siglip2 import Siglip2MultiheadAttentionPoolingHead
 
 from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
 from mergekit_vision.hub import HubSnapshot, WeightsName, cached, check_repo_id, resolve
@@ -72,8 +81,38 @@ class HfParams(PluginParams):
         return self
 
 
+# The attention-pooling heads whose value path gives MaskCLIP's per-patch embeddings.
+ATTENTION_POOLING_HEADS = (
+    SiglipMultiheadAttentionPoolingHead,
+    Siglip2MultiheadAttentionPoolingHead,
+)
+
+
 def _vision_config(config: Any) -> Any:
     return getattr(config, "vision_config", None) or config
+
+
+def _native_size(vision_config: Any) -> int:
+    """The side the tower was trained at: its ``image_size``, or for a tower configured by its
+    patch count (SigLIP 2's NaFlex ``num_patches``) the square of that many patches."""
+    size = getattr(vision_config, "image_size", None)
+    if size is None:
+        return int(vision_config.patch_size) * math.isqrt(int(vision_config.num_patches))
+    return int(size[0] if isinstance(size, list | tuple) else size)
+
+
+def _takes(method: Any, name: str) -> bool:
+    return callable(method) and name in inspect.signature(method).parameters
+
+
+def _patchify(pixels: Tensor, patch: int) -> Tensor:
+    """``[B, 3, H, W]`` -> ``[B, h*w, p*p*3]``, rows of patches, each patch ``(p, p, 3)``
+    flattened: the layout ``Siglip2ImageProcessor`` hands a NaFlex tower."""
+    batch, channels, height, width = pixels.shape
+    rows, cols = height // patch, width // patch
+    grid = pixels[:, :, : rows * patch, : cols * patch]
+    grid = grid.reshape(batch, channels, rows, patch, cols, patch).permute(0, 2, 4, 3, 5, 1)
+    return grid.reshape(batch, rows * cols, patch * patch * channels)
 
 
 def _pooled(output: Any) -> Tensor:
@@ -83,9 +122,7 @@ def _pooled(output: Any) -> Tensor:
 
 def _interpolation(method: Any, resized: bool) -> dict[str, bool]:
     """``{"interpolate_pos_encoding": True}`` for a resized input when ``method`` takes it."""
-    if not resized or not callable(method):
-        return {}
-    takes = "interpolate_pos_encoding" in inspect.signature(method).parameters
+    takes = resized and _takes(method, "interpolate_pos_encoding")
     return {"interpolate_pos_encoding": True} if takes else {}
 
 
@@ -133,7 +170,10 @@ class HfTeacher(Teacher):
         vision_config = _vision_config(model.config)
         # Towers that resample their position table only on request (SigLIP, CLIP) are asked to
         # when the input size differs from the trained one; DINOv2 always resamples.
-        resized = self.input_size != int(vision_config.image_size)
+        resized = self.input_size != _native_size(vision_config)
+        # A NaFlex tower (SigLIP 2, Tschannen et al. 2025, arXiv 2502.14786) reads patchified
+        # pixels with their grid (spatial_shapes) and resizes its position table to that grid.
+        self.patchified = _takes(self.vision.forward, "spatial_shapes")
         self._vision_kwargs = _interpolation(self.vision.forward, resized)
         self._image_kwargs = _interpolation(getattr(model, "get_image_features", None), resized)
         self.width = int(vision_config.hidden_size)
@@ -172,7 +212,7 @@ class HfTeacher(Teacher):
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         teacher = cls(
             model=model,
-            input_size=params.image_size or int(vision_config.image_size),
+            input_size=params.image_size or _native_size(vision_config),
             patch_size=int(vision_config.patch_size),
             mean=mean,
             std=std,
@@ -240,14 +280,27 @@ class HfTeacher(Teacher):
         pixels = self.prepare(images)
         out: dict[str, Tensor] = {}
         if "summary" in targets or "spatial" in targets:
-            vision = self.vision(pixel_values=pixels, **self._vision_kwargs)
+            vision = self.vision(**self._vision_inputs(pixels), **self._vision_kwargs)
             out["summary"] = vision.pooler_output
             out["spatial"] = self._grid(vision.last_hidden_state, pixels.shape[-1])
         if "image_embedding" in targets:
-            features = self.model.get_image_features(pixel_values=pixels, **self._image_kwargs)
+            inputs = self._vision_inputs(pixels)
+            features = self.model.get_image_features(**inputs, **self._image_kwargs)
             embedding = _pooled(features)
             out["image_embedding"] = F.normalize(embedding, dim=-1)
         return {name: out[name] for name in targets}
+
+    def _vision_inputs(self, pixels: Tensor) -> dict[str, Tensor]:
+        """The vision tower's inputs for normalized ``pixels`` ``[B, 3, S, S]``."""
+        if not self.patchified:
+            return {"pixel_values": pixels}
+        patches = _patchify(pixels, self.patch_size)
+        grid = pixels.shape[-1] // self.patch_size
+        return {
+            "pixel_values": patches,
+            "pixel_attention_mask": patches.new_ones(patches.shape[:2], dtype=torch.long),
+            "spatial_shapes": torch.tensor([[grid, grid]] * len(pixels), device=pixels.device),
+        }
 
     def _grid(self, hidden: Tensor, side: int) -> Tensor:
         """``[B, P + h*w, C]`` -> ``[B, C, h, w]``: prefix tokens (class, registers) dropped."""
@@ -259,18 +312,19 @@ class HfTeacher(Teacher):
     def dense_embeddings(self, images: Tensor) -> Tensor:
         """Per-patch embeddings ``[B, h, w, D]`` (L2-normalized) for dense zero-shot labels.
 
-        For SigLIP's attention-pooling head, MaskCLIP's recipe (Zhou et al., ECCV 2022): the
-        probe's attention mixes patches, so each patch keeps only its own value path through the
-        pooling attention (value and output projections), then the head's LayerNorm + MLP. That
-        is exactly what the head gives when it pools a single patch.
+        For SigLIP's (and SigLIP 2's) attention-pooling head, MaskCLIP's recipe (Zhou et al.,
+        ECCV 2022): the probe's attention mixes patches, so each patch keeps only its own value
+        path through the pooling attention (value and output projections), then the head's
+        LayerNorm + MLP. That is exactly what the head gives when it pools a single patch.
         """
         head = getattr(self.vision, "head", None)
-        if not isinstance(head, SiglipMultiheadAttentionPoolingHead):
+        if not isinstance(head, ATTENTION_POOLING_HEADS):
             raise NotImplementedError(
                 "dense embeddings need a SigLIP attention-pooling head; this model has none"
             )
         pixels = self.prepare(images)
-        hidden = self.vision(pixel_values=pixels, **self._vision_kwargs).last_hidden_state
+        inputs = self._vision_inputs(pixels)
+        hidden = self.vision(**inputs, **self._vision_kwargs).last_hidden_state
         attention, width = head.attention, hidden.shape[-1]
         values = F.linear(
             hidden, attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :]

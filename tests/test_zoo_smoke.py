@@ -15,6 +15,7 @@ import yaml
 from mergekit_vision.contracts import HEADS, LOSSES, STUDENTS, TEACHERS, Prompts, StudentFeatures
 from mergekit_vision.registry import Registry
 
+from .tiny_depth import TINY_DEPTH_CONFIG
 from .tiny_sam2 import TINY_SAM2_CONFIG
 
 TINY_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny_sam_clip.yaml"
@@ -32,6 +33,7 @@ def _tiny_recipe_params(*keys: str) -> dict:
 TEACHER_PARAMS: dict[str, Callable[[], dict]] = {
     "sam": lambda: _tiny_recipe_params("teachers", "sam"),
     "sam2": lambda: dict(config=TINY_SAM2_CONFIG),
+    "depth": lambda: dict(config=TINY_DEPTH_CONFIG),
     "open_clip": lambda: _tiny_recipe_params("teachers", "clip"),
     "timm": lambda: dict(
         model="vit_small_patch14_dinov2", model_kwargs=dict(img_size=28, **TINY_VIT)
@@ -59,6 +61,7 @@ HEAD_PARAMS: dict[str, tuple[dict, str]] = {
     "clip_head": ({"teacher": "open_clip", "num_blocks": 1}, "open_clip"),
     "sam_head": ({"init_from": "sam"}, "sam"),
     "adaptor": ({"teacher": "timm"}, "timm"),
+    "depth_head": ({"teacher": "depth", "features": 16, "hidden": 8}, "depth"),
 }
 
 
@@ -75,6 +78,8 @@ LOSS_INPUTS: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tens
     "focal_dice": lambda: _pair(2, 3, 1, 8, 8, perfect=lambda t: 50 * t.sign()),
     "feature": lambda: _pair(2, 16, 4, 4),
     "mse": lambda: _pair(2, 16),
+    # relative depth: any positive scale and any shift of the target agrees with it
+    "ssi": lambda: _pair(2, 1, 8, 8, perfect=lambda t: 3 * t + 1),
 }
 
 

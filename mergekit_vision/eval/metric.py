@@ -5,7 +5,7 @@ A metric measures one ability of one model at one resolution. It declares
 - ``needs``: the capabilities a model must offer (see :data:`CAPABILITIES`); ``vmerge eval`` runs it
   on every evaluated model that offers all of them, teachers and the merged model alike;
 - ``reads``: the eval section's dataset it reads (``classification``, ``instances``,
-  ``semantic``, ``captions``); without that dataset it does not run;
+  ``semantic``, ``captions``, ``depth``); without that dataset it does not run;
 - ``values``: the keys it writes into the model's ``eval.json`` object, each with the direction
   that is better (a metric may also write unlisted keys, such as a calibrated threshold, that the
   table leaves out);
@@ -35,6 +35,7 @@ CAPABILITIES = {
     "mask_then_classify": "masks of everything, each classified by a text-aligned model",
     "summary": "one feature vector per image",
     "dense": "a feature map per image",
+    "depth": "a relative depth map per image (depth_maps; depth_space says disparity or depth)",
 }
 
 
@@ -56,7 +57,7 @@ class Evaluation(Protocol):
 
 
 # The datasets of the eval section a metric can read.
-LAYOUTS = ("classification", "instances", "semantic", "captions")
+LAYOUTS = ("classification", "instances", "semantic", "captions", "depth")
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,12 @@ def abilities(model: Any) -> set[str]:
     return {name for name in ABILITIES if callable(getattr(model, name, None))}
 
 
-def teacher_eval(teacher: Teacher) -> ClipTeacherEval | SamTeacherEval | None:
+def teacher_eval(
+    teacher: Teacher,
+) -> ClipTeacherEval | SamTeacherEval | FeatureTeacherEval | DepthTeacherEval | None:
     """The teacher seen through what it offers: a text-aligned image encoder with a text tower
-    (CLIP), a promptable mask decoder (SAM), or nothing ``vmerge eval`` measures yet."""
+    (CLIP), a promptable mask decoder (SAM), features (DINOv2), a relative depth map (Depth
+    Anything), or nothing ``vmerge eval`` measures yet."""
     targets = teacher.target_specs()
     text = callable(getattr(teacher, "encode_text", None))
     if (
@@ -47,7 +50,25 @@ def teacher_eval(teacher: Teacher) -> ClipTeacherEval | SamTeacherEval | None:
         return SamTeacherEval(teacher)
     if "summary" in targets or "spatial" in targets:
         return FeatureTeacherEval(teacher)
+    if "depth" in targets:
+        return DepthTeacherEval(teacher)
     return None
+
+
+class DepthTeacherEval:
+    """A depth teacher (Depth Anything): its ``depth`` target, a relative depth map per image;
+    ``depth_space`` says whether the map holds disparity (relative inverse depth) or depth."""
+
+    capabilities = frozenset({"depth"})
+
+    def __init__(self, teacher: Teacher):
+        self.teacher = teacher
+        self.depth_space: str = getattr(teacher, "depth_space", "disparity")
+
+    @torch.no_grad()
+    def depth_maps(self, images: Tensor) -> Tensor:
+        """``[B, 1, h, w]``."""
+        return self.teacher(images, targets=["depth"])["depth"].float()
 
 
 class FeatureTeacherEval:
@@ -244,13 +265,16 @@ class MergedTeacherView:
     """The merged model as it stands in for one teacher: the heads that distil that teacher's
     feature targets, read as frozen features (AM-RADIO's adaptors, arXiv 2312.06709, are probed
     the same way). A vector target (``[B, D]``, e.g. CLIP's image embedding, DINO's class token)
-    is the view's ``summary``; a map target (``[B, C, h, w]``) its ``dense`` features; predictions
-    of a head trained on normalized targets are mapped back into the teacher's space.
+    is the view's ``summary``; a map target (``[B, C, h, w]``) its ``dense`` features; a depth
+    teacher's ``depth`` target its ``depth`` maps; predictions of a head trained on normalized
+    targets are mapped back into the teacher's space.
 
     Args:
         model: the merged model.
         summary: ``(head, target, task)`` of the vector target, or None.
         dense: ``(head, target, task)`` of the map target, or None.
+        depth: ``(head, target, task)`` of the depth target, or None.
+        depth_space: what the depth teacher's maps hold (``disparity`` or ``depth``).
     """
 
     def __init__(
@@ -259,11 +283,13 @@ class MergedTeacherView:
         *,
         summary: tuple[str, str, str] | None,
         dense: tuple[str, str, str] | None,
+        depth: tuple[str, str, str] | None = None,
+        depth_space: str = "disparity",
     ):
         self.model, self.summary, self.dense = model.eval(), summary, dense
-        self.capabilities = frozenset(
-            name for name, source in (("summary", summary), ("dense", dense)) if source
-        )
+        self.depth, self.depth_space = depth, depth_space
+        sources = (("summary", summary), ("dense", dense), ("depth", depth))
+        self.capabilities = frozenset(name for name, source in sources if source)
 
     def _predict(self, images: Tensor, source: tuple[str, str, str]) -> Tensor:
         head, target, task = source
@@ -282,10 +308,16 @@ class MergedTeacherView:
         assert self.dense is not None
         return self._predict(images, self.dense)
 
+    @torch.no_grad()
+    def depth_maps(self, images: Tensor) -> Tensor:
+        assert self.depth is not None
+        return self._predict(images, self.depth)
+
 
 def teacher_views(components: Components, heads: list[str]) -> dict[str, MergedTeacherView]:
     """``{teacher: view}`` for every teacher the merged model distils a prompt-free feature
-    target of through one of ``heads`` (the first vector and the first map target each)."""
+    target of through one of ``heads`` (the first vector and the first map target each), or the
+    ``depth`` target of a depth teacher."""
     sources: dict[str, dict[str, tuple[str, str, str]]] = {}
     for name, task in components.tasks.items():
         spec = task.spec
@@ -293,11 +325,17 @@ def teacher_views(components: Components, heads: list[str]) -> dict[str, MergedT
         if spec.head not in heads or target.needs_prompts:
             continue
         kind = "summary" if len(target.shape) == 2 else "dense" if len(target.shape) == 4 else None
+        if spec.target == "depth":  # the depth teachers' target (teachers/depth.py)
+            kind = "depth"
         if kind is not None:
             sources.setdefault(spec.teacher, {}).setdefault(kind, (spec.head, spec.target, name))
     return {
         teacher: MergedTeacherView(
-            components.model, summary=found.get("summary"), dense=found.get("dense")
+            components.model,
+            summary=found.get("summary"),
+            dense=found.get("dense"),
+            depth=found.get("depth"),
+            depth_space=getattr(components.teachers[teacher], "depth_space", "disparity"),
         )
         for teacher, found in sources.items()
     }

@@ -46,7 +46,8 @@ class EvalSpec(Frozen):
     ``classification`` (``image_classes`` layout) gives zero-shot top-1; ``instances`` (COCO JSON)
     gives promptable-segmentation mIoU and mask AP; ``semantic`` (VOC layout) gives zero-shot
     semantic segmentation, its first ``calibration_samples`` images choosing each model's
-    background threshold; ``captions`` (``captions`` plugin) gives image-text retrieval.
+    background threshold; ``captions`` (``captions`` plugin) gives image-text retrieval; ``depth``
+    (``depth_folder`` plugin) gives relative depth's AbsRel and delta1.
 
     The old role keys (``clip_teacher``, ``sam_teacher``, ``clip_head``, ``sam_head``) are read as
     ``teachers: [clip_teacher, sam_teacher]`` and ``heads: [clip_head, sam_head]``.
@@ -66,6 +67,9 @@ class EvalSpec(Frozen):
     semantic: DatasetSpec | None = None
     captions: DatasetSpec | None = Field(
         None, description="captioned images (e.g. a Karpathy-split JSON) for retrieval"
+    )
+    depth: DatasetSpec | None = Field(
+        None, description="images with ground-truth depth (e.g. depth_folder) for relative depth"
     )
     resolution: int = Field(ge=8, le=MAX_SIDE, description="main evaluation side in px")
     extra_resolutions: list[Side] = Field(default_factory=list)

@@ -20,6 +20,7 @@ BUILTINS = {
     "zeroshot_semseg",
     "refined_semseg",
     "pipeline_semseg",
+    "relative_depth",
 }
 
 
