@@ -77,6 +77,7 @@ def write_feature_teachers(recipe, *, console: Console) -> None:
     import torch
 
     from mergekit_vision.errors import Issue, RecipeError
+    from mergekit_vision.toy.teachers import WEIGHT_SOURCE_FIELDS
 
     toy: ToySpec = recipe.toy
     for name in toy.feature_teachers:
@@ -89,7 +90,7 @@ def write_feature_teachers(recipe, *, console: Console) -> None:
             issue = Issue(f"teachers.{name}.params.checkpoint", "give the toy teacher's file path")
             raise RecipeError(recipe.name, [issue])
         path = Path(params.checkpoint)
-        key = {"params": params.model_dump(mode="json", exclude={"checkpoint"}),
+        key = {"params": params.model_dump(mode="json", exclude=WEIGHT_SOURCE_FIELDS),
                "seed": toy.train_seed}  # fmt: skip
         sidecar = path.with_name(path.name + ".json")
         if path.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == key:

@@ -72,13 +72,22 @@ TOY_CLIP = OpenClipParams(
 """The toy CLIP architecture: a 64 px ResNet and a 3-layer text transformer with open_clip's BPE."""
 
 
+# Where a teacher's weights come from, not what they are: left out of the configuration hash, so
+# a new field of this kind (pretrained, sha256 came with weights by name) keeps cached teachers.
+WEIGHT_SOURCE_FIELDS = {"checkpoint", "pretrained", "sha256", "revision"}
+
+
+def architecture_record(architecture: PluginParams) -> dict[str, Any]:
+    return architecture.model_dump(mode="json", exclude=WEIGHT_SOURCE_FIELDS)
+
+
 def config_hash(
     *, architecture: PluginParams, training: PluginParams, world: ToyWorldConfig
 ) -> str:
     """sha256 of everything that determines a toy teacher's weights."""
     payload = {
         "format": TOY_TEACHER_FORMAT,
-        "architecture": architecture.model_dump(mode="json", exclude={"checkpoint"}),
+        "architecture": architecture_record(architecture),
         "training": training.model_dump(mode="json"),
         "world": world.model_dump(mode="json"),
     }
@@ -153,7 +162,7 @@ def ensure_toy_teacher(
         "checkpoint": path.name,
         "checkpoint_sha256": file_sha256(path),
         "format": TOY_TEACHER_FORMAT,
-        "architecture": architecture.model_dump(mode="json", exclude={"checkpoint"}),
+        "architecture": architecture_record(architecture),
         "training": training.model_dump(mode="json"),
         "world": world.model_dump(mode="json"),
         "train_seconds": round(time.perf_counter() - started, 1),
