@@ -173,7 +173,9 @@ class Engine:
         local: dict[str, float] = {}
         for order, draw in enumerate(stage.replay.draws(step=state.step_in_stage)):
             stream = streams[draw.task]
-            local[draw.task] = self._task_backward(stage, state, stream, draw.task, order, lap)
+            local[draw.task] = self._task_backward(
+                stage, state, stream, draw.task, order, lap, scale=draw.loss_scale
+            )
             # The last micro-batch's backward averaged this task's gradient over the ranks.
             stage.gradients.after_backward(task=draw.task)
         self.parallel.sync_extra(list(stage.weighting.parameters()))
@@ -205,9 +207,12 @@ class Engine:
         name: str,
         order: int,
         lap: Lap,
+        *,
+        scale: float = 1.0,
     ) -> float:
         """``accumulate`` micro-batches of task ``name``, one backward each, gradients summed
-        (of the mean loss); only the last backward synchronises the ranks. Returns the mean loss.
+        (of the mean loss, times the draw's ``scale``); only the last backward synchronises the
+        ranks. Returns the mean (unscaled, unweighted) loss.
         """
         task, k = self.c.tasks[name], stage.spec.accumulate
         forward = self.parallel.forward_fn()
@@ -233,7 +238,7 @@ class Engine:
                     forward=forward,
                     lap=lap,
                 )
-                (stage.weighting.weighted(task=name, loss=loss) / k).backward()
+                (stage.weighting.weighted(task=name, loss=loss) * scale / k).backward()
                 lap("backward")
             total += float(loss.detach())
         return total / k

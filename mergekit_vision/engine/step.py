@@ -138,7 +138,8 @@ def task_loss(
     """The (unweighted) distillation loss of ``task`` on ``batch``.
 
     With a target normalizer the head learns the normalized target; its statistics are updated
-    from this batch while ``update_statistics`` and the normalizer is still estimating.
+    from this batch while ``update_statistics`` and the normalizer is still estimating (or,
+    online, always).
     ``forward(images, head=, prompts=)`` replaces the plain student + head call (the DDP wrapper).
     """
     images, prompts, target = batch_targets(
@@ -209,7 +210,7 @@ def teacher_targets(
         target = task.teacher(images, targets=[name], prompts=prompts)[name]
     if task.name in model.normalizers:
         normalizer = model.normalizers[task.name]
-        if update_statistics and not normalizer.frozen:
+        if update_statistics and normalizer.tracking:
             normalizer.observe(gather_rows(target))
         target = normalizer.normalize(target)
     return target

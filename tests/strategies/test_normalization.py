@@ -124,12 +124,12 @@ def assert_fold_exact(normalizer, *, dim: int) -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["standardize", "phi_s"])
+@pytest.mark.parametrize("name", ["standardize", "phi_s", "teacher_norm"])
 def test_registered(name):
     assert name in NORMALIZATION
 
 
-@pytest.mark.parametrize("name", ["standardize", "phi_s"])
+@pytest.mark.parametrize("name", ["standardize", "phi_s", "teacher_norm"])
 def test_feature_maps_are_normalized_along_their_channel_axis(name):
     """Teacher feature maps are ``[B, C, h, w]``: statistics and maps are per channel, whatever
     the spatial size (the builder sizes the normalizer by the target's axis 1)."""

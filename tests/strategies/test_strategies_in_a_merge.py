@@ -23,6 +23,8 @@ REQUIRED_PARAMS = {
     ),
     ("normalization", "standardize"): "{estimate_steps: 2}",
     ("normalization", "phi_s"): "{estimate_steps: 2}",
+    ("normalization", "teacher_norm"): "{estimate_steps: 2}",
+    ("replay", "random_subset"): "{k: 1}",
 }
 
 CASES = [
@@ -70,7 +72,9 @@ def test_unknown_strategy_lists_the_valid_names(tiny_recipe_args, capsys):
 def test_normalizer_statistics_freeze_before_the_first_step(name, tiny_recipe_args, tmp_path):
     """A normalizer estimating for longer than the run trains is still frozen from step 1: its
     statistics come from a calibration pass before training, not from the training steps (with
-    PHI-S, freezing mid-run would switch its rotation on under a head trained without it)."""
+    PHI-S, freezing mid-run would switch its rotation on under a head trained without it). An
+    online normalizer (teacher_norm) warms up in that pass, then every training batch updates
+    it."""
     run = tmp_path / "run"
     args = [
         *tiny_recipe_args,
@@ -80,6 +84,8 @@ def test_normalizer_statistics_freeze_before_the_first_step(name, tiny_recipe_ar
     ]  # fmt: skip
     assert main(["run", *args]) == 0
     weights = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
-    assert int(weights["normalizers.clip.updates"]) == 6  # 6 calibration batches, 3 steps
+    online = NORMALIZATION.get(name).online
+    # 6 calibration batches, then 3 steps that run the clip task once each
+    assert int(weights["normalizers.clip.updates"]) == (9 if online else 6)
     if name == "phi_s":
         assert bool(weights["normalizers.clip.solved"])

@@ -6,11 +6,13 @@ standard scale before the loss; its statistics are estimated from ``estimate_ste
 teacher targets before the first training step (the engine's calibration pass,
 :func:`~mergekit_vision.engine.step.estimate_target_statistics`), then frozen; at export its
 inverse folds into the head's last linear layer so the exported head predicts the teacher's raw
-targets.
+targets. An online normalizer (``online = True``, DUNE's TeacherNorm) keeps updating its
+statistics from every training batch after that pass; its map then moves with them.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import torch
@@ -24,6 +26,8 @@ class TargetNormalizer(nn.Module):
     ``estimate_steps`` (how many :meth:`update` calls feed the statistics before they freeze)."""
 
     Params: ClassVar[type[PluginParams]] = PluginParams
+    # True: training batches keep feeding update() after the first estimate_steps
+    online: ClassVar[bool] = False
 
     def __init__(self, *, dim: int, estimate_steps: int):
         super().__init__()
@@ -36,7 +40,13 @@ class TargetNormalizer(nn.Module):
 
     @property
     def frozen(self) -> bool:
+        """The calibration pass is done (for an online normalizer, its warm-up)."""
         return int(self.updates) >= self.estimate_steps
+
+    @property
+    def tracking(self) -> bool:
+        """Training batches feed :meth:`update`: while estimating, and always when online."""
+        return self.online or not self.frozen
 
     def update(self, targets: Tensor) -> None:
         """Accumulate statistics of raw targets ``[..., D]`` (no-op once frozen)."""
@@ -68,6 +78,23 @@ class TargetNormalizer(nn.Module):
     def denormalize(self, normalized: Tensor) -> Tensor:
         """Normalized ``[B, D, ...]`` -> raw (what a head trained on normalized targets means)."""
         return self.inverse(normalized.movedim(1, -1)).movedim(-1, 1)
+
+
+def fold_scale_shift(linear: nn.Linear, *, scale: Tensor, shift: Tensor) -> nn.Linear:
+    """A copy of ``linear`` whose outputs are ``linear(x) * scale + shift`` (``[D]`` each):
+    ``W' = diag(scale) W``, ``b' = scale * b + shift``, computed in float64."""
+    folded = copy.deepcopy(linear)
+    scale, shift = scale.double(), shift.double()
+    with torch.no_grad():
+        weight = linear.weight.double()
+        bias = linear.bias.double() if linear.bias is not None else torch.zeros_like(shift)
+        new_bias = scale.to(bias.device) * bias + shift.to(bias.device)
+        folded.weight.copy_(scale.to(weight.device)[:, None] * weight)
+        if folded.bias is None:
+            folded.bias = nn.Parameter(new_bias.to(linear.weight.dtype))
+        else:
+            folded.bias.copy_(new_bias)
+    return folded
 
 
 NORMALIZATION: Registry[TargetNormalizer] = Registry("normalization")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from mergekit_vision.registry import PluginParams
-from mergekit_vision.strategies.normalization.base import NORMALIZATION, TargetNormalizer
+from mergekit_vision.strategies.normalization.base import (
+    NORMALIZATION,
+    TargetNormalizer,
+    fold_scale_shift,
+)
 
 
 @NORMALIZATION.register("standardize")
@@ -68,14 +70,4 @@ class Standardize(TargetNormalizer):
     def fold_into(self, linear: nn.Linear) -> nn.Linear:
         """``W' = diag(sigma) W``, ``b' = sigma * b + mu``."""
         mean, std = self.statistics()
-        folded = copy.deepcopy(linear)
-        with torch.no_grad():
-            weight = linear.weight.double()
-            bias = linear.bias.double() if linear.bias is not None else torch.zeros_like(mean)
-            new_bias = std.to(bias.device) * bias + mean.to(bias.device)
-            folded.weight.copy_(std.to(weight.device)[:, None] * weight)
-            if folded.bias is None:
-                folded.bias = nn.Parameter(new_bias.to(linear.weight.dtype))
-            else:
-                folded.bias.copy_(new_bias)
-        return folded
+        return fold_scale_shift(linear, scale=std, shift=mean)

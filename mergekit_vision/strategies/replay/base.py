@@ -11,8 +11,12 @@ from mergekit_vision.registry import PluginParams, Registry
 
 @dataclass(frozen=True)
 class TaskDraw:
+    """One task batch of a step; the engine multiplies the task's weighted loss by
+    ``loss_scale`` (a scheduler that drops tasks renormalises the kept ones with it)."""
+
     task: str
     batch_size: int
+    loss_scale: float = 1.0
 
 
 class ReplayScheduler(ABC):
