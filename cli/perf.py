@@ -22,7 +22,11 @@ from mergekit_vision.cli.common import (
 
 def bench(
     recipe: Annotated[
-        Path | None, typer.Argument(help="Recipe YAML file (omit with --student).")
+        Path | None,
+        typer.Argument(
+            help="Recipe YAML file (omit with --student; with --gpu-check, default "
+            "recipes/sam_clip.yaml)."
+        ),
     ] = None,
     conflict: Annotated[
         str | None,
@@ -39,7 +43,12 @@ def bench(
         typer.Option(help="Student only: MFU of a ViT-Det variant (vit_b, vit_l, vit_h)."),
     ] = None,
     resolution: Annotated[int, typer.Option(help="--student: input side in px.")] = 1024,
-    batch: Annotated[int, typer.Option(help="--student: images per step.")] = 1,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Images per step: --student (default 1); --gpu-check, per task (default 8)."
+        ),
+    ] = None,
     compile_: Annotated[
         bool,
         typer.Option(
@@ -58,10 +67,94 @@ def bench(
             "with glibc's default allocator settings.",
         ),
     ] = True,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data loaders of this recipe: images/s per worker of each task at its "
+            "resolution, workers needed, PIL vs torchvision JPEG decoding."
+        ),
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="--data: samples timed per task.")] = 32,
+    gpu_steps_per_s: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="--data: the GPU's steps/s to size the loader workers for."),
+    ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic",
+            help="--data: time SA-1B-style and WebDataset sample files written to a temporary "
+            "folder instead of the recipe's.",
+        ),
+    ] = False,
+    gpu_check: Annotated[
+        bool,
+        typer.Option(
+            "--gpu-check",
+            help="The bare student and one full training step of RECIPE on CUDA in bf16, "
+            "random weights: MFU, step-time split, peak memory.",
+        ),
+    ] = False,
+    smoke: Annotated[
+        bool,
+        typer.Option("--smoke", help="--gpu-check: run on CPU in fp32, the recipe shrunk (CI)."),
+    ] = False,
+    peak_tflops: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="--gpu-check: the GPU's dense bf16 peak, if not known."),
+    ] = None,
+    inference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Inference cost of RUN_DIR_OR_RECIPE: the merged model vs the separate teachers "
+            "for both abilities (FLOPs, params, latency, throughput, peak memory), eager, "
+            "torch.compile, ONNX Runtime fp32 and int8; --steps rounds.",
+        ),
+    ] = None,
+    size: Annotated[
+        str,
+        typer.Option(help="--inference RECIPE: 'reference' (its architectures) or 'tiny'."),
+    ] = "reference",
+    variants: Annotated[
+        str | None,
+        typer.Option(help="--inference: a subset of eager,compile,ort,ort_int8."),
+    ] = None,
+    int8_eval: Annotated[
+        bool,
+        typer.Option(
+            "--int8-eval", help="--inference RUN_DIR: also its eval metrics, int8 vs fp32."
+        ),
+    ] = False,
 ) -> None:
-    """Training throughput, step-time split and MFU, SDPA vs original attention interleaved."""
+    """Training throughput, step-time split and MFU, SDPA vs original attention interleaved;
+    with --data, the data loaders' images/s; with --gpu-check, the reference recipe on CUDA."""
+    from mergekit_vision.cli import perf_checks
     from mergekit_vision.tools.bench import bench_student, bench_training
 
+    if inference is not None:
+        _bench_inference(inference, size, variants, int8_eval, set_, steps, json_out)
+        return
+    if data is not None:
+        perf_checks.data_bench(
+            data,
+            overrides=set_,
+            samples=samples,
+            gpu_steps_per_s=gpu_steps_per_s,
+            synthetic=synthetic,
+            json_out=json_out,
+        )
+        return
+    if gpu_check:
+        perf_checks.gpu_check(
+            recipe or Path("recipes/sam_clip.yaml"),
+            smoke=smoke,
+            overrides=set_,
+            batch=batch,
+            steps=steps,
+            peak_tflops=peak_tflops,
+            json_out=json_out,
+        )
+        return
     if student is not None:
         from mergekit_vision.sam.variants import SAM_VARIANTS
 
@@ -78,7 +171,7 @@ def bench(
             lambda: bench_student(
                 variant=student,
                 resolution=resolution,
-                batch=batch,
+                batch=batch or 1,
                 steps=steps,
                 attentions=attentions,
                 keep_memory=keep_freed_memory,
@@ -96,6 +189,39 @@ def bench(
         result["conflict"] = _bench_conflict(recipe, conflict, set_, steps)
     if cached_targets is not None:
         result["cached_targets"] = _bench_cached_targets(recipe, cached_targets, set_, steps)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+def _bench_inference(
+    target: Path,
+    size: str,
+    variants: str | None,
+    int8_eval: bool,
+    set_: list[str] | None,
+    rounds: int,
+    json_out: Path | None,
+) -> None:
+    from mergekit_vision.tools.inference_bench import bench_inference
+    from mergekit_vision.tools.inference_runners import VARIANTS
+    from mergekit_vision.tools.inference_systems import Size
+    from mergekit_vision.tools.inference_table import print_inference_bench
+    from mergekit_vision.tools.int8_eval import int8_metric_change
+
+    chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else VARIANTS
+    if size not in ("reference", "tiny") or not set(chosen) <= set(VARIANTS):
+        user_error(
+            ValueError(f"--size: reference or tiny; --variants: a subset of {','.join(VARIANTS)}")
+        )
+    chosen_size: Size = "tiny" if size == "tiny" else "reference"
+    result = guarded(
+        lambda: bench_inference(
+            target, size=chosen_size, overrides=set_, variants=chosen, rounds=rounds
+        )
+    )
+    if int8_eval:
+        result["int8_eval"] = guarded(lambda: int8_metric_change(target))
+    print_inference_bench(console, result)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
 

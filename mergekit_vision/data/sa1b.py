@@ -157,7 +157,9 @@ class SA1BDataset(ImageDataset, Dataset):
         chunks = [torch.zeros(0, self.resolution, self.resolution, dtype=torch.bool)]
         for start in range(0, len(rles), _DECODE_CHUNK):
             decoded = mask_utils.decode(rles[start : start + _DECODE_CHUNK])  # [H, W, m] uint8
-            masks = torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1))).bool()
+            # A view, not a copy: the decoder writes column-major, and resize_masks reads any
+            # strides, so only the resized masks are laid out anew.
+            masks = torch.from_numpy(decoded).permute(2, 0, 1).view(torch.bool)
             if tuple(masks.shape[-2:]) != (height, width):
                 raise ValueError(
                     f"sa1b: a mask of '{source}' is "

@@ -9,8 +9,13 @@ keeps covering its object at the task resolution. The two modes follow the teach
 
 from __future__ import annotations
 
+import inspect
+import io
+import re
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -25,6 +30,33 @@ from mergekit_vision.data.base import ResizeMode
 # Integer greyscale modes PIL opens 16-bit PNGs and TIFFs as ("I": 32-bit, holding 16-bit values).
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
+JpegDecoder = Literal["torchvision", "pil"]
+
+
+def _torchvision_decode_jpeg() -> Callable[..., Tensor] | None:
+    """torchvision's JPEG decoder to RGB, where this torchvision has one that applies EXIF
+    orientation; None where it has not: older versions lack the option, and torchvision's image
+    decoding is deprecated since 0.29 (TorchCodec takes it over), so a later one may lack it."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    if "apply_exif_orientation" not in inspect.signature(decode_jpeg).parameters:
+        return None
+    return partial(decode_jpeg, mode=ImageReadMode.RGB)
+
+
+_DECODE_JPEG = _torchvision_decode_jpeg()
+JPEG_DECODERS: tuple[JpegDecoder, ...] = ("torchvision", "pil") if _DECODE_JPEG else ("pil",)
+# The JPEG decoder every loader uses: torchvision's where it has one, else PIL. Both decode with
+# libjpeg-turbo and gave the same pixels; `vmerge bench --data` times them on the same bytes and
+# checks the pixels (docs/performance.md). torchvision's was the faster: it decodes straight into
+# a tensor, where PIL goes through an Image, an RGB conversion and an array copy. Other formats
+# (PNG, TIFF, ...) always go to PIL.
+JPEG_DECODER: JpegDecoder = JPEG_DECODERS[0]
+JPEG_MAGIC = b"\xff\xd8\xff"
+_CPP_LOCATION = re.compile(r"^\w+, \S+:\d+, ")  # torchvision's "decode_jpeg, <file>:<line>, "
+
 
 class UnreadableImageError(OSError):
     """An image file is missing, truncated or not an image; the message names the file."""
@@ -35,8 +67,13 @@ def load_image(
     *,
     expected_size: tuple[int, int] | None = None,
     name: str | None = None,
+    jpeg_decoder: JpegDecoder | None = None,
 ) -> Tensor:
     """Read an image file as ``uint8 [3, H, W]`` RGB, EXIF orientation applied.
+
+    The tensor is a view of ``[H, W, 3]`` pixels (channels last in memory, as decoders write
+    them), the layout torch's antialiased uint8 resize works in, so :func:`resize_image` reads
+    it without first converting a planar copy back.
 
     Args:
         path: the image file, or a binary stream of its bytes.
@@ -44,25 +81,61 @@ def load_image(
             disagree on whether their masks follow the EXIF orientation or the stored pixels, so
             when given, the orientation that matches it is used, and neither matching is an error.
         name: how error messages name the image (default: ``path``).
+        jpeg_decoder: who decodes a JPEG (default :data:`JPEG_DECODER`); other formats use PIL.
     """
     name = str(path) if name is None else name
+    decoder = jpeg_decoder or JPEG_DECODER
+    if decoder not in JPEG_DECODERS:
+        raise ValueError(
+            f"jpeg_decoder {decoder!r}: this torchvision has no JPEG decoder that applies EXIF "
+            "orientation; use 'pil'"
+        )
     if expected_size is not None:
         expected_size = (int(expected_size[0]), int(expected_size[1]))
     try:
-        with Image.open(path) as raw:
-            raw.load()
-            image = ImageOps.exif_transpose(raw)
-            if expected_size is not None and (image.height, image.width) != expected_size:
-                image = raw
-            rgb = _to_rgb(image)
-    except OSError as exc:
-        raise UnreadableImageError(f"cannot read image '{name}': {exc}") from exc
-    if expected_size is not None and (rgb.height, rgb.width) != expected_size:
+        if isinstance(path, str | Path):
+            with open(path, "rb") as file:
+                is_jpeg = file.read(len(JPEG_MAGIC)) == JPEG_MAGIC
+            source: Path | str | BinaryIO = path
+        else:
+            source = io.BytesIO(path.read())
+            is_jpeg = source.getvalue().startswith(JPEG_MAGIC)
+        if is_jpeg and decoder == "torchvision":
+            image = _decode_jpeg(source, expected_size)
+        else:
+            image = _decode_pil(source, expected_size)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: torchvision's decoder
+        reason = _CPP_LOCATION.sub("", str(exc))
+        raise UnreadableImageError(f"cannot read image '{name}': {reason}") from exc
+    height, width = image.shape[-2:]
+    if expected_size is not None and (height, width) != expected_size:
         raise ValueError(
-            f"image '{name}' is {rgb.height}x{rgb.width} (HxW) but its annotations are "
+            f"image '{name}' is {height}x{width} (HxW) but its annotations are "
             f"{expected_size[0]}x{expected_size[1]}"
         )
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+    return image
+
+
+def _decode_jpeg(source: Path | str | BinaryIO, expected_size: tuple[int, int] | None) -> Tensor:
+    """A JPEG -> ``uint8 [3, H, W]`` by torchvision, oriented as :func:`load_image` says."""
+    data = Path(source).read_bytes() if isinstance(source, str | Path) else source.read()
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    assert _DECODE_JPEG is not None  # load_image checked
+    image = _DECODE_JPEG(encoded, apply_exif_orientation=True)
+    if expected_size is not None and tuple(image.shape[-2:]) != expected_size:
+        image = _DECODE_JPEG(encoded)  # the stored orientation
+    return image
+
+
+def _decode_pil(source: Path | str | BinaryIO, expected_size: tuple[int, int] | None) -> Tensor:
+    """An image of any format PIL reads -> ``uint8 [3, H, W]``, oriented likewise."""
+    with Image.open(source) as raw:
+        raw.load()
+        image = ImageOps.exif_transpose(raw)
+        if expected_size is not None and (image.height, image.width) != expected_size:
+            image = raw
+        rgb = _to_rgb(image)
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -115,12 +188,18 @@ def resize_masks(masks: Tensor, *, resolution: int, mode: ResizeMode) -> Tensor:
     """Apply :func:`resize_image`'s geometry to ``bool [M, H, W]`` masks -> ``bool [M, R, R]``.
 
     Nearest-exact sampling samples pixel centres as bilinear resizing does, so masks and image
-    stay aligned to within half a pixel.
+    stay aligned to within half a pixel. ``masks`` may be a strided view (e.g. of a decoder's
+    ``[H, W, M]`` output); the result is contiguous.
     """
     _check_mode(mode)
     size = _scaled_size(*masks.shape[-2:], resolution=resolution, mode=mode)
     if tuple(masks.shape[-2:]) != size:
-        masks = TF.resize(masks, list(size), interpolation=InterpolationMode.NEAREST_EXACT)
+        # Resized as the same bytes read as uint8: torch interpolates uint8 natively, while a
+        # bool tensor takes a detour through float. Nearest sampling copies values, so 0/1 stay.
+        resized = TF.resize(
+            masks.view(torch.uint8), list(size), interpolation=InterpolationMode.NEAREST_EXACT
+        )
+        masks = resized.view(torch.bool)
     return _fit(masks, resolution=resolution, mode=mode).contiguous()
 
 
@@ -128,7 +207,8 @@ def drop_empty(masks: Tensor) -> Tensor:
     """Remove masks ``bool [M, R, R]`` that have no pixel left (tiny objects after downscaling)."""
     if masks.shape[0] == 0:
         return masks
-    return masks[masks.flatten(1).view(torch.uint8).amax(dim=1) > 0]  # bytes: faster than any()
+    keep = masks.flatten(1).view(torch.uint8).amax(dim=1) > 0  # bytes: faster than any()
+    return masks if bool(keep.all()) else masks[keep]  # usually none is dropped: no copy
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:

@@ -196,7 +196,7 @@ def _encoder_graphs(
             if run.recipe.eval is not None
             else max(run.recipe.tasks[task].resolutions())
         )
-        head = _head_in_teacher_space(run.model.heads[clip_name], _normalizer(run, task))
+        head = head_in_teacher_space(run.model.heads[clip_name], _normalizer(run, task))
         graph = ImageEncoderGraph(student=student, clip_head=head, sam_output=clip_side == sam_side)
         graphs.append((IMAGE_ENCODER, graph, clip_side))
     if sam_side is not None and sam_side != clip_side:
@@ -212,7 +212,7 @@ def _normalizer(run: LoadedRun, task: str | None) -> TargetNormalizer | None:
     return normalizers[task] if task in normalizers else None
 
 
-def _head_in_teacher_space(head: ClipHead, normalizer: TargetNormalizer | None) -> ClipHead:
+def head_in_teacher_space(head: ClipHead, normalizer: TargetNormalizer | None) -> ClipHead:
     """``head``, or a copy whose last linear layer also undoes the task's target normalization
     (``fold_into``, exact): the normalizer's own inverse branches on its state, which a traced
     graph cannot."""
@@ -271,17 +271,7 @@ def _export_decoder(run: LoadedRun, head: SamHead, path: Path) -> dict[str, Any]
     sam = build_sam_model(**architecture)
     sam.load_state_dict(state, strict=True)
     model = MergedSamOnnxModel(sam.eval(), single_mask_token=not head.multimask_output).eval()
-    points = torch.export.Dim("num_points", min=1)
-    differences = export_graph(
-        model,
-        decoder_inputs(sam, points=5, seed=0),
-        path,
-        input_names=list(DECODER_INPUTS),
-        output_names=list(DECODER_OUTPUTS),
-        dynamic_shapes=(None, {1: points}, {1: points}, None, None, None),
-        check=decoder_inputs(sam, points=2, seed=1),
-        strict=True,
-    )
+    differences = export_sam_decoder(model, path)
     grid = list(sam.prompt_encoder.image_embedding_size)
     return {
         "file": path.name,
@@ -293,6 +283,22 @@ def _export_decoder(run: LoadedRun, head: SamHead, path: Path) -> dict[str, Any]
         "outputs": list(DECODER_OUTPUTS),
         "max_abs_difference": differences,
     }
+
+
+def export_sam_decoder(model: SamOnnxModel, path: Path) -> dict[str, float]:
+    """Export ``model`` (one image's decoder, ``num_points`` dynamic) to ``path``, checked with
+    onnxruntime at another point count; each output's largest difference from PyTorch."""
+    points = torch.export.Dim("num_points", min=1)
+    return export_graph(
+        model,
+        decoder_inputs(model.model, points=5, seed=0),
+        path,
+        input_names=list(DECODER_INPUTS),
+        output_names=list(DECODER_OUTPUTS),
+        dynamic_shapes=(None, {1: points}, {1: points}, None, None, None),
+        check=decoder_inputs(model.model, points=2, seed=1),
+        strict=True,
+    )
 
 
 def decoder_inputs(sam: Sam, *, points: int, seed: int) -> tuple[Tensor, ...]:

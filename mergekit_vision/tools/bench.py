@@ -264,7 +264,7 @@ def bench_training(
     engine = Engine(components)  # the recipe's performance switches, as in training
     if not hasattr(components.model.student, "attention"):
         attentions = ("default",)
-    step = _PhasedStep(engine, engine.build_stage(spec))
+    step = PhasedStep(engine, engine.build_stage(spec))
     engine.open_streams(TrainState())
     step.use_attention(attentions[-1])
     flops = step.count_model_flops()
@@ -299,12 +299,12 @@ def bench_training(
         "model_gflops_per_step": flops["model"] / 1e9,
         "teacher_gflops_per_step": flops["teacher"] / 1e9,
         "matmul_peak_gflops": peak / 1e9,
-        "peak_memory_mb": _peak_memory_mb(device),
+        "peak_memory_mb": peak_memory_mb(device),
         "attention": report,
     }
 
 
-class _PhasedStep:
+class PhasedStep:
     """The engine's training step of one stage, its phases (:data:`PHASES`) timed or
     FLOP-counted apart through the step's ``lap`` hook."""
 
@@ -353,7 +353,7 @@ class _Clock:
         return elapsed
 
 
-def _peak_memory_mb(device: str) -> float:
+def peak_memory_mb(device: str) -> float:
     """CUDA: max allocated; CPU: the process's peak resident set size."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
