@@ -167,16 +167,24 @@ class StudentFeatures:
         feature_map: ``[B, C_out, h, w]`` the backbone's final feature map (e.g. ViT-Det's neck).
         intermediates: ``[B, h, w, C]`` per-block outputs, when requested.
         image_size: side in pixels of the input images.
+        blocks: ``[B, h, w, C]`` outputs of the blocks asked for by index (``blocks=`` of
+            :meth:`Student.forward`), keyed by that index (0 is the first block).
     """
 
     tokens: Tensor
     feature_map: Tensor
     image_size: int
     intermediates: list[Tensor] = field(default_factory=list)
+    blocks: dict[int, Tensor] = field(default_factory=dict)
 
 
 class Student(nn.Module, ABC):
-    """The backbone being trained; accepts square inputs of any multiple of ``patch_size``."""
+    """The backbone being trained; accepts square inputs of any multiple of ``patch_size``.
+
+    ``returned_blocks`` are the blocks whose outputs every forward returns unless the call names
+    its own (the merged model sets them to what its heads read, so callers that never ask, such
+    as evaluation and export, hand every head its blocks).
+    """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
     pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -185,6 +193,7 @@ class Student(nn.Module, ABC):
     out_channels: int
     patch_size: int
     native_size: int
+    returned_blocks: tuple[int, ...] = ()
 
     @classmethod
     @abstractmethod
@@ -197,26 +206,55 @@ class Student(nn.Module, ABC):
         return {}
 
     @abstractmethod
-    def forward(self, images: Tensor, *, return_intermediates: bool = False) -> StudentFeatures:
-        """``images`` ``[B, 3, H, W]`` in [0, 1] (normalized inside)."""
+    def forward(
+        self,
+        images: Tensor,
+        *,
+        return_intermediates: bool = False,
+        blocks: Sequence[int] | None = None,
+    ) -> StudentFeatures:
+        """``images`` ``[B, 3, H, W]`` in [0, 1] (normalized inside); ``blocks``: the indices
+        (into :meth:`transformer_blocks`) whose outputs ``features.blocks`` returns, None for
+        ``returned_blocks``; other blocks' outputs are not kept."""
 
     @abstractmethod
     def last_block(self) -> nn.Module:
         """The last transformer block (heads may initialise from it)."""
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The transformer blocks in order: what block indices (``blocks=``) count."""
+        return list(getattr(self, "blocks", ()))
+
     def shard_units(self) -> list[nn.Module]:
         """Sub-modules FSDP2 shards as one unit each (the transformer blocks, which the forward
         must call as ``module(x)``); the rest of the student is one more unit."""
-        return list(getattr(self, "blocks", ()))
+        return self.transformer_blocks()
+
+
+def block_indices(indices: Sequence[int], *, depth: int, what: str) -> tuple[int, ...]:
+    """``indices`` into ``depth`` blocks (negative ones count from the end) as non-negative,
+    sorted and unique; a clear error naming ``what`` asked for one out of range."""
+    wrong = [i for i in indices if not -depth <= i < depth]
+    if wrong:
+        raise ValueError(
+            f"{what}: block(s) {wrong} out of range; the student has {depth} blocks "
+            f"(indices 0..{depth - 1}, or -{depth}..-1 from the end)"
+        )
+    return tuple(sorted({i % depth for i in indices}))
 
 
 STUDENTS: Registry[Student] = Registry("students")
 
 
 class Head(nn.Module, ABC):
-    """Maps student features to one teacher's targets (named like the teacher's targets)."""
+    """Maps student features to one teacher's targets (named like the teacher's targets).
+
+    ``student_blocks`` names the student blocks whose outputs the head reads from
+    ``features.blocks`` (non-negative indices); the training step asks the student for them.
+    """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
+    student_blocks: tuple[int, ...] = ()
 
     @classmethod
     @abstractmethod

@@ -24,6 +24,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.heads.sam_head",
     "mergekit_vision.heads.adaptor",
     "mergekit_vision.heads.depth_head",
+    "mergekit_vision.heads.ladder",
     "mergekit_vision.losses.contrastive",
     "mergekit_vision.losses.cosine",
     "mergekit_vision.losses.focal_dice",

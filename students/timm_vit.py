@@ -26,6 +26,7 @@ from mergekit_vision.contracts import (
     Student,
     StudentFeatures,
     Teacher,
+    block_indices,
     resize_and_normalize,
 )
 from mergekit_vision.hub import WeightsName, cached, resolve
@@ -194,16 +195,24 @@ class TimmViTStudent(Student):
             "model_kwargs match its architecture?)",
         )
 
-    def forward(self, images: Tensor, *, return_intermediates: bool = False) -> StudentFeatures:
+    def forward(
+        self,
+        images: Tensor,
+        *,
+        return_intermediates: bool = False,
+        blocks: Sequence[int] | None = None,
+    ) -> StudentFeatures:
         """
         Args:
             images: ``[B, 3, H, W]`` in [0, 1], ``H`` and ``W`` multiples of ``patch_size``.
             return_intermediates: also return every block's output.
+            blocks: the blocks whose outputs ``blocks`` returns (None: ``returned_blocks``).
 
         Returns:
             tokens ``[B, H/p, W/p, C]`` (after the final norm), feature_map
-            ``[B, C, H/p, W/p]`` (the same tokens, NCHW), prefix_tokens ``[B, P, C]`` and
-            ``depth`` intermediates ``[B, H/p, W/p, C]`` when requested.
+            ``[B, C, H/p, W/p]`` (the same tokens, NCHW), prefix_tokens ``[B, P, C]``,
+            ``depth`` intermediates ``[B, H/p, W/p, C]`` when requested, and the asked blocks'
+            outputs ``[B, H/p, W/p, C]`` (before the final norm) by index.
         """
         height, width = images.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
@@ -211,10 +220,23 @@ class TimmViTStudent(Student):
                 f"image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
             )
         pixels = resize_and_normalize(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
+        kept = block_indices(
+            self.returned_blocks if blocks is None else blocks,
+            depth=len(self.model.blocks),
+            what="timm_vit blocks",
+        )
         intermediates: list[Tensor] = []
-        if return_intermediates:
-            final, maps = self.model.forward_intermediates(pixels, output_fmt="NCHW")
-            intermediates = [m.permute(0, 2, 3, 1) for m in maps]
+        outputs: dict[int, Tensor] = {}
+        if return_intermediates or kept:
+            # timm keeps every block's output, or only those of ``indices`` (in block order)
+            final, maps = self.model.forward_intermediates(
+                pixels, indices=None if return_intermediates else list(kept), output_fmt="NCHW"
+            )
+            grids = [m.permute(0, 2, 3, 1) for m in maps]
+            if return_intermediates:
+                intermediates, outputs = grids, {i: grids[i] for i in kept}
+            else:
+                outputs = dict(zip(kept, grids, strict=True))
         else:
             final = self.model.forward_features(pixels)
         grid = (height // self.patch_size, width // self.patch_size)
@@ -226,11 +248,12 @@ class TimmViTStudent(Student):
             feature_map=tokens.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format),
             image_size=int(height),
             intermediates=list(intermediates),
+            blocks=outputs,
             prefix_tokens=final[:, : self.num_prefix_tokens].clone(),
         )
 
     def last_block(self) -> nn.Module:
         return GridBlock(self.model.blocks[-1])
 
-    def shard_units(self) -> list[nn.Module]:
+    def transformer_blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)

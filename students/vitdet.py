@@ -29,6 +29,7 @@ from mergekit_vision.contracts import (
     Student,
     StudentFeatures,
     Teacher,
+    block_indices,
     resize_and_normalize,
 )
 from mergekit_vision.hub import Sha256, WeightsName, cached
@@ -264,15 +265,23 @@ class ViTDetStudent(ImageEncoderViT, Student):
             "match its architecture?)",
         )
 
-    def forward(self, images: Tensor, *, return_intermediates: bool = False) -> StudentFeatures:
+    def forward(
+        self,
+        images: Tensor,
+        *,
+        return_intermediates: bool = False,
+        blocks: Sequence[int] | None = None,
+    ) -> StudentFeatures:
         """
         Args:
             images: ``[B, 3, H, W]`` in [0, 1], ``H`` and ``W`` multiples of ``patch_size``.
             return_intermediates: also return every block's output.
+            blocks: the blocks whose outputs ``blocks`` returns (None: ``returned_blocks``).
 
         Returns:
-            tokens ``[B, H/p, W/p, C]``, feature_map ``[B, out_channels, H/p, W/p]``, and
-            ``depth`` intermediates ``[B, H/p, W/p, C]`` when requested.
+            tokens ``[B, H/p, W/p, C]``, feature_map ``[B, out_channels, H/p, W/p]``,
+            ``depth`` intermediates ``[B, H/p, W/p, C]`` when requested, and the asked blocks'
+            outputs ``[B, H/p, W/p, C]`` by index.
         """
         height, width = images.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
@@ -282,14 +291,26 @@ class ViTDetStudent(ImageEncoderViT, Student):
         images = resize_and_normalize(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
         x = self.patch_embed(images)
         x = x + resample_pos_embed(self.pos_embed, x.shape[1:3], antialias=True)
+        kept = block_indices(
+            self.returned_blocks if blocks is None else blocks,
+            depth=len(self.blocks),
+            what="vitdet blocks",
+        )
         intermediates: list[Tensor] = []
-        for block in self.blocks:
+        outputs: dict[int, Tensor] = {}
+        for index, block in enumerate(self.blocks):
             x = self._run_block(block, x)
             if return_intermediates:
                 intermediates.append(x)
+            if index in kept:
+                outputs[index] = x
         feature_map = self.neck(x.permute(0, 3, 1, 2))
         return StudentFeatures(
-            tokens=x, feature_map=feature_map, image_size=int(height), intermediates=intermediates
+            tokens=x,
+            feature_map=feature_map,
+            image_size=int(height),
+            intermediates=intermediates,
+            blocks=outputs,
         )
 
     @property

@@ -39,6 +39,7 @@ from mergekit_vision.recipe.schema import (
 )
 from mergekit_vision.sam.prompts import PromptSampler, PromptSamplerParams
 from mergekit_vision.strategies.normalization.base import NORMALIZATION, TargetNormalizer
+from mergekit_vision.students.lora import apply_lora
 
 
 class MergedModel(nn.Module):
@@ -61,6 +62,10 @@ class MergedModel(nn.Module):
         self.student = student
         self.heads = nn.ModuleDict(heads)
         self.normalizers = nn.ModuleDict(normalizers or {})
+        # Callers that never name blocks (evaluation, export) still hand each head its own.
+        student.returned_blocks = tuple(
+            sorted({i for h in heads.values() for i in h.student_blocks})
+        )
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups a stage can train: ``backbone`` and each head by name."""
@@ -186,6 +191,10 @@ def build_components(
             heads[name] = HEADS.get(spec.type).build(
                 spec.params, student=student, teachers=teachers
             )
+    lora = recipe.student.lora
+    if lora is not None:  # after the heads: one that copies a student block copies it plain
+        with _blame("student.lora"):
+            apply_lora(student, rank=lora.rank, alpha=lora.alpha, targets=lora.targets)
     tasks = {}
     for name, spec in recipe.tasks.items():
         with _blame(f"tasks.{name}"):

@@ -118,7 +118,8 @@ class HeadForward(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor, *, head: str, prompts: Prompts | None) -> dict[str, Tensor]:
-        return self.model.heads[head](self.model.student(images), prompts=prompts)
+        chosen = self.model.heads[head]
+        return chosen(self.model.student(images, blocks=chosen.student_blocks), prompts=prompts)
 
 
 class Parallel:

@@ -45,6 +45,7 @@ from mergekit_vision.engine.stage import (
 )
 from mergekit_vision.engine.step import Lap, estimate_target_statistics, no_lap, task_loss
 from mergekit_vision.engine.streams import BatchStream, open_streams, task_stream
+from mergekit_vision.recipe.resolution import reference_side, resolution_sides, side_at
 from mergekit_vision.recipe.schema import StageSpec
 from mergekit_vision.trackers.group import TrackerGroup
 
@@ -171,10 +172,14 @@ class Engine:
         stage.optimizer.zero_grad(set_to_none=True)
         stage.gradients.begin_step()
         local: dict[str, float] = {}
+        sides: dict[str, int] = {}
         for order, draw in enumerate(stage.replay.draws(step=state.step_in_stage)):
             stream = streams[draw.task]
+            side = self._resolution(stage.spec, draw.task, state.step_in_stage)
+            if len(resolution_sides(self._chosen_resolution(stage.spec, draw.task))) > 1:
+                sides[f"resolution/{draw.task}"] = side  # what a varying task's step trained at
             local[draw.task] = self._task_backward(
-                stage, state, stream, draw.task, order, lap, scale=draw.loss_scale
+                stage, state, stream, draw.task, order, lap, side=side, scale=draw.loss_scale
             )
             # The last micro-batch's backward averaged this task's gradient over the ranks.
             stage.gradients.after_backward(task=draw.task)
@@ -195,6 +200,7 @@ class Engine:
             "lr": lr,
             "nonfinite_steps": state.nonfinite_steps + int(skipped),
             "step_time": time.perf_counter() - started,
+            **sides,
             **{f"weight/{name}": w for name, w in weights.items() if len(weights) > 1},
             **diagnostics,
         }
@@ -208,11 +214,12 @@ class Engine:
         order: int,
         lap: Lap,
         *,
+        side: int,
         scale: float = 1.0,
     ) -> float:
-        """``accumulate`` micro-batches of task ``name``, one backward each, gradients summed
-        (of the mean loss, times the draw's ``scale``); only the last backward synchronises the
-        ranks. Returns the mean (unscaled, unweighted) loss.
+        """``accumulate`` micro-batches of task ``name`` at resolution ``side``, one backward
+        each, gradients summed (of the mean loss, times the draw's ``scale``); only the last
+        backward synchronises the ranks. Returns the mean (unscaled, unweighted) loss.
         """
         task, k = self.c.tasks[name], stage.spec.accumulate
         forward = self.parallel.forward_fn()
@@ -232,7 +239,7 @@ class Engine:
                     task,
                     stream.next(),
                     model=self.c.model,
-                    resolution=self._resolution(stage.spec, name, state.step_in_stage),
+                    resolution=side,
                     generator=generator,
                     device=self.c.device,
                     forward=forward,
@@ -275,7 +282,7 @@ class Engine:
         losses, metrics = self.monitor.read(
             model=self.c.model,
             tasks=stage.spec.tasks,
-            resolution_of=lambda task: self._resolution(stage.spec, task, 0),
+            resolution_of=lambda task: reference_side(self._chosen_resolution(stage.spec, task)),
             device=self.c.device,
         )
         self.parallel.reshard()
@@ -292,10 +299,15 @@ class Engine:
         if state.global_step % self.recipe.checkpointing.every == 0:
             self._checkpoint(state, stage)
 
+    def _chosen_resolution(self, stage: StageSpec, task: str) -> Any:
+        """The stage's resolution for ``task`` (its override, else the task's own)."""
+        return stage.resolution.get(task, self.recipe.tasks[task].resolution)
+
     def _resolution(self, stage: StageSpec, task: str, step: int) -> int:
-        chosen = stage.resolution.get(task, self.recipe.tasks[task].resolution)
-        sizes = chosen if isinstance(chosen, list) else [chosen]
-        return sizes[step % len(sizes)]
+        """The side ``task`` trains at in the stage's step ``step``: a list cycles, a stochastic
+        resolution draws from (run seed, stage, task, step), so a resumed run draws the same."""
+        chosen = self._chosen_resolution(stage, task)
+        return side_at(chosen, step=step, seed=self.recipe.seed, key=f"{stage.name}/{task}")
 
     def build_stage(self, spec: StageSpec) -> StageRun:
         """``spec`` built on this engine's model: it trains what the stage names, except what a

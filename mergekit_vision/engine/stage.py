@@ -112,7 +112,7 @@ def build_stage(
 
 def check_parallel_support(recipe: Recipe, *, sharded: bool) -> None:
     """Refuse, before any collective, strategies that need whole per-task gradients under FSDP
-    (``sharded``), which splits every gradient across the ranks."""
+    (``sharded``), which splits every gradient across the ranks, and a LoRA student there."""
     if not sharded:
         return
     issues = [
@@ -125,5 +125,9 @@ def check_parallel_support(recipe: Recipe, *, sharded: bool) -> None:
         if CONFLICT.get(stage.conflict.type).needs_task_gradients
         or WEIGHTING.get(stage.weighting.type).needs_task_gradients
     ]
+    if recipe.student.lora is not None:  # parametrized weights are not sharded as plain ones
+        issues.append(
+            Issue("student.lora", "not supported with FSDP; use distributed.strategy ddp")
+        )
     if issues:
         raise RecipeError(recipe.name, issues)

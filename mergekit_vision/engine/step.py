@@ -155,8 +155,9 @@ def task_loss(
     name = task.spec.target
     with autocast_context(device, getattr(model, "autocast_dtype", None)):
         if forward is None:
-            features = model.student(images)
-            prediction = model.heads[task.spec.head](features, prompts=prompts)
+            head = model.heads[task.spec.head]
+            features = model.student(images, blocks=head.student_blocks)  # only what it reads
+            prediction = head(features, prompts=prompts)
         else:
             prediction = forward(images, head=task.spec.head, prompts=prompts)
     loss = task.loss(prediction[name].float(), target)

@@ -25,6 +25,7 @@ from mergekit_vision.export import ExportError
 from mergekit_vision.recipe.io import load_recipe, validate_recipe
 from mergekit_vision.recipe.references import declared_references
 from mergekit_vision.recipe.schema import Recipe
+from mergekit_vision.students.lora import merge_lora
 
 
 @dataclass
@@ -100,6 +101,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         components = build_components(standalone, allow_random_init=True)
     model = components.model
     load_model_weights(model, checkpoint)
+    merge_lora(model.student)  # a LoRA student's updates folded in: plain weights from here on
     return LoadedRun(
         run_dir=Path(run_dir),
         checkpoint=checkpoint,

@@ -53,6 +53,16 @@ def spatial_target_shape(
     return shape[1], grid
 
 
+def resize_to_grid(maps: Tensor, grid: tuple[int, int] | None) -> Tensor:
+    """``[B, C, h, w]`` resized bilinearly to ``grid`` (None, or already there: unchanged)."""
+    if grid is None or tuple(maps.shape[-2:]) == grid:
+        return maps
+    # Shrinking (a ResNet CLIP's 2 x 2 map from a 16 x 16 student) filters first, so every
+    # student token contributes instead of the few that bilinear sampling would hit.
+    shrink = any(o < i for o, i in zip(grid, maps.shape[-2:], strict=True))
+    return F.interpolate(maps, size=grid, mode="bilinear", align_corners=False, antialias=shrink)
+
+
 @HEADS.register("adaptor")
 class AdaptorHead(Head):
     """AM-RADIO's per-teacher adaptor (Ranzinger et al., "AM-RADIO: Agglomerative Vision
@@ -169,14 +179,7 @@ class AdaptorHead(Head):
         """``[B, C_t, h, w]`` the per-token MLP output, resized to ``output_grid`` if set."""
         assert self.spatial_mlp is not None, "this adaptor has no spatial MLP"
         maps = self.spatial_mlp(features.tokens).permute(0, 3, 1, 2)
-        if self.output_grid is not None and tuple(maps.shape[-2:]) != self.output_grid:
-            # Shrinking (a ResNet CLIP's 2 x 2 map from a 16 x 16 student) filters first, so every
-            # student token contributes instead of the few that bilinear sampling would hit.
-            shrink = any(o < i for o, i in zip(self.output_grid, maps.shape[-2:], strict=True))
-            maps = F.interpolate(
-                maps, size=self.output_grid, mode="bilinear", align_corners=False, antialias=shrink
-            )
-        return maps
+        return resize_to_grid(maps, self.output_grid)
 
     def _summary(self, features: StudentFeatures) -> Tensor:
         if self.summary_source == "cls":

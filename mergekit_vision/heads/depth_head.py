@@ -7,7 +7,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import HEADS, Head, Prompts, Student, StudentFeatures, Teacher
+from mergekit_vision.contracts import (
+    HEADS,
+    Head,
+    Prompts,
+    Student,
+    StudentFeatures,
+    Teacher,
+    block_indices,
+)
 from mergekit_vision.heads.adaptor import spatial_target_shape
 from mergekit_vision.registry import PluginParams, TeacherName
 
@@ -59,15 +67,15 @@ class DepthHead(Head):
     """A light DPT-style dense head (Ranftl et al., "Vision Transformers for Dense Prediction",
     ICCV 2021, arXiv 2103.13413), as Depth Anything's decoder (arXiv 2401.10891).
 
-    Reassemble: four token maps (the student's ``layers`` when its features carry per-block
-    outputs, else its last tokens four times) are projected to ``features`` channels and
-    resampled to 4, 2, 1 and 1/2 times the token grid. Fusion: from the coarsest, each level is
-    added to the upsampled coarser path through residual convolution units. Read-out: a 3x3
-    convolution, bilinear upsampling to the teacher's target grid, a 3x3 convolution to
-    ``hidden`` channels, ReLU and a 1x1 convolution to the target's channels. DPT ends with one
-    more ReLU (depth is non-negative); it is left out because the ``ssi`` loss and the depth
-    metrics align scale and shift, so the sign of the raw output carries nothing, and a final
-    ReLU would only stop the gradient wherever the untrained output is negative.
+    Reassemble: four token maps (the outputs of the student's blocks ``layers``, which the training
+    step asks the student for, else its last tokens four times) are projected to ``features``
+    channels and resampled to 4, 2, 1 and 1/2 times the token grid. Fusion: from the coarsest, each
+    level is added to the upsampled coarser path through residual convolution units. Read-out: a 3x3
+    convolution, bilinear upsampling to the teacher's target grid, a 3x3 convolution to ``hidden``
+    channels, ReLU and a 1x1 convolution to the target's channels. DPT ends with one more ReLU
+    (depth is non-negative); it is left out because the ``ssi`` loss and the depth metrics align
+    scale and shift, so the sign of the raw output carries nothing, and a final ReLU would only stop
+    the gradient wherever the untrained output is negative.
     """
 
     class Params(PluginParams):
@@ -77,9 +85,9 @@ class DepthHead(Head):
         hidden: int = Field(32, ge=1, description="channels of the read-out's last 3x3 conv")
         layers: tuple[int, int, int, int] | None = Field(
             None,
-            description="the student blocks to reassemble, from the per-block outputs a caller "
-            "asks the student for (return_intermediates); default: the last tokens, which is "
-            "what the training step hands every head",
+            description="the student blocks to reassemble (negative: from the end); the "
+            "training step asks the student for their outputs; default: the last tokens at "
+            "every scale",
         )
 
     def __init__(
@@ -101,11 +109,13 @@ class DepthHead(Head):
             features: channels of the reassembled and fused maps.
             hidden: channels before the final 1x1 convolution.
             output_grid: ``(H, W)`` of the output; None: the input image's side.
-            layers: indices into ``features.intermediates`` of the four blocks to reassemble;
-                None reads ``features.tokens`` at every scale.
+            layers: the four blocks to reassemble (non-negative indices), read from
+                ``features.blocks`` (else ``features.intermediates``); None reads
+                ``features.tokens`` at every scale.
         """
         super().__init__()
         self.target, self.output_grid, self.layers = target, output_grid, layers
+        self.student_blocks = tuple(sorted(set(layers or ())))
         self.reassemble = nn.ModuleList(
             nn.Sequential(nn.Conv2d(embed_dim, features, 1), _resample(features, factor))
             for factor in FACTORS
@@ -121,6 +131,11 @@ class DepthHead(Head):
     @classmethod
     def build(cls, params: Params, *, student: Student, teachers: dict[str, Teacher]) -> DepthHead:
         channels, grid = spatial_target_shape(teachers, params.teacher, params.target)
+        layers = params.layers
+        if layers is not None:
+            depth = len(student.transformer_blocks())
+            block_indices(layers, depth=depth, what=f"depth_head layers {list(layers)}")
+            layers = tuple(i % depth for i in layers)  # in the given order: one per scale
         return cls(
             embed_dim=student.embed_dim,
             out_channels=channels,
@@ -128,7 +143,7 @@ class DepthHead(Head):
             features=params.features,
             hidden=params.hidden,
             output_grid=grid,
-            layers=params.layers,
+            layers=layers,
         )
 
     def forward(
@@ -160,11 +175,14 @@ class DepthHead(Head):
     def _token_maps(self, features: StudentFeatures) -> list[Tensor]:
         if self.layers is None:
             return [features.tokens] * len(FACTORS)
+        if all(i in features.blocks for i in self.layers):
+            return [features.blocks[i] for i in self.layers]
         blocks = features.intermediates
         if not blocks:
             raise ValueError(
-                f"depth_head layers {list(self.layers)} need the student's per-block outputs; "
-                "call the student with return_intermediates=True, or leave layers unset to read "
+                f"depth_head layers {list(self.layers)} need the student's outputs of those "
+                "blocks; call the student with blocks=head.student_blocks (as training and a "
+                "merged model do) or return_intermediates=True, or leave layers unset to read "
                 "its last tokens"
             )
         if any(not -len(blocks) <= i < len(blocks) for i in self.layers):

@@ -22,10 +22,10 @@ from mergekit_vision.recipe.ranges import (
     MAX_WORKERS,
     Beta,
     Count,
-    Resolution,
     Seed,
 )
 from mergekit_vision.recipe.references import declared_references
+from mergekit_vision.recipe.resolution import TaskResolution, resolution_sides
 from mergekit_vision.recipe.specs import (
     ConflictSpec,
     DatasetSpec,
@@ -55,7 +55,9 @@ class TaskSpec(Frozen):
     loss: LossSpec
     data: DatasetSpec
     batch_size: int = Field(ge=1, le=MAX_BATCH)
-    resolution: Resolution = Field(description="side in px; a list cycles per step")
+    resolution: TaskResolution = Field(
+        description="side in px; a list cycles per step; {low, high, p_high} draws per step"
+    )
     resize: Literal["pad", "crop"] = "crop"
     weight: float = Field(1.0, ge=0, description="the task's loss weight (SAM-CLIP's lambda)")
     prompts: PromptSamplerParams | None = None
@@ -81,7 +83,7 @@ class TaskSpec(Frozen):
     )
 
     def resolutions(self) -> list[int]:
-        return self.resolution if isinstance(self.resolution, list) else [self.resolution]
+        return resolution_sides(self.resolution)
 
     def sample_views(self) -> int | None:
         """Views per sample when samples are keyed views (any of ``views``, ``augment``,
@@ -118,7 +120,7 @@ class StageSpec(Frozen):
     train: list[str] = Field(min_length=1, description="'backbone' and/or head names")
     lr: float = Field(gt=0)
     lr_mult: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
-    resolution: dict[str, Resolution] = Field(
+    resolution: dict[str, TaskResolution] = Field(
         default_factory=dict, description="per-task resolution override for this stage"
     )
     # Built when a stage omits them, not on import: building an entry looks its plugin up.
@@ -372,7 +374,7 @@ def task_load_resolution(recipe: Recipe, task_name: str) -> int:
     for stage in recipe.stages:
         override = stage.resolution.get(task_name)
         if override is not None:
-            sizes += override if isinstance(override, list) else [override]
+            sizes += resolution_sides(override)
     return max(sizes)
 
 

@@ -96,8 +96,28 @@ class TeacherSpec(PluginSpec):
     kind = "teachers"
 
 
+class LoraSpec(Frozen):
+    """Low-rank adapters on the student's blocks (LoRA: Hu et al., ICLR 2022, arXiv 2106.09685):
+    each target Linear's weight ``W`` is frozen and trains as ``W + (alpha / rank) B A``, with
+    ``B`` starting at zero; export merges ``B A`` back into ``W``. SAM-CLIP (Wang et al., arXiv
+    2310.15308) suggests such parameter-efficient training against the drop in what the
+    backbone retains of its first teacher."""
+
+    rank: int = Field(4, ge=1, le=4096, description="the rank of each update B A")
+    alpha: float = Field(8.0, gt=0, description="the update's scale is alpha / rank")
+    targets: list[str] = Field(
+        default_factory=lambda: ["qkv", "proj"],
+        min_length=1,
+        description="the Linear layers of every block to adapt, by the last part of their "
+        "module name (vitdet: qkv, proj, lin1, lin2; timm_vit: qkv, proj, fc1, fc2)",
+    )
+
+
 class StudentSpec(PluginSpec):
     kind = "students"
+    lora: LoraSpec | None = Field(
+        None, description="train low-rank adapters on the blocks instead of their weights"
+    )
 
 
 class HeadSpec(PluginSpec):

@@ -80,3 +80,14 @@ def test_a_few_ssi_steps_fit_the_teachers_depth(teachers):
         optimizer.step()
         values.append(value.item())
     assert values[-1] < 0.75 * values[0], values  # 1.45 -> 0.82 in 12 steps
+
+
+def test_layers_are_the_blocks_the_training_step_asks_the_student_for(teachers):
+    backbone = student()
+    head = build(teachers, backbone, layers=(0, -1, 1, 1))
+    assert head.layers == (0, 1, 1, 1) and head.student_blocks == (0, 1)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        asked = head(backbone(images, blocks=head.student_blocks))["depth"]
+        every = head(backbone(images, return_intermediates=True))["depth"]
+    torch.testing.assert_close(asked, every)

@@ -17,6 +17,7 @@ from typing import Any
 
 from mergekit_vision.contracts import TEACHERS
 from mergekit_vision.errors import BuildError
+from mergekit_vision.recipe.resolution import resolution_sides
 from mergekit_vision.recipe.schema import Recipe, task_load_resolution
 from mergekit_vision.recipe.task_params import PromptSamplerParams
 
@@ -46,7 +47,7 @@ def task_resolutions(recipe: Recipe, task_name: str) -> list[int]:
     for stage in recipe.stages:
         override = stage.resolution.get(task_name)
         if override is not None:
-            sizes.update(override if isinstance(override, list) else [override])
+            sizes.update(resolution_sides(override))
     return sorted(sizes)
 
 
