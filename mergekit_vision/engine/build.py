@@ -64,7 +64,7 @@ class MergedModel(nn.Module):
         self.normalizers = nn.ModuleDict(normalizers or {})
         # Callers that never name blocks (evaluation, export) still hand each head its own.
         student.returned_blocks = tuple(
-            sorted({i for h in heads.values() for i in h.student_blocks})
+            sorted({i for h in heads.values() for i in getattr(h, "student_blocks", ())})
         )
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

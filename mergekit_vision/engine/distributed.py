@@ -119,7 +119,8 @@ class HeadForward(nn.Module):
 
     def forward(self, images: Tensor, *, head: str, prompts: Prompts | None) -> dict[str, Tensor]:
         chosen = self.model.heads[head]
-        return chosen(self.model.student(images, blocks=chosen.student_blocks), prompts=prompts)
+        blocks = getattr(chosen, "student_blocks", ())
+        return chosen(self.model.student(images, blocks=blocks), prompts=prompts)
 
 
 class Parallel:

@@ -156,7 +156,8 @@ def task_loss(
     with autocast_context(device, getattr(model, "autocast_dtype", None)):
         if forward is None:
             head = model.heads[task.spec.head]
-            features = model.student(images, blocks=head.student_blocks)  # only what it reads
+            blocks = getattr(head, "student_blocks", ())  # only what it reads (none: a plain head)
+            features = model.student(images, blocks=blocks)
             prediction = head(features, prompts=prompts)
         else:
             prediction = forward(images, head=task.spec.head, prompts=prompts)
