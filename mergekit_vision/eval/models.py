@@ -132,7 +132,7 @@ class SamTeacherEval:
     used as they are; otherwise its SAM prompt encoder and mask decoder decode the image
     embeddings."""
 
-    capabilities = frozenset({"promptable_masks", "dense"})
+    capabilities = frozenset({"promptable_masks", "summary", "dense"})
 
     def __init__(self, teacher: Teacher):
         self.teacher = teacher
@@ -148,6 +148,12 @@ class SamTeacherEval:
     @torch.no_grad()
     def dense_features(self, images: Tensor) -> Tensor:
         return self.teacher(images, targets=["image_embeddings"])["image_embeddings"].float()
+
+    @torch.no_grad()
+    def summary_features(self, images: Tensor) -> Tensor:
+        """``[B, C]``: the image embeddings averaged over positions, as the merged backbone's
+        summary is its tokens' mean (SAM has no class token)."""
+        return self.dense_features(images).mean(dim=(2, 3))
 
     @torch.no_grad()
     def mask_logits(self, encoded: Any, prompts: Prompts) -> Tensor:
