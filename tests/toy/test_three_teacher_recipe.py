@@ -51,7 +51,19 @@ def shrunk(tmp_path: Path) -> list[str]:
         "eval.semantic.params.root": evaluation / "voc",
         "eval.instances.params.images": evaluation / "coco" / "images",
         "eval.instances.params.annotations": evaluation / "coco/annotations/instances.json",
+        "toy.caption_samples": 4,
+        "toy.probe_train_samples": 8,
+        "toy.probe_heldout_samples": 4,
+        "eval.captions.params.annotations": evaluation / "captions/dataset_toy_world.json",
+        "eval.captions.params.images": evaluation / "captions/images",
     }
+    # the probes (eval.metrics 6, 7: k-NN and linear; 8: linear seg) read the toy probe splits
+    for index in (6, 7):
+        for split in ("train", "heldout"):
+            root = data / f"probe_{split}" / "image_classes"
+            values[f"eval.metrics.{index}.params.{split}.params.root"] = root
+    for split in ("train", "heldout"):
+        values[f"eval.metrics.8.params.{split}.params.root"] = data / f"probe_{split}" / "voc"
     for task in ("clip", "dino_summary", "dino_spatial"):
         values[f"tasks.{task}.data.params"] = f"{{urls: {shards}, num_samples: 16}}"
         values[f"tasks.{task}.batch_size"] = 2
