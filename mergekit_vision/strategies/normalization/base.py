@@ -97,4 +97,25 @@ def fold_scale_shift(linear: nn.Linear, *, scale: Tensor, shift: Tensor) -> nn.L
     return folded
 
 
+class ScaleShiftNormalizer(TargetNormalizer):
+    """A per-channel ``(x - mu) / sigma`` normalizer; subclasses give :meth:`statistics`."""
+
+    def statistics(self) -> tuple[Tensor, Tensor]:
+        """``mu`` and ``sigma`` (floored), ``[D]`` each."""
+        raise NotImplementedError
+
+    def forward(self, targets: Tensor) -> Tensor:
+        mean, std = (s.to(targets.device, targets.dtype) for s in self.statistics())
+        return (targets - mean) / std
+
+    def inverse(self, normalized: Tensor) -> Tensor:
+        mean, std = (s.to(normalized.device, normalized.dtype) for s in self.statistics())
+        return normalized * std + mean
+
+    def fold_into(self, linear: nn.Linear) -> nn.Linear:
+        """``W' = diag(sigma) W``, ``b' = sigma * b + mu``, with the statistics as they stand."""
+        mean, std = self.statistics()
+        return fold_scale_shift(linear, scale=std, shift=mean)
+
+
 NORMALIZATION: Registry[TargetNormalizer] = Registry("normalization")

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.strategies.normalization.base import (
     NORMALIZATION,
-    TargetNormalizer,
-    fold_scale_shift,
+    ScaleShiftNormalizer,
 )
 
 
 @NORMALIZATION.register("standardize")
-class Standardize(TargetNormalizer):
+class Standardize(ScaleShiftNormalizer):
     """Standardisation: ``(y - mu) / sigma`` per feature dimension.
 
     The per-teacher standardisation baseline of AM-RADIO (Ranzinger et al., CVPR 2024) and of
@@ -58,16 +57,3 @@ class Standardize(TargetNormalizer):
         mean = self.total / self.count
         var = (self.total_sq / self.count - mean * mean).clamp_min(0.0)
         return mean, var.sqrt().clamp_min(self.eps)
-
-    def forward(self, targets: Tensor) -> Tensor:
-        mean, std = (s.to(targets.device, targets.dtype) for s in self.statistics())
-        return (targets - mean) / std
-
-    def inverse(self, normalized: Tensor) -> Tensor:
-        mean, std = (s.to(normalized.device, normalized.dtype) for s in self.statistics())
-        return normalized * std + mean
-
-    def fold_into(self, linear: nn.Linear) -> nn.Linear:
-        """``W' = diag(sigma) W``, ``b' = sigma * b + mu``."""
-        mean, std = self.statistics()
-        return fold_scale_shift(linear, scale=std, shift=mean)

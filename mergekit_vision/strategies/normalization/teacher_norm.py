@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.strategies.normalization.base import (
     NORMALIZATION,
-    TargetNormalizer,
-    fold_scale_shift,
+    ScaleShiftNormalizer,
 )
 
 
 @NORMALIZATION.register("teacher_norm")
-class TeacherNorm(TargetNormalizer):
+class TeacherNorm(ScaleShiftNormalizer):
     """Online standardisation per channel, with statistics every training batch moves.
 
     The map is ``(y - mu) / sigma`` with ``mu`` and ``sigma`` moving averages.
@@ -78,16 +77,3 @@ class TeacherNorm(TargetNormalizer):
     def statistics(self) -> tuple[Tensor, Tensor]:
         """The current ``mu`` and floored ``sigma``, ``[D]`` float64 each."""
         return self.mean, self.std.clamp_min(self.eps)
-
-    def forward(self, targets: Tensor) -> Tensor:
-        mean, std = (s.to(targets.device, targets.dtype) for s in self.statistics())
-        return (targets - mean) / std
-
-    def inverse(self, normalized: Tensor) -> Tensor:
-        mean, std = (s.to(normalized.device, normalized.dtype) for s in self.statistics())
-        return normalized * std + mean
-
-    def fold_into(self, linear: nn.Linear) -> nn.Linear:
-        """``W' = diag(sigma) W``, ``b' = sigma * b + mu``, with the statistics as they stand."""
-        mean, std = self.statistics()
-        return fold_scale_shift(linear, scale=std, shift=mean)
