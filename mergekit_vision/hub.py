@@ -277,6 +277,28 @@ def resolve(weights: WeightsName) -> Path:
     return path
 
 
+def snapshot_names(
+    pretrained: str | None, revision: str | None, what: str
+) -> dict[str, WeightsName]:
+    """``{"pretrained": name}`` for weights named as a repository snapshot (a transformers
+    ``save_pretrained`` folder on the Hub), or nothing without a name."""
+    if pretrained is None:
+        return {}
+    source = HubSnapshot(pretrained, revision)
+    return {"pretrained": WeightsName("pretrained", pretrained, what, source)}
+
+
+def snapshot_config_fields(
+    names: dict[str, WeightsName], field: str, folder: Path | None
+) -> dict[str, Path | None]:
+    """The file standing for a ``save_pretrained`` folder's weights (its ``config.json``): the
+    cached snapshot's when named, else the local ``folder`` of recipe field ``field``."""
+    if names:
+        cached_folder = cached(names["pretrained"])
+        return {"pretrained": None if cached_folder is None else cached_folder / "config.json"}
+    return {field: None if folder is None else folder / "config.json"}
+
+
 def _download(weights: WeightsName) -> Path:
     if downloads_off():
         raise weights.uncached_error()

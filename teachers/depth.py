@@ -34,7 +34,13 @@ from transformers import AutoConfig, AutoModelForDepthEstimation
 
 from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
 from mergekit_vision.errors import WeightsFileError
-from mergekit_vision.hub import HubSnapshot, WeightsName, cached, check_repo_id, resolve
+from mergekit_vision.hub import (
+    WeightsName,
+    check_repo_id,
+    resolve,
+    snapshot_config_fields,
+    snapshot_names,
+)
 from mergekit_vision.registry import PluginParams
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -215,18 +221,11 @@ class DepthTeacher(Teacher):
 
     @classmethod
     def checkpoint_fields(cls, params: DepthParams) -> dict[str, Path | None]:
-        if params.pretrained is not None:
-            folder = cached(cls.weight_names(params)["pretrained"])
-            return {"pretrained": None if folder is None else folder / "config.json"}
-        checkpoint = params.checkpoint
-        return {"checkpoint": None if checkpoint is None else checkpoint / "config.json"}
+        return snapshot_config_fields(cls.weight_names(params), "checkpoint", params.checkpoint)
 
     @classmethod
     def weight_names(cls, params: DepthParams) -> dict[str, WeightsName]:
-        if params.pretrained is None:
-            return {}
-        source = HubSnapshot(params.pretrained, params.revision)
-        return {"pretrained": WeightsName("pretrained", params.pretrained, "depth model", source)}
+        return snapshot_names(params.pretrained, params.revision, "depth model")
 
     def target_specs(self) -> dict[str, TargetSpec]:
         side = self.output_size

@@ -40,7 +40,13 @@ from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionP
 from transformers.models.siglip2.modeling_siglip2 import Siglip2MultiheadAttentionPoolingHead
 
 from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
-from mergekit_vision.hub import HubSnapshot, WeightsName, cached, check_repo_id, resolve
+from mergekit_vision.hub import (
+    WeightsName,
+    check_repo_id,
+    resolve,
+    snapshot_config_fields,
+    snapshot_names,
+)
 from mergekit_vision.registry import PluginParams
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -224,18 +230,11 @@ class HfTeacher(Teacher):
 
     @classmethod
     def checkpoint_fields(cls, params: HfParams) -> dict[str, Path | None]:
-        if params.pretrained is not None:
-            folder = cached(cls.weight_names(params)["pretrained"])
-            return {"pretrained": None if folder is None else folder / "config.json"}
-        return {"path": None if params.path is None else params.path / "config.json"}
+        return snapshot_config_fields(cls.weight_names(params), "path", params.path)
 
     @classmethod
     def weight_names(cls, params: HfParams) -> dict[str, WeightsName]:
-        if params.pretrained is None:
-            return {}
-        source = HubSnapshot(params.pretrained, params.revision)
-        what = "transformers model"
-        return {"pretrained": WeightsName("pretrained", params.pretrained, what, source)}
+        return snapshot_names(params.pretrained, params.revision, "transformers model")
 
     def target_specs(self) -> dict[str, TargetSpec]:
         grid = self.input_size // self.patch_size

@@ -29,7 +29,13 @@ from transformers import Sam2Config, Sam2Model
 
 from mergekit_vision.contracts import TEACHERS, Prompts, TargetSpec, Teacher
 from mergekit_vision.errors import WeightsFileError
-from mergekit_vision.hub import HubSnapshot, WeightsName, cached, check_repo_id, resolve
+from mergekit_vision.hub import (
+    WeightsName,
+    check_repo_id,
+    resolve,
+    snapshot_config_fields,
+    snapshot_names,
+)
 from mergekit_vision.registry import PluginParams
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -182,18 +188,11 @@ class Sam2Teacher(Teacher):
 
     @classmethod
     def checkpoint_fields(cls, params: Sam2Params) -> dict[str, Path | None]:
-        if params.pretrained is not None:
-            folder = cached(cls.weight_names(params)["pretrained"])
-            return {"pretrained": None if folder is None else folder / "config.json"}
-        checkpoint = params.checkpoint
-        return {"checkpoint": None if checkpoint is None else checkpoint / "config.json"}
+        return snapshot_config_fields(cls.weight_names(params), "checkpoint", params.checkpoint)
 
     @classmethod
     def weight_names(cls, params: Sam2Params) -> dict[str, WeightsName]:
-        if params.pretrained is None:
-            return {}
-        source = HubSnapshot(params.pretrained, params.revision)
-        return {"pretrained": WeightsName("pretrained", params.pretrained, "SAM 2 model", source)}
+        return snapshot_names(params.pretrained, params.revision, "SAM 2 model")
 
     def target_specs(self) -> dict[str, TargetSpec]:
         height, width = self.model.prompt_encoder.image_embedding_size
