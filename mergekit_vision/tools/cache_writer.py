@@ -73,7 +73,9 @@ def without_caches(recipe: Recipe) -> Recipe:
     the teachers run)."""
     data = recipe.model_dump(mode="json")
     for name, task in recipe.tasks.items():
-        data["tasks"][name].update(targets_cache=None, views=task.sample_views())
+        # keyed even where the recipe is not (a cache is filled with `--output` alone): the
+        # cache stores each sample by key, as training from it reads it
+        data["tasks"][name].update(targets_cache=None, views=task.sample_views() or 1)
     return Recipe.model_validate(data)
 
 

@@ -185,3 +185,19 @@ def test_cache_before_codecs_reads_as_fp16(built_cache, tiny_recipe_args, tmp_pa
     assert "--dtype float16 is now --codec fp16" in err
     assert main([*args, "--output", str(tmp_path), "--dtype", "float16", "--codec", "int8"]) == 2
     assert "--dtype float16 is replaced by --codec" in capsys.readouterr().err
+
+
+def test_cache_of_a_recipe_without_keyed_tasks(tiny_recipe_args, tmp_path, capsys):
+    """`--output` alone caches a recipe whose tasks set no views, augment or targets_cache (the
+    toy recipe as it is): the tasks are keyed for the cache, and a run reads it back."""
+    args = ["cache", *tiny_recipe_args, "--shard-size", "3", "--task", "clip"]
+    assert main([*args, "--output", str(tmp_path), "--codec", "fp16"]) == 0
+    assert "3 shards written" in " ".join(capsys.readouterr().out.split())
+    manifest = json.loads((tmp_path / "clip" / "manifest.json").read_text())
+    assert sum(shard["samples"] for shard in manifest["shards"]) == 8
+    cached = load_recipe(
+        tiny_recipe_args[0],
+        [*overrides(tiny_recipe_args), f"tasks.clip.targets_cache={tmp_path / 'clip'}"],
+    )
+    task = build_components(cached).tasks["clip"]
+    assert len(task.dataset) == 8  # the keyed views of the 8 samples, one view each
