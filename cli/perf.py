@@ -46,7 +46,9 @@ def bench(
     batch: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Images per step: --student (default 1); --gpu-check, per task (default 8)."
+            min=1,
+            help="Images per step: --student (default 1); --gpu-check, per task (default 8); "
+            "--inference, the throughput batch (default 8).",
         ),
     ] = None,
     compile_: Annotated[
@@ -132,7 +134,7 @@ def bench(
     from mergekit_vision.tools.bench import bench_student, bench_training
 
     if inference is not None:
-        _bench_inference(inference, size, variants, int8_eval, set_, steps, json_out)
+        _bench_inference(inference, size, variants, int8_eval, set_, steps, json_out, batch or 8)
         return
     if data is not None:
         perf_checks.data_bench(
@@ -201,6 +203,7 @@ def _bench_inference(
     set_: list[str] | None,
     rounds: int,
     json_out: Path | None,
+    throughput_batch: int,
 ) -> None:
     from mergekit_vision.tools.inference_bench import bench_inference
     from mergekit_vision.tools.inference_runners import VARIANTS
@@ -216,7 +219,12 @@ def _bench_inference(
     chosen_size: Size = "tiny" if size == "tiny" else "reference"
     result = guarded(
         lambda: bench_inference(
-            target, size=chosen_size, overrides=set_, variants=chosen, rounds=rounds
+            target,
+            size=chosen_size,
+            overrides=set_,
+            variants=chosen,
+            rounds=rounds,
+            throughput_batch=throughput_batch,
         )
     )
     if int8_eval:

@@ -4,10 +4,10 @@ The separate teachers and the merged model, as a deployment runs them for both a
 (:mod:`mergekit_vision.tools.inference_systems`), side by side in one process, per variant
 (:mod:`mergekit_vision.tools.inference_runners`): eager fp32, ``torch.compile``, onnxruntime fp32
 and onnxruntime int8. For each system: parameters, FLOPs per image (torch's FLOP counter, the
-eager modules at batch 1), latency at batch 1 (median over rounds), throughput at batch 8
-(images/s, from the median round) and peak memory (a process per variant). Rounds are
-interleaved: round ``r`` runs every system in every variant once, so drift of the machine hits
-all alike. Each ratio is merged / separate.
+eager modules at batch 1), latency at batch 1 (median over rounds), throughput at batch 8 or
+``throughput_batch`` (images/s, from the median round) and peak memory (a process per variant).
+Rounds are interleaved: round ``r`` runs every system in every variant once, so drift of the
+machine hits all alike. Each ratio is merged / separate.
 """
 
 from __future__ import annotations
@@ -54,12 +54,15 @@ def bench_inference(
     memory: bool = True,
     work_dir: str | Path | None = None,
     memory_timeout_s: float = MEMORY_TIMEOUT_S,
+    throughput_batch: int = THROUGHPUT_BATCH,
 ) -> dict[str, Any]:
     """Cost of the separate teachers vs the merged model of ``target`` (a run folder or a
     recipe), per variant; see the module docstring. The systems and their ONNX graphs are
     written to ``work_dir`` (a temporary folder unless given; about 5 GB at the reference
     sizes). ``memory_timeout_s`` bounds each peak-memory process, and so a variant's compile:
-    a variant whose process fails or times out is reported with its error, not timed."""
+    a variant whose process fails or times out is reported with its error, not timed.
+    ``throughput_batch`` images make the throughput batch (8; fewer where 8 do not fit in
+    memory: SAM's global attention holds ``[batch x 12, 4096, 4096]`` fp32 scores at 1024 px)."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
@@ -69,16 +72,25 @@ def bench_inference(
     with tempfile.TemporaryDirectory(prefix="vmerge-inference-") as scratch:
         folder = Path(work_dir) if work_dir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        systems, files = _prepare(built.systems, folder, variants, errors)
+        systems, files = _prepare(built.systems, folder, variants, errors, throughput_batch)
         for name in SYSTEMS:
             for variant in variants if memory else ():
                 if (name, variant) not in errors:
-                    found = _measure_memory(variant, files[name], folder, threads, memory_timeout_s)
+                    found = _measure_memory(
+                        variant, files[name], folder, threads, memory_timeout_s, throughput_batch
+                    )
                     systems[name]["variants"][variant].update(found)
                     if "error" in found:
                         errors[name, variant] = found["error"]
         runners = _runners(built.systems, files, variants, threads, errors)
-        timed = _time_all(runners, built.systems, rounds=rounds, warmup=warmup, errors=errors)
+        timed = _time_all(
+            runners,
+            built.systems,
+            rounds=rounds,
+            warmup=warmup,
+            errors=errors,
+            batches=(LATENCY_BATCH, throughput_batch),
+        )
     for (name, variant), row in timed.items():
         systems[name]["variants"][variant].update(row)
     for (name, variant), error in errors.items():
@@ -90,10 +102,10 @@ def bench_inference(
         "device": "cpu",
         "threads": threads,
         "rounds": rounds,
-        "batches": {"latency": LATENCY_BATCH, "throughput": THROUGHPUT_BATCH},
+        "batches": {"latency": LATENCY_BATCH, "throughput": throughput_batch},
         "variants": list(variants),
         "systems": systems,
-        "merged_vs_separate": ratios(systems, variants),
+        "merged_vs_separate": ratios(systems, variants, throughput_batch),
         "int8_speedup": _int8_speedup(systems),
     }
 
@@ -103,6 +115,7 @@ def _prepare(
     folder: Path,
     variants: Sequence[str],
     errors: dict[tuple[str, str], str],
+    throughput_batch: int,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
     """Each system's parameters and FLOPs, its files for the memory processes and, for the
     onnxruntime variants, its graphs (a system whose export fails gets those variants' error)."""
@@ -111,11 +124,11 @@ def _prepare(
     onnx_variants = [v for v in variants if v in ("ort", "ort_int8")]
     for name, system in built.items():
         systems[name] = {**describe(system), "variants": {v: {} for v in variants}}
-        files[name] = _write_system(system, folder)
+        files[name] = _write_system(system, folder, throughput_batch)
         if not onnx_variants:
             continue
         try:
-            systems[name]["onnx"] = _export(system, folder, files[name], variants)
+            systems[name]["onnx"] = _export(system, folder, files[name], variants, throughput_batch)
         except Exception as error:  # no graph, no onnxruntime variant: say why
             message = f"no ONNX export: {_first_line(error)}"
             systems[name]["onnx"] = {"error": message}
@@ -165,20 +178,24 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())  # shared parameters counted once
 
 
-def _write_system(system: System, folder: Path) -> dict[str, str]:
+def _write_system(system: System, folder: Path, throughput_batch: int) -> dict[str, str]:
     """The modules, prompt and inputs as files a memory-measuring process loads."""
     files = {
         "system": str(folder / f"{system.name}.pt"),
         "inputs": str(folder / f"{system.name}_inputs.pt"),
     }
     torch.save({"encoder": system.encoder, "decoder": system.decoder}, files["system"])
-    inputs = {"images": system.encoder_inputs(THROUGHPUT_BATCH), "prompt": system.point_prompt()}
+    inputs = {"images": system.encoder_inputs(throughput_batch), "prompt": system.point_prompt()}
     torch.save(inputs, files["inputs"])
     return files
 
 
 def _export(
-    system: System, folder: Path, files: dict[str, str], variants: Sequence[str]
+    system: System,
+    folder: Path,
+    files: dict[str, str],
+    variants: Sequence[str],
+    agreement_batch: int = THROUGHPUT_BATCH,
 ) -> dict[str, Any]:
     """fp32 ONNX graphs (each checked against PyTorch by onnxruntime), and their int8 versions
     when asked, with how far int8 is from fp32 on the bench's batch of inputs."""
@@ -208,18 +225,20 @@ def _export(
             int8 = path.with_name(f"{path.stem}_int8.onnx")
             quantized[graph] = quantize_linear_layers(path, int8)
             files[f"ort_int8_{graph}"] = str(int8)
-        report["int8"] = {**quantized, "agreement": int8_agreement(system, files)}
+        report["int8"] = {**quantized, "agreement": int8_agreement(system, files, agreement_batch)}
     return report
 
 
-def int8_agreement(system: System, files: dict[str, str]) -> dict[str, float]:
-    """How far the int8 graphs' outputs are from the fp32 graphs' on a batch of 8 images:
+def int8_agreement(
+    system: System, files: dict[str, str], batch: int = THROUGHPUT_BATCH
+) -> dict[str, float]:
+    """How far the int8 graphs' outputs are from the fp32 graphs' on a batch of images:
     relative error of the zero-shot logits and of SAM's image embedding, top-1 agreement, and
     the IoU of each image's point mask (each from its own embedding); for the merged model also
     how far :func:`~mergekit_vision.tools.quantization.emulate_int8` is from the int8 graph."""
     import onnxruntime
 
-    images = system.encoder_inputs(THROUGHPUT_BATCH, seed=2)
+    images = system.encoder_inputs(batch, seed=2)
     feed = {name: t.numpy() for name, t in zip(system.input_names, images, strict=True)}
     prompt = system.point_prompt()
     outputs = {}
@@ -257,7 +276,12 @@ def int8_agreement(system: System, files: dict[str, str]) -> dict[str, float]:
 
 
 def _measure_memory(
-    variant: str, files: dict[str, str], folder: Path, threads: int, timeout_s: float
+    variant: str,
+    files: dict[str, str],
+    folder: Path,
+    threads: int,
+    timeout_s: float,
+    throughput_batch: int,
 ) -> dict[str, Any]:
     """Peak memory of one system in one variant, in a process of its own."""
     stem = f"{Path(files['system']).stem}_{variant}"
@@ -268,7 +292,7 @@ def _measure_memory(
                 "variant": variant,
                 "files": files,
                 "threads": threads,
-                "batches": [LATENCY_BATCH, THROUGHPUT_BATCH],
+                "batches": [LATENCY_BATCH, throughput_batch],
             }
         )
     )
@@ -317,12 +341,13 @@ def _time_all(
     rounds: int,
     warmup: int,
     errors: dict[tuple[str, str], str],
+    batches: tuple[int, int] = (LATENCY_BATCH, THROUGHPUT_BATCH),
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Latency at batch 1 and throughput at batch 8 of every runner, rounds interleaved. A
-    runner's first call per batch size (where ``torch.compile`` compiles) is timed apart; one
-    that raises is dropped with its error."""
+    """Latency at the first of ``batches`` and throughput at the second, of every runner, rounds
+    interleaved. A runner's first call per batch size (where ``torch.compile`` compiles) is timed
+    apart; one that raises is dropped with its error."""
     report: dict[tuple[str, str], dict[str, Any]] = {key: {} for key in runners}
-    for batch, field in ((LATENCY_BATCH, "latency_ms"), (THROUGHPUT_BATCH, "images_per_s")):
+    for batch, field in zip(batches, ("latency_ms", "images_per_s"), strict=True):
         inputs = {name: system.encoder_inputs(batch, seed=3) for name, system in systems.items()}
         live = {}
         for key, run in runners.items():
@@ -344,11 +369,15 @@ def _time_all(
                     seconds[key].append(time.perf_counter() - started)
         for key, times in seconds.items():
             median = statistics.median(times)
-            report[key][field] = median * 1e3 if batch == LATENCY_BATCH else batch / median
+            report[key][field] = median * 1e3 if field == "latency_ms" else batch / median
     return {key: row for key, row in report.items() if key not in errors}
 
 
-def ratios(systems: dict[str, dict[str, Any]], variants: Sequence[str]) -> dict[str, Any]:
+def ratios(
+    systems: dict[str, dict[str, Any]],
+    variants: Sequence[str],
+    throughput_batch: int = THROUGHPUT_BATCH,
+) -> dict[str, Any]:
     """merged / separate of FLOPs, parameters, and per variant of latency, throughput and peak
     memory (None where either side is missing)."""
     separate, merged = systems["separate"], systems["merged"]
@@ -370,7 +399,9 @@ def ratios(systems: dict[str, dict[str, Any]], variants: Sequence[str]) -> dict[
         "latency": per_variant("latency_ms"),
         "throughput": per_variant("images_per_s"),
         "peak_memory_batch_1": per_variant("peak_memory_mb", str(LATENCY_BATCH)),
-        "peak_memory_batch_8": per_variant("peak_memory_mb", str(THROUGHPUT_BATCH)),
+        f"peak_memory_batch_{throughput_batch}": per_variant(
+            "peak_memory_mb", str(throughput_batch)
+        ),
     }
 
 

@@ -9,19 +9,23 @@ from rich.table import Table
 
 from mergekit_vision.tools.inference_runners import LABELS
 
+
 # (row label, field, batch key of a per-batch field, format)
-_TIMED_ROWS = (
-    ("latency, batch 1 (ms)", "latency_ms", None, "{:.1f}"),
-    ("throughput, batch 8 (img/s)", "images_per_s", None, "{:.2f}"),
-    ("peak memory, batch 1 (MB)", "peak_memory_mb", "1", "{:.0f}"),
-    ("peak memory, batch 8 (MB)", "peak_memory_mb", "8", "{:.0f}"),
-)
-_RATIO_KEYS = {
-    "latency_ms": "latency",
-    ("peak_memory_mb", "1"): "peak_memory_batch_1",
-    ("peak_memory_mb", "8"): "peak_memory_batch_8",
-    "images_per_s": "throughput",
-}
+def _timed_rows(n: int) -> tuple[tuple[str, str, str | None, str, str], ...]:
+    """(row label, field, batch key of a per-batch field, format, ratio key) at throughput batch
+    ``n``."""
+    return (
+        ("latency, batch 1 (ms)", "latency_ms", None, "{:.1f}", "latency"),
+        (f"throughput, batch {n} (img/s)", "images_per_s", None, "{:.2f}", "throughput"),
+        ("peak memory, batch 1 (MB)", "peak_memory_mb", "1", "{:.0f}", "peak_memory_batch_1"),
+        (
+            f"peak memory, batch {n} (MB)",
+            "peak_memory_mb",
+            str(n),
+            "{:.0f}",
+            f"peak_memory_batch_{n}",
+        ),
+    )
 
 
 def print_inference_bench(console: Console, result: dict[str, Any]) -> None:
@@ -31,7 +35,7 @@ def print_inference_bench(console: Console, result: dict[str, Any]) -> None:
     variants = result["variants"]
     table = Table("", "system", *(LABELS[v] for v in variants), title="per variant")
     errors = []
-    for label, field, batch, form in _TIMED_ROWS:
+    for label, field, batch, form, key in _timed_rows(result["batches"]["throughput"]):
         for name in ("separate", "merged"):
             cells = []
             for variant in variants:
@@ -42,7 +46,6 @@ def print_inference_bench(console: Console, result: dict[str, Any]) -> None:
                     errors.append((name, variant, row["error"]))
                 cells.append("error" if value is None and "error" in row else _fmt(value, form))
             table.add_row(label if name == "separate" else "", name, *cells)
-        key = _RATIO_KEYS[(field, batch) if batch else field]
         table.add_row("", "merged / separate", *(_fmt(ratios[key][v], "{:.2f}x") for v in variants))
     console.print(table)
     for name, variant, error in errors:
