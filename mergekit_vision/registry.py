@@ -162,6 +162,7 @@ KINDS = (
     "conflict",
     "weighting",
     "normalization",
+    "upsampling",
     "datasets",
     "apps",
     "metrics",

@@ -70,6 +70,9 @@ def dry_run_recipe(recipe: Recipe) -> Recipe:
         task["targets_cache"] = None  # synthetic images are not in any cache: teachers run online
         if task.get("normalize"):  # one calibration batch: the wiring, not the statistics
             task["normalize"]["params"] = {**task["normalize"]["params"], "estimate_steps": 1}
+        upsampler = task.get("teacher_upsampler")
+        if upsampler and upsampler.get("type") == "learned":  # one fitting batch, likewise
+            upsampler["params"] = {**(upsampler.get("params") or {}), "fit_steps": 1}
     for stage in data["stages"]:
         stage.update(steps=1, epochs=None)
     data["logging"]["every"] = 1

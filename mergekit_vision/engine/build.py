@@ -24,12 +24,14 @@ from mergekit_vision.contracts import (
     Loss,
     Prompts,
     Student,
+    TargetSpec,
     Teacher,
 )
 from mergekit_vision.data.base import DATASETS
-from mergekit_vision.data.views import with_views
+from mergekit_vision.data.views import stable_seed, with_views
 from mergekit_vision.engine.named_weights import uncached_weights
 from mergekit_vision.errors import BuildError, Issue
+from mergekit_vision.recipe.resolution import resolution_sides
 from mergekit_vision.recipe.schema import (
     BACKBONE,
     DatasetSpec,
@@ -39,6 +41,7 @@ from mergekit_vision.recipe.schema import (
 )
 from mergekit_vision.sam.prompts import PromptSampler, PromptSamplerParams
 from mergekit_vision.strategies.normalization.base import NORMALIZATION, TargetNormalizer
+from mergekit_vision.strategies.upsampling.base import UPSAMPLING, TeacherUpsampler
 from mergekit_vision.students.lora import apply_lora
 
 
@@ -111,6 +114,8 @@ class BuiltTask:
     has_masks: bool
     # Read in place of the teacher for keyed views when set.
     targets: TargetSource | None = None
+    # Makes the dense target on a finer grid than the teacher's (recipe: teacher_upsampler).
+    upsampler: TeacherUpsampler | None = None
 
 
 @dataclass
@@ -271,6 +276,10 @@ def _build_task(
     loss = LOSSES.get(spec.loss.type).build(spec.loss.params)
     if source is not None:
         source.check_dataset(dataset)
+    upsampler = None
+    if spec.teacher_upsampler is not None:
+        with _blame(f"tasks.{name}.teacher_upsampler"):
+            upsampler = _build_upsampler(name, spec, recipe, targets[spec.target])
     return BuiltTask(
         name=name,
         spec=spec,
@@ -282,4 +291,29 @@ def _build_task(
         prompt_source=prompt_source,
         has_masks=dataset_cls.has_masks,
         targets=source,
+        upsampler=upsampler,
     )
+
+
+def _build_upsampler(
+    name: str, spec: TaskSpec, recipe: Recipe, target: TargetSpec
+) -> TeacherUpsampler:
+    shape = target.shape
+    if target.needs_prompts or len(shape) != 4 or not isinstance(shape[1], int):
+        raise ValueError(
+            f"target {spec.target!r} has shape {shape}; an upsampler needs a feature map "
+            "(B, C, h, w) with a fixed C"
+        )
+    height, width = shape[2], shape[3]
+    grid = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+    assert spec.teacher_upsampler is not None
+    upsampler = UPSAMPLING.get(spec.teacher_upsampler.type).build(
+        spec.teacher_upsampler.params,
+        dim=shape[1],
+        grid=grid,
+        seed=stable_seed(recipe.seed, "teacher_upsampler", name) % 2**31,
+    )
+    overrides = [stage.resolution[name] for stage in recipe.stages if name in stage.resolution]
+    for side in sorted({*spec.resolutions(), *(s for r in overrides for s in resolution_sides(r))}):
+        upsampler.check_side(side)
+    return upsampler.to(resolve_device(recipe.device))

@@ -25,6 +25,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mergekit_vision.engine.build import Components
+from mergekit_vision.engine.calibration import calibrate_targets
 from mergekit_vision.engine.distributed import (
     Parallel,
     World,
@@ -43,8 +44,8 @@ from mergekit_vision.engine.stage import (
     check_parallel_support,
     stage_steps,
 )
-from mergekit_vision.engine.step import Lap, estimate_target_statistics, no_lap, task_loss
-from mergekit_vision.engine.streams import BatchStream, open_streams, task_stream
+from mergekit_vision.engine.step import Lap, no_lap, task_loss
+from mergekit_vision.engine.streams import BatchStream, open_streams
 from mergekit_vision.recipe.resolution import reference_side, resolution_sides, side_at
 from mergekit_vision.recipe.schema import StageSpec
 from mergekit_vision.trackers.group import TrackerGroup
@@ -343,26 +344,17 @@ class Engine:
         return self.streams
 
     def _estimate_normalizers(self, describe: Callable[[str], None]) -> None:
-        """Each target normalizer's statistics, from its own stream of the task's data (the
-        training streams stay untouched), before the first step; a no-op once frozen."""
-        for index, (name, task) in enumerate(self.c.tasks.items()):
-            if name not in self.c.model.normalizers or self.c.model.normalizers[name].frozen:
-                continue
-            stream = task_stream(
-                task,
-                seed=self.recipe.seed + 7_919 * (index + 1),
-                rank=self.world.rank,
-                world_size=self.world.size,
-            )
-            describe(f"estimating the {name} task's target statistics")
-            estimate_target_statistics(
-                task,
-                stream.next,
-                model=self.c.model,
-                resolutions=task.spec.resolutions(),
-                generator=torch.Generator().manual_seed(self.recipe.seed + index),
-                device=self.c.device,
-            )
+        """Teacher upsamplers fitted and target statistics estimated before the first step
+        (:mod:`.calibration`)."""
+        calibrate_targets(
+            self.c.tasks,
+            model=self.c.model,
+            seed=self.recipe.seed,
+            device=self.c.device,
+            rank=self.world.rank,
+            world_size=self.world.size,
+            describe=describe,
+        )
 
     def _parallelise(self) -> None:
         """Wrap or shard the model, after the resumed weights are in (a checkpoint holds the full

@@ -208,6 +208,8 @@ def teacher_targets(
     name = task.spec.target
     if task.targets is not None and batch is not None and "view" in batch:
         target = task.targets.target(batch, images)
+    elif task.upsampler is not None:
+        target = task.upsampler(images, teacher=teacher_map(task))
     else:
         target = task.teacher(images, targets=[name], prompts=prompts)[name]
     if task.name in model.normalizers:
@@ -218,35 +220,7 @@ def teacher_targets(
     return target
 
 
-@torch.no_grad()
-def estimate_target_statistics(
-    task: BuiltTask,
-    next_batch: Callable[[], dict[str, Any]],
-    *,
-    model: MergedModel,
-    resolutions: list[int],
-    generator: torch.Generator,
-    device: torch.device,
-) -> None:
-    """Feed ``task``'s target normalizer teacher targets until its statistics freeze.
-
-    Run before the first training step, so the head only ever learns one fixed map: a
-    normalizer still estimating during training moves its targets under the head, and PHI-S
-    switches its rotation on only when the statistics freeze (AM-RADIO and PHI-S likewise
-    estimate the teachers' statistics before distilling). Batches come from ``next_batch`` at
-    ``resolutions`` in turn; nothing runs when the statistics are already frozen (e.g.
-    resumed from a checkpoint).
-    """
-    normalizer = model.normalizers[task.name]
-    used = 0
-    while not normalizer.frozen:
-        batch_targets(
-            task,
-            next_batch(),
-            model=model,
-            resolution=resolutions[used % len(resolutions)],
-            generator=generator,
-            device=device,
-            update_statistics=True,
-        )
-        used += 1
+def teacher_map(task: BuiltTask) -> Callable[[Tensor], Tensor]:
+    """``images -> [N, D, h, w]``: the task's teacher target, as an upsampler calls it."""
+    name = task.spec.target
+    return lambda images: task.teacher(images, targets=[name])[name]

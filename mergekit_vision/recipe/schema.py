@@ -37,6 +37,7 @@ from mergekit_vision.recipe.specs import (
     StudentSpec,
     TeacherSpec,
     TrackerSpec,
+    UpsamplingSpec,
     WeightingSpec,
     plugin_specs,
 )
@@ -81,6 +82,19 @@ class TaskSpec(Frozen):
     targets_cache: str | None = Field(
         None, description="folder written by `vmerge cache`: targets read instead of the teacher"
     )
+    teacher_upsampler: UpsamplingSpec | None = Field(
+        None,
+        description="the dense target on a finer grid than the teacher's (tile_stitch, learned)",
+    )
+
+    @model_validator(mode="after")
+    def _upsampler_runs_the_teacher(self) -> TaskSpec:
+        if self.teacher_upsampler is not None and self.targets_cache is not None:
+            raise ValueError(
+                "teacher_upsampler runs the teacher, but targets_cache reads its targets instead; "
+                "drop one of them"
+            )
+        return self
 
     def resolutions(self) -> list[int]:
         return resolution_sides(self.resolution)

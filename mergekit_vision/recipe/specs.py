@@ -136,6 +136,10 @@ class NormalizationSpec(PluginSpec):
     kind = "normalization"
 
 
+class UpsamplingSpec(PluginSpec):
+    kind = "upsampling"
+
+
 class ReplaySpec(PluginSpec):
     kind = "replay"
 

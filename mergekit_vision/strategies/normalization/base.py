@@ -4,7 +4,7 @@ Teachers' features live on very different scales (AM-RADIO: SAM's feature std is
 CLIP's), which silently reweights multi-teacher losses. A normalizer maps a teacher's targets to a
 standard scale before the loss; its statistics are estimated from ``estimate_steps`` batches of
 teacher targets before the first training step (the engine's calibration pass,
-:func:`~mergekit_vision.engine.step.estimate_target_statistics`), then frozen; at export its
+:func:`~mergekit_vision.engine.calibration.estimate_target_statistics`), then frozen; at export its
 inverse folds into the head's last linear layer so the exported head predicts the teacher's raw
 targets. An online normalizer (``online = True``, DUNE's TeacherNorm) keeps updating its
 statistics from every training batch after that pass; its map then moves with them.
