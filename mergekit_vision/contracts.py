@@ -164,11 +164,17 @@ class StudentFeatures:
 
     Args:
         tokens: ``[B, h, w, C]`` output of the last transformer block (before any neck).
-        feature_map: ``[B, C_out, h, w]`` the backbone's final feature map (e.g. ViT-Det's neck).
+        feature_map: ``[B, C_out, h', w']`` the backbone's final feature map (e.g. ViT-Det's
+            neck), at ``Student.feature_stride`` (the tokens' grid for a plain ViT); what a head
+            reads unless it names a level.
         intermediates: ``[B, h, w, C]`` per-block outputs, when requested.
         image_size: side in pixels of the input images.
         blocks: ``[B, h, w, C]`` outputs of the blocks asked for by index (``blocks=`` of
             :meth:`Student.forward`), keyed by that index (0 is the first block).
+        levels: ``[B, C_l, H/s, W/s]`` maps of a multi-scale (hierarchical) backbone, keyed
+            ``"stride<s>"`` by their stride ``s`` in input pixels (SAM 2's Hiera: ``stride4``,
+            ``stride8``, ``stride16``, the last also being ``feature_map``); the names are
+            ``Student.level_names``. Empty for a single-scale backbone.
     """
 
     tokens: Tensor
@@ -176,6 +182,18 @@ class StudentFeatures:
     image_size: int
     intermediates: list[Tensor] = field(default_factory=list)
     blocks: dict[int, Tensor] = field(default_factory=dict)
+    levels: dict[str, Tensor] = field(default_factory=dict)
+
+    def level(self, name: str | None) -> Tensor:
+        """The map level ``name`` of :attr:`levels`; ``feature_map`` for None."""
+        if name is None:
+            return self.feature_map
+        if name not in self.levels:
+            raise ValueError(
+                f"the student returned no feature level {name!r}; its levels: "
+                f"{', '.join(self.levels) or '(none: a single-scale backbone)'}"
+            )
+        return self.levels[name]
 
 
 class Student(nn.Module, ABC):
@@ -183,7 +201,8 @@ class Student(nn.Module, ABC):
 
     ``returned_blocks`` are the blocks whose outputs every forward returns unless the call names
     its own (the merged model sets them to what its heads read, so callers that never ask, such
-    as evaluation and export, hand every head its blocks).
+    as evaluation and export, hand every head its blocks). ``level_names`` are the multi-scale
+    maps every forward returns in ``StudentFeatures.levels`` (none for a single-scale backbone).
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
@@ -194,6 +213,12 @@ class Student(nn.Module, ABC):
     patch_size: int
     native_size: int
     returned_blocks: tuple[int, ...] = ()
+    level_names: tuple[str, ...] = ()
+
+    @property
+    def feature_stride(self) -> int:
+        """Input pixels per cell of ``feature_map`` (a plain ViT's: its patch size)."""
+        return self.patch_size
 
     @classmethod
     @abstractmethod
@@ -243,6 +268,18 @@ def block_indices(indices: Sequence[int], *, depth: int, what: str) -> tuple[int
     return tuple(sorted({i % depth for i in indices}))
 
 
+def require_levels(student: Student, names: Sequence[str], *, what: str) -> None:
+    """A clear error unless ``student`` returns every feature level in ``names``."""
+    missing = [name for name in names if name not in student.level_names]
+    if missing:
+        raise ValueError(
+            f"{what} reads the student's feature levels {list(names)}, but "
+            f"{type(student).__name__} lacks {missing} (its levels: "
+            f"{', '.join(student.level_names) or 'none, a single-scale backbone'}); use a "
+            "multi-scale student such as sam2_hiera"
+        )
+
+
 STUDENTS: Registry[Student] = Registry("students")
 
 
@@ -251,10 +288,13 @@ class Head(nn.Module, ABC):
 
     ``student_blocks`` names the student blocks whose outputs the head reads from
     ``features.blocks`` (non-negative indices); the training step asks the student for them.
+    A head reads ``features.feature_map``; ``student_levels`` names the multi-scale maps it
+    reads from ``features.levels`` besides (checked at build with :func:`require_levels`).
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
     student_blocks: tuple[int, ...] = ()
+    student_levels: tuple[str, ...] = ()
 
     @classmethod
     @abstractmethod

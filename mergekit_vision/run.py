@@ -12,6 +12,7 @@ from mergekit_vision.contracts import TEACHERS
 from mergekit_vision.data.targets_cache.reader import open_target_sources
 from mergekit_vision.engine.build import Components, build_components, missing_paths
 from mergekit_vision.engine.distributed import World, barrier, close_world, init_world
+from mergekit_vision.engine.init_from import init_from_issues, start_from_earlier_run
 from mergekit_vision.engine.loop import Engine, TrainState
 from mergekit_vision.engine.named_weights import fetch_weights, recipe_weight_names
 from mergekit_vision.errors import Issue, RecipeError
@@ -135,7 +136,7 @@ def _run(
                     APPS.get(name).prepare(recipe, progress=progress)
             barrier(world)
         # local files and data first: a run that cannot start downloads nothing
-        problems = missing_paths(recipe, weight_names=False)
+        problems = missing_paths(recipe, weight_names=False) + init_from_issues(recipe)
         if problems:
             raise MissingPathsError(str(recipe_path), problems + [_how_to_fix(recipe_path)])
         if world.is_main:  # one process downloads what the ranks then read from the cache
@@ -154,6 +155,8 @@ def _run(
     else:
         # a task with a targets cache reads its keyed views' targets there, not from its teacher
         components = build_components(recipe, target_sources=open_target_sources(recipe))
+    # an earlier run's student and heads (step-by-step merging), unless resuming this run's own
+    start_from_earlier_run(components.model, recipe, output=output, resume=resume)
     output.mkdir(parents=True, exist_ok=True)
     recipe_yaml = dump_recipe(recipe)
     with trackers:

@@ -15,11 +15,21 @@ import yaml
 from mergekit_vision.contracts import HEADS, LOSSES, STUDENTS, TEACHERS, Prompts, StudentFeatures
 from mergekit_vision.registry import Registry
 
+from .step_merge import untrained_run
 from .tiny_depth import TINY_DEPTH_CONFIG
+from .tiny_radio import TINY_RADIO_CONFIG
 from .tiny_sam2 import TINY_SAM2_CONFIG
 
 TINY_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny_sam_clip.yaml"
 TINY_VIT = dict(depth=2, embed_dim=32, num_heads=2)
+# SAM 2's tiny vision encoder with two blocks in its last stage: a last block that keeps its width
+TINY_HIERA_CONFIG = {
+    **TINY_SAM2_CONFIG["vision_config"],
+    "backbone_config": {
+        **TINY_SAM2_CONFIG["vision_config"]["backbone_config"],
+        "blocks_per_stage": [1, 1, 2, 2],
+    },
+}
 
 
 def _tiny_recipe_params(*keys: str) -> dict:
@@ -34,6 +44,7 @@ TEACHER_PARAMS: dict[str, Callable[[], dict]] = {
     "sam": lambda: _tiny_recipe_params("teachers", "sam"),
     "sam2": lambda: dict(config=TINY_SAM2_CONFIG),
     "depth": lambda: dict(config=TINY_DEPTH_CONFIG),
+    "merged_run": lambda: dict(run=str(untrained_run()), head="sam_head"),
     "open_clip": lambda: _tiny_recipe_params("teachers", "clip"),
     "timm": lambda: dict(
         model="vit_small_patch14_dinov2", model_kwargs=dict(img_size=28, **TINY_VIT)
@@ -55,14 +66,25 @@ STUDENT_PARAMS: dict[str, Callable[[], dict]] = {
     "timm_vit": lambda: dict(
         model="vit_small_patch14_dinov2", native_size=28, model_kwargs=TINY_VIT
     ),
+    "radio": lambda: dict(config=TINY_RADIO_CONFIG),
+    "sam2_hiera": lambda: dict(config=TINY_HIERA_CONFIG),
 }
 # (params, the teacher kind it reads from)
 HEAD_PARAMS: dict[str, tuple[dict, str]] = {
     "clip_head": ({"teacher": "open_clip", "num_blocks": 1}, "open_clip"),
     "sam_head": ({"init_from": "sam"}, "sam"),
+    "sam2_head": ({"init_from": "sam2"}, "sam2"),
     "adaptor": ({"teacher": "timm"}, "timm"),
     "depth_head": ({"teacher": "depth", "features": 16, "hidden": 8}, "depth"),
     "ladder": ({"teacher": "timm", "layers": [0, -1]}, "timm"),
+}
+
+
+# Heads that read a multi-scale student's levels: a single-scale student is refused at build.
+MULTI_SCALE_HEADS = {"sam2_head"}
+UNSUPPORTED = {
+    ("ladder", "sam2_hiera"): "the ladder's projectors take blocks of one width; Hiera's widen "
+    "per stage",
 }
 
 
@@ -145,9 +167,12 @@ def test_every_student_runs_at_two_sizes(name):
     student = tiny_student(name)
     for side in (2 * student.patch_size * 2, 3 * student.patch_size * 2):
         features = student(torch.rand(2, 3, side, side), return_intermediates=True)
-        grid = side // student.patch_size
+        grid, cells = side // student.patch_size, side // student.feature_stride
         assert features.tokens.shape == (2, grid, grid, student.embed_dim)
-        assert features.feature_map.shape == (2, student.out_channels, grid, grid)
+        assert features.feature_map.shape == (2, student.out_channels, cells, cells)
+        for name in student.level_names:  # "stride<s>": a map at stride s
+            stride = int(name.removeprefix("stride"))
+            assert features.levels[name].shape[-2:] == (side // stride, side // stride)
         assert features.intermediates and features.intermediates[-1].shape[:3] == (2, grid, grid)
         assert features.image_size == side
     block = student.last_block()
@@ -157,15 +182,24 @@ def test_every_student_runs_at_two_sizes(name):
 
 
 @pytest.mark.parametrize("name", builtin_names(HEADS))
-@pytest.mark.parametrize("student_name", ["vitdet", "timm_vit"])
+@pytest.mark.parametrize(
+    "student_name", ["vitdet", "timm_vit", "radio", "sam2_hiera", "timm_features"]
+)
 def test_every_head_reproduces_its_teachers_targets(name, student_name):
+    if (name, student_name) in UNSUPPORTED:
+        pytest.skip(UNSUPPORTED[name, student_name])
     params, teacher_kind = _configured(HEAD_PARAMS, "head", name)
     teacher = tiny_teacher(teacher_kind)
     teachers = {teacher_kind: teacher}
     student = tiny_student(student_name)
     cls = HEADS.get(name)
-    head = cls.build(cls.Params.model_validate(params), student=student, teachers=teachers)
-    side = 4 * student.patch_size
+    params = cls.Params.model_validate(params)
+    if name in MULTI_SCALE_HEADS and not student.level_names:
+        with pytest.raises(ValueError, match="feature levels"):
+            cls.build(params, student=student, teachers=teachers)
+        return
+    head = cls.build(params, student=student, teachers=teachers)
+    side = 4 * student.feature_stride  # a 4 x 4 feature map
     images = torch.rand(2, 3, side, side)
     prompts = tiny_prompts(2, side)
     features: StudentFeatures = student(images, blocks=head.student_blocks)  # as training asks

@@ -11,6 +11,10 @@ the teacher's own mean target over the images: a head must beat that baseline to
 anything image-specific. ``centered_cosine`` measures that image-specific part directly: both
 sides minus the teacher's mean target before the cosine (0 for the constant prediction, 1 for a
 perfect one), which matters for teachers whose features share a large common component.
+
+A depth teacher's ``depth`` map is no feature: it is known only up to a scale and a shift per
+image, which a cosine does not forgive, so depth tasks are left to the ``relative_depth`` metric
+(AbsRel and delta1 after scale-and-shift alignment, on the ``merged:<teacher>`` row).
 """
 
 from __future__ import annotations
@@ -27,13 +31,17 @@ from mergekit_vision.engine.build import Components
 from mergekit_vision.eval.tasks import batches
 from mergekit_vision.losses.feature import align_prediction
 
+DEPTH_TARGET = "depth"
+
 
 def feature_tasks(components: Components) -> list[str]:
-    """The recipe's tasks whose teacher target needs no prompts (feature targets)."""
+    """The recipe's tasks whose teacher target needs no prompts and is no depth map (feature
+    targets)."""
     names = []
     for name, task in components.tasks.items():
         spec = task.teacher.target_specs()[task.spec.target]
-        if not spec.needs_prompts:
+        # "depth" is the depth teachers' target (teachers/depth.py), as eval.models reads it
+        if not spec.needs_prompts and task.spec.target != DEPTH_TARGET:
             names.append(name)
     return names
 

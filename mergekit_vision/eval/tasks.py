@@ -369,15 +369,18 @@ def _class_points(coarse: Tensor, points_per_class: int, *, seed: int) -> Tensor
 
 def _select(features: Any, index: int) -> Any:
     """One image's share of batched encoder outputs (a tensor, a list of tensors such as SAM 2's
-    feature levels, or a dataclass of tensors)."""
+    feature levels, a dict of them such as a student's blocks and levels, or a dataclass of
+    those)."""
     if isinstance(features, Tensor):
         return features[index : index + 1]
     if isinstance(features, list):
-        return [level[index : index + 1] for level in features]
+        return [_select(level, index) for level in features]
+    if isinstance(features, dict):
+        return {key: _select(value, index) for key, value in features.items()}
     fields = {
-        k: (v[index : index + 1] if isinstance(v, Tensor) else v) for k, v in vars(features).items()
+        k: (_select(v, index) if isinstance(v, Tensor | list | dict) else v)
+        for k, v in vars(features).items()
     }
-    fields["intermediates"] = [t[index : index + 1] for t in fields.get("intermediates", [])]
     return type(features)(**fields)
 
 

@@ -64,8 +64,8 @@ class SamHead(Head):
             raise ValueError(
                 f"sam_head init_from {params.init_from!r}: its mask decoder is a "
                 f"{type(teacher.component('mask_decoder')).__name__}, not segment_anything's "
-                "SAM mask decoder this head runs; initialise sam_head from a 'sam' teacher (a "
-                "task may still take its mask_logits from any promptable teacher, SAM 2 too)"
+                "SAM mask decoder this head runs; initialise sam_head from a 'sam' teacher, "
+                "or use sam2_head (with a multi-scale student, sam2_hiera) for SAM 2's decoder"
             )
         prompt_encoder = copy.deepcopy(teacher.component("prompt_encoder"))
         mask_decoder = copy.deepcopy(teacher.component("mask_decoder"))

@@ -9,6 +9,7 @@ app's ``Params`` (:mod:`.app`). Importing this module loads pydantic and the lea
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -261,6 +262,12 @@ class Recipe(Frozen):
     name: str
     seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    init_from: Path | None = Field(
+        None,
+        description="an earlier run's folder (vmerge run's --output): its student backbone and "
+        "the heads of the same names start this run (step-by-step merging; a resume loads its "
+        "own checkpoint instead)",
+    )
     teachers: dict[str, TeacherSpec] = Field(min_length=1)
     student: StudentSpec
     heads: dict[str, HeadSpec] = Field(min_length=1)

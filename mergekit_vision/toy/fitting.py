@@ -4,8 +4,9 @@ bar, and atomic checkpoint writes."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -251,4 +252,21 @@ def save_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+    return path
+
+
+def save_folder_atomically(write: Callable[[Path], None], path: Path) -> Path:
+    """``write(folder)`` into a temporary folder beside ``path``, then move it into place (the
+    old folder removed just before), so a crash leaves no half-written folder at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        write(temporary)
+        os.chmod(temporary, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
     return path

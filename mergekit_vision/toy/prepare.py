@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from mergekit_vision.data.toy_world.depth_maps import export_depth
 from mergekit_vision.data.toy_world.export import (
     export_all,
     export_coco,
@@ -48,7 +49,11 @@ def prepare_toy(
 
     sam_params = recipe.teachers[toy.sam_teacher].params
     clip_params = recipe.teachers[toy.clip_teacher].params
-    for name, params in ((toy.sam_teacher, sam_params), (toy.clip_teacher, clip_params)):
+    depth_params = _depth_teacher_params(recipe)
+    trained = [(toy.sam_teacher, sam_params), (toy.clip_teacher, clip_params)]
+    if depth_params is not None:
+        trained.append((toy.depth_teacher, depth_params))
+    for name, params in trained:
         if params.checkpoint is None:
             issue = Issue(f"teachers.{name}.params.checkpoint", "give the toy teacher's file path")
             raise RecipeError(recipe.name, [issue])
@@ -60,8 +65,25 @@ def prepare_toy(
         world=toy.world,
         sam_path=sam_params.checkpoint,
         clip_path=clip_params.checkpoint,
+        depth_params=depth_params,
+        depth_training=toy.depth_training,
+        depth_path=None if depth_params is None else depth_params.checkpoint,
         progress=progress,
     )
+
+
+def _depth_teacher_params(recipe):
+    """The params of the recipe's ``toy.depth_teacher`` (a ``depth`` teacher), or None."""
+    from mergekit_vision.errors import Issue, RecipeError
+
+    name = recipe.toy.depth_teacher
+    if name is None:
+        return None
+    spec = recipe.teachers.get(name)
+    if spec is None or spec.type != "depth":
+        issue = Issue("toy.depth_teacher", f"must name a 'depth' teacher; {name!r} is not one")
+        raise RecipeError(recipe.name, [issue])
+    return spec.params
 
 
 def write_feature_teachers(recipe, *, console: Console) -> None:
@@ -160,6 +182,28 @@ def export_toy_data(toy: ToySpec, *, console: Console) -> None:
             console.print(f"exporting {count} toy probe {role} scenes to {folder}")
             split = "train" if role == "train" else "val"
             export_probe_split(folder, config=world, num_samples=count, seed=seed, split=split)
+            _stamp(folder, key)
+    if toy.depth_teacher is not None:
+        export_depth_maps(toy, console=console)
+
+
+# Bump when the depth maps a given world and seed produce change: old exports are then redone.
+DEPTH_MAPS_FORMAT = 1
+
+
+def export_depth_maps(toy: ToySpec, *, console: Console) -> None:
+    """Write ``train/depth/`` and ``eval/depth/``: the depth map of each scene the split's COCO
+    export holds (``depth_folder`` reads them with ``images: <split>/coco/images``), each unless
+    already there. Their own stamp, so adding depth redoes none of the other exports."""
+    world = toy.world.model_dump(mode="json")
+    for split, seed, count in (("train", toy.train_seed, toy.train_samples),
+                               ("eval", toy.eval_seed, toy.eval_samples)):  # fmt: skip
+        folder = toy.data_dir / split / "depth"
+        key = {"world": world, "seed": seed, "n": count, "depth_maps": DEPTH_MAPS_FORMAT}
+        if not _fresh(folder, key):
+            console.print(f"exporting {count} toy {split} depth maps to {folder}")
+            images = toy.data_dir / split / "coco" / "images"
+            export_depth(folder, config=toy.world, num_samples=count, seed=seed, images=images)
             _stamp(folder, key)
 
 

@@ -1,11 +1,12 @@
-"""The toy teachers, trained once and cached: a tiny real SAM and a tiny real CLIP.
+"""The toy teachers, trained once and cached: a tiny real SAM, CLIP and Depth Anything.
 
 A checkpoint is reused only while the JSON sidecar beside it (``<checkpoint>.json``) records the
 same configuration hash: the sha256 of the architecture (minus its checkpoint path), the training
-settings, the toy world and :data:`TOY_TEACHER_FORMAT`, and the checkpoint's own sha256. The
-checkpoint is written first and the sidecar after it, each through a temporary file renamed into
-place, so a crash at any point leaves either a complete, recorded pair or a teacher that will be
-retrained: never a checkpoint that only looks finished.
+settings, the toy world and :data:`TOY_TEACHER_FORMAT`, and the checkpoint's own sha256 (of every
+file, for the depth teacher's ``save_pretrained`` folder). The checkpoint is written first and
+the sidecar after it, each through a temporary file or folder renamed into place, so a crash at
+any point leaves either a complete, recorded pair or a teacher that will be retrained: never a
+checkpoint that only looks finished.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import torch
 from mergekit_vision.data.toy_world.world import ToyWorldConfig
 from mergekit_vision.engine.performance import flush_denormals
 from mergekit_vision.registry import PluginParams
+from mergekit_vision.teachers.depth import DepthParams
 from mergekit_vision.teachers.open_clip import OpenClipParams
 from mergekit_vision.teachers.sam import SamParams
-from mergekit_vision.toy import train_clip, train_sam
+from mergekit_vision.toy import train_clip, train_depth, train_sam
 from mergekit_vision.toy.fitting import CoreShare, ProgressRelay, report_progress_to
 from mergekit_vision.toy.train_clip import ToyClipTraining
+from mergekit_vision.toy.train_depth import TOY_DEPTH_CONFIG, ToyDepthTraining
 from mergekit_vision.toy.train_sam import ToySamTraining
 
 # Bump when training code changes what a given configuration produces: old caches then retrain.
@@ -71,6 +74,9 @@ TOY_CLIP = OpenClipParams(
 )
 """The toy CLIP architecture: a 64 px ResNet and a 3-layer text transformer with open_clip's BPE."""
 
+TOY_DEPTH = DepthParams(config=TOY_DEPTH_CONFIG)
+"""The toy depth architecture: transformers' Depth Anything at 64 px (:data:`TOY_DEPTH_CONFIG`)."""
+
 
 # Where a teacher's weights come from, not what they are: left out of the configuration hash, so
 # a new field of this kind (pretrained, sha256 came with weights by name) keeps cached teachers.
@@ -99,6 +105,11 @@ def sidecar_path(checkpoint: Path) -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's sha256; for a folder, the sha256 of its files' relative paths and sha256s."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = "".join(f"{p.relative_to(path).as_posix()} {file_sha256(p)}\n" for p in files)
+        return hashlib.sha256(listing.encode()).hexdigest()
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -109,7 +120,7 @@ def file_sha256(path: Path) -> str:
 def is_current(checkpoint: Path, digest: str) -> bool:
     """Whether ``checkpoint`` exists and its sidecar records ``digest`` and the file's sha256."""
     sidecar = sidecar_path(checkpoint)
-    if not checkpoint.is_file() or not sidecar.is_file():
+    if not checkpoint.exists() or not sidecar.is_file():
         return False
     try:
         record = json.loads(sidecar.read_text())
@@ -180,10 +191,14 @@ def ensure_toy_teachers(
     world: ToyWorldConfig | None = None,
     sam_path: Path,
     clip_path: Path,
+    depth_params: DepthParams | None = None,
+    depth_training: ToyDepthTraining | None = None,
+    depth_path: Path | None = None,
     progress: bool = True,
     parallel: bool | None = None,
 ) -> dict[str, Path]:
-    """The toy SAM and CLIP checkpoints, trained only when missing or out of date.
+    """The toy SAM and CLIP checkpoints (and with ``depth_path`` the toy depth teacher's), trained
+    only when missing or out of date.
 
     Args:
         sam_params: the SAM architecture (its ``checkpoint`` field is ignored).
@@ -193,8 +208,13 @@ def ensure_toy_teachers(
         world: the toy world both train on (default :class:`ToyWorldConfig`).
         sam_path: SAM checkpoint file (``torch.save(sam.state_dict())``, e.g. ``sam_toy.pth``).
         clip_path: CLIP checkpoint file (``torch.save(model.state_dict())``, e.g. ``clip_toy.bin``).
+        depth_params: the depth architecture (default :data:`TOY_DEPTH`; a ``config`` of None
+            means the toy's; weight sources are ignored).
+        depth_training: depth training settings (default :class:`ToyDepthTraining`).
+        depth_path: the depth teacher's ``save_pretrained`` folder (e.g. ``depth_toy``); None
+            trains no depth teacher.
         progress: show progress bars while training.
-        parallel: when both must train, train them at once in two processes of one thread each
+        parallel: when several must train, train them at once in processes of one thread each
             (default: when torch has at least 2 threads). Models this small keep one core busy
             far better than they split an operation over two, so on 2 cores this measured ~1.5x
             faster than training one after the other. The one still running then takes all
@@ -203,7 +223,7 @@ def ensure_toy_teachers(
             AP 0.480 and 0.489).
 
     Returns:
-        ``{"sam": sam_path, "clip": clip_path}``.
+        ``{"sam": sam_path, "clip": clip_path}``, and ``"depth": depth_path`` when given.
     """
     world = world or ToyWorldConfig()
     sam_training = sam_training or ToySamTraining()
@@ -224,6 +244,18 @@ def ensure_toy_teachers(
             train=partial(_train_clip, clip_params, clip_training, world),
         ),
     ]
+    if depth_path is not None:
+        architecture = train_depth.toy_architecture(depth_params or TOY_DEPTH)
+        training = depth_training or ToyDepthTraining()
+        jobs.append(
+            _Job(
+                architecture=architecture,
+                training=training,
+                world=world,
+                path=depth_path,
+                train=partial(_train_depth, architecture, training, world),
+            )
+        )
     stale = [job for job in jobs if not job.is_current()]
     if parallel is None:
         parallel = torch.get_num_threads() >= 2
@@ -232,7 +264,8 @@ def ensure_toy_teachers(
     else:
         for job in stale:
             job.run(progress=progress)
-    return {"sam": sam_path, "clip": clip_path}
+    paths = {"sam": sam_path, "clip": clip_path}
+    return paths if depth_path is None else paths | {"depth": depth_path}
 
 
 def _train_sam(params, training, world, *, output: Path, progress: bool) -> Path:
@@ -244,6 +277,12 @@ def _train_sam(params, training, world, *, output: Path, progress: bool) -> Path
 def _train_clip(params, training, world, *, output: Path, progress: bool) -> Path:
     return train_clip.train_toy_clip(
         clip_params=params, training=training, world=world, output=output, progress=progress
+    )
+
+
+def _train_depth(params, training, world, *, output: Path, progress: bool) -> Path:
+    return train_depth.train_toy_depth(
+        depth_params=params, training=training, world=world, output=output, progress=progress
     )
 
 

@@ -14,7 +14,10 @@ from mergekit_vision.engine.build import MergedModel
 from mergekit_vision.eval.features import feature_retention, feature_tasks
 from mergekit_vision.strategies.normalization.standardize import Standardize
 from mergekit_vision.students.timm_vit import TimmViTStudent
+from mergekit_vision.teachers.depth import DepthParams, DepthTeacher
 from mergekit_vision.teachers.timm import TimmParams, TimmTeacher
+
+from ..tiny_depth import TINY_DEPTH_CONFIG
 
 VIT = dict(depth=2, embed_dim=32, num_heads=2, init_values=1.0)
 
@@ -94,3 +97,16 @@ def test_cosines_and_baseline(components):
     for key in ("cosine", "centered_cosine", "mean_baseline_cosine"):
         assert found["normalized"][key] == pytest.approx(found["summary"][key], abs=1e-4), key
     assert feature_retention(components, None, batch_size=2) == {}
+
+
+def test_depth_maps_are_left_to_the_relative_depth_metric(components):
+    """A depth teacher's map is known only up to scale and shift: no cosine is taken of it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        depth = DepthTeacher.build(DepthParams(config=TINY_DEPTH_CONFIG), allow_random_init=True)
+    spec = SimpleNamespace(teacher="depth", head="same", target="depth")
+    tasks = {**components.tasks, "depth": SimpleNamespace(teacher=depth, spec=spec)}
+    with_depth = SimpleNamespace(**{**vars(components), "tasks": tasks})
+    assert "depth" not in feature_tasks(with_depth)
+    images = [{"image": torch.zeros(3, 56, 56, dtype=torch.uint8)} for _ in range(2)]
+    assert "depth" not in feature_retention(with_depth, images, batch_size=2)

@@ -29,7 +29,8 @@ class ToyWorldDataset(ImageDataset, Dataset):
     Sample ``index`` is :func:`~.world.generate_scene` of ``(seed, index)``,
     drawn at ``world.image_size`` and resized to the task resolution like a file would be. Beyond
     the dataset contract each sample has ``"classes"`` (``int64 [M]``, the class of each mask),
-    ``"semantic"`` (``int64 [R, R]``, 0 background, ``k + 1`` for class ``k``), ``"label"`` (the
+    ``"semantic"`` (``int64 [R, R]``, 0 background, ``k + 1`` for class ``k``), ``"depth"``
+    (``float32 [R, R]`` metres, resized nearest-neighbour as ``depth_folder``'s), ``"label"`` (the
     class of the largest object) and ``"caption"``. Class names are :attr:`class_names`.
     """
 
@@ -111,6 +112,7 @@ class ToyWorldDataset(ImageDataset, Dataset):
             "masks": masks[keep],
             "classes": scene.classes[keep],
             "semantic": resize_label_map(scene.semantic, **geometry),
+            "depth": resize_label_map(scene.depth, fill=0, **geometry),
             "label": scene.label,
             "caption": scene.caption,
             "key": f"toy_world/{self.seed}/{index}",

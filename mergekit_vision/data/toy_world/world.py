@@ -4,7 +4,8 @@ It lets a SAM + CLIP merge run end to end on a laptop CPU without downloading an
 SAM and CLIP teachers are trained on these scenes, then merged. A class is a (colour, shape) pair,
 e.g. ``"red circle"``; texture, rotation, position, size, occlusion and background clutter are
 nuisance factors that never change the class. Each scene comes with what both teachers need: a
-caption ("a red circle above a blue star") for CLIP, and the visible instance masks for SAM.
+caption ("a red circle above a blue star") for CLIP, the visible instance masks for SAM, and a
+depth map (a ground plane, each object nearer than what it hides) for a depth model.
 
 Scene ``index`` of ``seed`` is a pure function of ``(config, seed, index)``: every random draw comes
 from a numpy ``Generator`` seeded from the pair, never from a global random state. Shapes are
@@ -24,6 +25,8 @@ from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from mergekit_vision.data.toy_world.render import (
+    ground_depth,
+    object_depth,
     paint_background,
     rasterise_shape,
     texture_shade,
@@ -162,6 +165,9 @@ class Scene:
         caption: e.g. ``"a red circle above a blue star and a green square"``.
         label: the class of the object with the largest visible area.
         objects: the attributes of each object.
+        depth: ``float32 [S, S]`` depth in metres: the ground plane (2 m at the bottom edge,
+            8 m at the top); each object nearer the larger it looks, and always nearer than
+            everything it covers (:func:`~.render.object_depth`): drawing order is depth order.
     """
 
     image: Tensor
@@ -172,6 +178,7 @@ class Scene:
     caption: str
     label: int
     objects: tuple[ToyObject, ...]
+    depth: Tensor
 
 
 def class_names(config: ToyWorldConfig) -> list[str]:
@@ -229,6 +236,7 @@ def generate_scene(
         semantic=np.zeros((size, size), dtype=np.int64),
         visible=np.zeros((len(class_ids), size, size), dtype=bool),
         areas=np.zeros(len(class_ids), dtype=np.int64),
+        depth=ground_depth(size).copy(),
     )
     for class_id in class_ids:
         placed = _place(config, class_id=class_id, rng=rng, canvas=canvas, centric=object_centric)
@@ -266,12 +274,14 @@ class _Canvas:
         visible: ``bool [N, S, S]``, room for every object asked for; the first
             ``len(objects)`` hold the visible part of each object painted so far.
         areas: ``int64 [N]`` pixel count of each visible part.
+        depth: ``float32 [S, S]`` depth map so far, in metres.
     """
 
     pixels: np.ndarray
     semantic: np.ndarray
     visible: np.ndarray
     areas: np.ndarray
+    depth: np.ndarray
     objects: list[ToyObject] = field(default_factory=list)
 
     def paint(
@@ -283,6 +293,15 @@ class _Canvas:
         # Basic slicing gives views, so the masked assignments write into the full arrays.
         self.pixels[:, rows, cols][:, mask] = fill
         self.semantic[rows, cols][mask] = obj.class_id + 1
+        size = self.depth.shape[-1]
+        self.depth[rows, cols][mask] = object_depth(
+            self.depth[rows, cols],
+            window=window,
+            mask=mask,
+            centre=(obj.centre[0] * size, obj.centre[1] * size),
+            radius=obj.size * size / 2,
+            side=size,
+        )
         m = len(self.objects)
         self.areas[:m] -= (self.visible[:m, rows, cols] & mask).sum(axis=(1, 2))
         self.visible[:m, rows, cols] &= ~mask
@@ -317,6 +336,7 @@ class _Canvas:
             caption=describe(self.objects),
             label=self.objects[int(np.argmax(areas))].class_id if m else -1,
             objects=tuple(self.objects),
+            depth=torch.from_numpy(self.depth),
         )
 
 
