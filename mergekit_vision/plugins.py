@@ -20,6 +20,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mergekit_vision.teachers.merged_run",
     "mergekit_vision.students.vitdet",
     "mergekit_vision.students.timm_vit",
+    "mergekit_vision.students.timm_features",
     "mergekit_vision.students.sam2_hiera",
     "mergekit_vision.students.radio",
     # the machinery

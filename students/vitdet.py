@@ -9,6 +9,17 @@ resampled to the actual token grid (bicubic, as timm's ``resample_abs_pos_embed`
 global blocks' relative position tables are resampled by segment_anything's own ``get_rel_pos``
 at run time (it linearly interpolates whenever ``2 * max(q, k) - 1`` differs from the table
 length); windowed blocks pad the grid to a multiple of the window, so any grid works.
+
+Besides SAM's released sizes (``vit_b``, ``vit_l``, ``vit_h``) it offers two small students SAM
+never shipped: ``vit_s`` (width 384, 6 heads) and ``vit_ti`` (width 192, 3 heads), both 12 blocks.
+The widths and heads are DeiT's ViT-S and ViT-Ti (Touvron et al., "Training data-efficient image
+transformers & distillation through attention", ICML 2021, arXiv 2012.12877, which fixed the head
+width at 64); the global blocks are ViT-Det's for a 12-block ViT, [2, 5, 8, 11] (Li et al., arXiv
+2203.16527), as in SAM's ``vit_b``. EfficientSAM's small SAMs are ViT-S and ViT-Ti encoders that
+learn SAM's image features (Xiong et al., "EfficientSAM", CVPR 2024, arXiv 2312.00863:
+EfficientSAM-S and -Ti). No SAM weights exist at these widths, so they start from random weights
+(or their own checkpoint) and learn by distillation; ``init_from`` a SAM teacher of another width
+is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -36,11 +48,27 @@ from mergekit_vision.hub import Sha256, WeightsName, cached
 from mergekit_vision.registry import PluginParams, TeacherName
 from mergekit_vision.sam.positions import resample_encoder_positions, resample_pos_embed
 from mergekit_vision.sam.releases import check_sam_weights, sam_release, sam_weights_file
-from mergekit_vision.sam.variants import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SAM_VARIANTS, SamVariant
+from mergekit_vision.sam.variants import (
+    SAM_PIXEL_MEAN,
+    SAM_PIXEL_STD,
+    SAM_VARIANTS,
+    SamEncoderSizes,
+    SamVariant,
+)
 from mergekit_vision.students.vitdet_attention import ViTDetBlock
 from mergekit_vision.weights import load_strict, read_weights
 
 _SAM_PREFIX = "image_encoder."
+
+SmallVariant = Literal["vit_s", "vit_ti"]
+"""ViT-Det sizes with no SAM release: students trained by distillation (see the module's doc)."""
+
+SMALL_VARIANTS: Mapping[SmallVariant, SamEncoderSizes] = MappingProxyType(
+    {
+        "vit_s": SamEncoderSizes(384, 12, 6, (2, 5, 8, 11)),  # DeiT-S, EfficientSAM-S
+        "vit_ti": SamEncoderSizes(192, 12, 3, (2, 5, 8, 11)),  # DeiT-Ti, EfficientSAM-Ti
+    }
+)
 
 
 def vitdet_state_dict_from_sam_encoder(
@@ -96,13 +124,15 @@ class ViTDetStudent(ImageEncoderViT, Student):
     pixel_std = SAM_PIXEL_STD
 
     class Params(PluginParams):
-        """Sizes default to ``variant``'s. The backbone starts from a teacher's image encoder
-        (``init_from``), a local ``checkpoint`` (SAM's, or this student's own), or ``pretrained``,
-        an official SAM release by name (``vit_b``: its image encoder, SHA-256 checked, see
-        docs/weights.md); at most one of them. ``sha256`` is the weights file's expected
-        SHA-256 (a release's official one by default)."""
+        """Sizes default to ``variant``'s (SAM's ``vit_b``/``vit_l``/``vit_h``, or the small
+        ``vit_s``/``vit_ti``, which have no SAM weights). The backbone starts from a teacher's
+        image encoder (``init_from``, same width and depth only), a local ``checkpoint`` (SAM's,
+        or this student's own), or ``pretrained``, an official SAM release by name (``vit_b``: its
+        image encoder, SHA-256 checked, see docs/weights.md); at most one of them, else random
+        weights. ``sha256`` is the weights file's expected SHA-256 (a release's official one by
+        default)."""
 
-        variant: Literal[SamVariant, "custom"] = "vit_b"
+        variant: Literal[SamVariant, SmallVariant, "custom"] = "vit_b"
         # sizes are positive: a 0 would only surface as a division by zero while building
         embed_dim: PositiveInt | None = None
         depth: PositiveInt | None = None
@@ -132,6 +162,12 @@ class ViTDetStudent(ImageEncoderViT, Student):
                 raise ValueError(f"global_attn_indexes must lie in [0, {arch['depth']})")
             if self.native_size % self.patch_size:
                 raise ValueError("native_size must be a multiple of patch_size")
+            if self.variant in SMALL_VARIANTS and self.pretrained is not None:
+                raise ValueError(
+                    f"variant {self.variant!r} has no SAM release (SAM ships vit_b, vit_l and "
+                    "vit_h); drop pretrained to start from random weights and distil, or give "
+                    "this student's own checkpoint"
+                )
             check_sam_weights(self.variant, checkpoint=self.checkpoint, pretrained=self.pretrained)
             if self.init_from is not None and (self.checkpoint, self.pretrained) != (None, None):
                 raise ValueError(
@@ -149,6 +185,8 @@ class ViTDetStudent(ImageEncoderViT, Student):
                         "variant 'custom' needs embed_dim, depth, num_heads, global_attn_indexes"
                     )
                 preset = overrides
+            elif self.variant in SMALL_VARIANTS:
+                preset = SMALL_VARIANTS[self.variant]
             else:
                 preset = SAM_VARIANTS[self.variant]
             embed_dim, depth, num_heads, global_idx = (
@@ -258,11 +296,28 @@ class ViTDetStudent(ImageEncoderViT, Student):
             patch_size=self.patch_size,
             global_attn_indexes=self.global_attn_indexes,
         )
+        self._check_source_sizes(converted, source=source)
         load_strict(
             self,
             converted,
             what=f"cannot initialise the vitdet student from {source} (do variant and overrides "
             "match its architecture?)",
+        )
+
+    def _check_source_sizes(self, state_dict: Mapping[str, Tensor], *, source: str) -> None:
+        """Refuse weights of another width or depth up front: no conversion maps a 768-wide SAM
+        encoder onto a 384-wide ``vit_s``, and a list of mis-shaped keys would not say so."""
+        width = int(state_dict["patch_embed.proj.weight"].shape[0])
+        depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
+        if (width, depth) == (self.embed_dim, len(self.blocks)):
+            return
+        raise ValueError(
+            f"cannot initialise the vitdet student from {source}: its image encoder is {width} "
+            f"wide with {depth} blocks, the student {self.embed_dim} wide with "
+            f"{len(self.blocks)} blocks (do variant and overrides match its architecture?). "
+            "SAM's weights fit only a student of their own width and depth; a smaller student "
+            "(vit_s, vit_ti) starts from random weights: drop init_from and train it by "
+            "distillation (recipes/sam_clip_tiny_small.yaml does)"
         )
 
     def forward(

@@ -68,6 +68,15 @@ STUDENT_PARAMS: dict[str, Callable[[], dict]] = {
     ),
     "radio": lambda: dict(config=TINY_RADIO_CONFIG),
     "sam2_hiera": lambda: dict(config=TINY_HIERA_CONFIG),
+    # out_chans: the tiny SAM decoder's width, as the tiny recipe's ViT-Det
+    "timm_features": lambda: dict(
+        model="mobilenetv4_conv_small_050",
+        stride=8,
+        embed_dim=32,
+        num_blocks=2,
+        out_chans=32,
+        native_size=64,
+    ),
 }
 # (params, the teacher kind it reads from)
 HEAD_PARAMS: dict[str, tuple[dict, str]] = {

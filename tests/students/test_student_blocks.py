@@ -6,8 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mergekit_vision.students.radio import RadioStudent
+from mergekit_vision.students.timm_features import TimmFeaturesStudent
 from mergekit_vision.students.timm_vit import TimmViTStudent
 from mergekit_vision.students.vitdet import ViTDetStudent
+
+from ..tiny_radio import TINY_RADIO_CONFIG
 
 
 def vitdet() -> ViTDetStudent:
@@ -28,7 +32,24 @@ def timm_vit() -> TimmViTStudent:
     return TimmViTStudent.build(params, teachers={}).eval()
 
 
-@pytest.mark.parametrize("make", [vitdet, timm_vit], ids=["vitdet", "timm_vit"])
+def timm_features() -> TimmFeaturesStudent:
+    torch.manual_seed(0)
+    params = TimmFeaturesStudent.Params(
+        model="mobilenetv4_conv_small_050", stride=8, embed_dim=24, num_blocks=3, native_size=32
+    )
+    return TimmFeaturesStudent.build(params, teachers={}).eval()
+
+
+def radio() -> RadioStudent:
+    torch.manual_seed(0)
+    return RadioStudent.build(RadioStudent.Params(config=TINY_RADIO_CONFIG), teachers={}).eval()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [vitdet, timm_vit, radio, timm_features],
+    ids=["vitdet", "timm_vit", "radio", "timm_features"],
+)
 def test_only_the_blocks_asked_for_are_returned(make):
     student = make()
     images = torch.rand(2, 3, 4 * student.patch_size, 4 * student.patch_size)

@@ -185,3 +185,32 @@ def test_vit_b_has_sams_parameter_count():
     assert (student.embed_dim, student.out_channels, student.native_size) == (768, 256, 1024)
     assert student.last_block() is student.blocks[11]
     assert student.blocks[11].window_size == 0 and student.blocks[10].window_size == 14
+
+
+@pytest.mark.parametrize(
+    ("variant", "deit"), [("vit_s", "deit_small_patch16_224"), ("vit_ti", "deit_tiny_patch16_224")]
+)
+def test_small_variants_have_deits_block_sizes(variant: str, deit: str):
+    import timm
+
+    params = ViTDetStudent.Params(variant=variant, native_size=64)
+    student = ViTDetStudent.build(params, teachers={})
+    reference = timm.create_model(deit, pretrained=False)
+    own = sum(p.numel() for n, p in student.blocks.named_parameters() if "rel_pos" not in n)
+    assert own == sum(p.numel() for p in reference.blocks.parameters())
+    assert student.global_attn_indexes == (2, 5, 8, 11)
+    assert [block.window_size == 0 for block in student.blocks].count(True) == 4
+    features = student(torch.rand(1, 3, 64, 64))
+    assert features.tokens.shape == (1, 4, 4, reference.embed_dim)
+    assert features.feature_map.shape == (1, 256, 4, 4)
+
+
+def test_small_variant_refuses_sam_weights_of_another_width():
+    teachers = {"sam": FakeSamTeacher(tiny_sam_encoder())}
+    params = ViTDetStudent.Params(variant="vit_ti", out_chans=32, native_size=128, init_from="sam")
+    with pytest.raises(ValueError, match="64 wide with 4 blocks, the student 192 wide with 12 "):
+        ViTDetStudent.build(params, teachers=teachers)
+    with pytest.raises(ValueError, match="drop init_from"):
+        ViTDetStudent.build(params, teachers=teachers)
+    with pytest.raises(ValidationError, match="'vit_s' has no SAM release"):
+        ViTDetStudent.Params(variant="vit_s", pretrained="vit_b")
