@@ -134,3 +134,48 @@ def load_strict(
     named = what if str(path) in what else f"{path}: {what}"
     problem = f"{named}: {problems}{described.removesuffix('.')}"
     raise WeightsFileError(path, problem=problem, expected=expected, remedy=remedy)
+
+
+def check_loading_info(
+    folder: Path,
+    info: Mapping[str, Any],
+    *,
+    what: str,
+    built_for: str,
+    expected: str,
+    remedy: str,
+    shown: int = 4,
+) -> None:
+    """Refuse a transformers model whose ``from_pretrained`` left weights random.
+
+    Asked with ``output_loading_info=True, ignore_mismatched_sizes=True``, ``from_pretrained``
+    fills weights absent from a ``save_pretrained`` folder, or mis-shaped for its config, with
+    random ones and reports them in ``info``; a model meant to start from the folder must not.
+
+    Args:
+        folder: the ``save_pretrained`` folder.
+        info: ``from_pretrained``'s loading info (``missing_keys``; ``mismatched_keys`` as
+            ``(key, shape in the file, shape built)``).
+        what: the error's opening words (e.g. ``"SAM 2 folder f: its weights do not fit its
+            config.json"``).
+        built_for: what the built shapes follow (e.g. ``"config.json"``).
+        expected: what the folder should hold.
+        remedy: what the user can do.
+        shown: keys of each kind named in the error.
+
+    Raises:
+        WeightsFileError: ``"{what} ({key} is (..) in the file, (..) for {built_for}; {key} is
+            missing; {m} mis-shaped, {n} missing in all)"``, mis-shaped keys first.
+    """
+    missing, mismatched = info["missing_keys"], info["mismatched_keys"]
+    if not missing and not mismatched:
+        return
+    problems = [
+        f"{key} is {tuple(saved)} in the file, {tuple(built)} for {built_for}"
+        for key, saved, built in sorted(mismatched)[:shown]
+    ] + [f"{key} is missing" for key in sorted(missing)[:shown]]
+    problem = (
+        f"{what} ({'; '.join(problems)}; {len(mismatched)} mis-shaped, "
+        f"{len(missing)} missing in all)"
+    )
+    raise WeightsFileError(folder, problem=problem, expected=expected, remedy=remedy)

@@ -42,6 +42,7 @@ from mergekit_vision.hub import (
 )
 from mergekit_vision.registry import PluginParams
 from mergekit_vision.students.timm_vit import GridBlock, TokenStudentFeatures
+from mergekit_vision.weights import check_loading_info
 
 # RadioConfig fields a recipe may not set: derived from others, or the video path (which reads
 # temporally packed frames, not the images a merge trains on).
@@ -89,21 +90,16 @@ def load_radio_folder(folder: Path, config: RadioConfig) -> RadioModel:
         output_loading_info=True,
         ignore_mismatched_sizes=True,
     )
-    if info["missing_keys"] or info["mismatched_keys"]:
-        problems = [
-            f"{key} is {tuple(saved)} in the file, {tuple(built)} for the recipe's config"
-            for key, saved, built in sorted(info["mismatched_keys"])[:4]
-        ] + [f"{key} is missing" for key in sorted(info["missing_keys"])[:4]]
-        raise WeightsFileError(
-            folder,
-            problem=f"radio folder {folder}: its weights do not fit the student's config ("
-            f"{'; '.join(problems)}; {len(info['mismatched_keys'])} mis-shaped, "
-            f"{len(info['missing_keys'])} missing in all)",
-            expected=f"{expected} of the architecture student.params.config gives",
-            remedy="copy the architecture keys of the folder's config.json (hidden_size, "
-            "num_hidden_layers, num_attention_heads, mlp_ratio, num_cls_tokens, num_registers, "
-            "max_img_size, patch_size, ...) into student.params.config",
-        )
+    check_loading_info(
+        folder,
+        info,
+        what=f"radio folder {folder}: its weights do not fit the student's config",
+        built_for="the recipe's config",
+        expected=f"{expected} of the architecture student.params.config gives",
+        remedy="copy the architecture keys of the folder's config.json (hidden_size, "
+        "num_hidden_layers, num_attention_heads, mlp_ratio, num_cls_tokens, num_registers, "
+        "max_img_size, patch_size, ...) into student.params.config",
+    )
     return model
 
 

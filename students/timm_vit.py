@@ -29,14 +29,10 @@ from mergekit_vision.contracts import (
     block_indices,
     resize_and_normalize,
 )
-from mergekit_vision.hub import WeightsName, cached, resolve
 from mergekit_vision.registry import PluginParams, TeacherName
-from mergekit_vision.teachers.timm import (
-    pretrained_stats,
-    timm_state_dict_from_checkpoint,
-    timm_weights,
-)
-from mergekit_vision.weights import load_strict, read_weights
+from mergekit_vision.students.timm_sources import TimmWeightSources, load_sources, weights_file
+from mergekit_vision.teachers.timm import timm_state_dict_from_checkpoint, timm_weights
+from mergekit_vision.weights import load_strict
 
 # create_model arguments the student sets itself.
 _OWNED_KWARGS = ("pretrained", "img_size", "dynamic_img_size", "num_classes", "checkpoint_path")
@@ -71,7 +67,7 @@ class GridBlock(nn.Module):
 
 
 @STUDENTS.register("timm_vit")
-class TimmViTStudent(Student):
+class TimmViTStudent(TimmWeightSources, Student):
     """Any timm ViT (e.g. ``vit_base_patch16_224``) as the backbone, with variable input size."""
 
     class Params(PluginParams):
@@ -147,42 +143,17 @@ class TimmViTStudent(Student):
             dynamic_img_size=True,
             **params.model_kwargs,
         )
-        data = resolve_model_data_config(model)
-        weights = params.checkpoint
-        if params.pretrained is not None:
-            weights = resolve(cls.weight_names(params)["pretrained"])
-            data = {**data, **pretrained_stats(params.model, params.pretrained, weights)}
+        weights, data = weights_file(params, resolve_model_data_config(model))
         student = cls(
             model=model,
             native_size=params.native_size,
             mean=params.mean or data["mean"],
             std=params.std or data["std"],
         )
-        if params.init_from is not None:
-            if params.init_from not in teachers:
-                raise ValueError(
-                    f"timm_vit init_from {params.init_from!r} is not a teacher of this recipe; "
-                    f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
-                )
-            source = teachers[params.init_from].component("model").state_dict()
-            student.load_timm_weights(source, source_name=f"teacher {params.init_from!r}")
-        if weights is not None:
-            raw = read_weights(weights, what="student checkpoint")
-            student.load_timm_weights(raw, source_name=str(weights))
+        load_sources(
+            params, weights, teachers=teachers, load=student.load_timm_weights, kind="timm_vit"
+        )
         return student
-
-    @classmethod
-    def checkpoint_fields(cls, params: Params) -> dict[str, Path | None]:
-        """Recipe fields that name files this student reads (a name: its cached file)."""
-        if params.pretrained is not None:
-            return {"pretrained": cached(cls.weight_names(params)["pretrained"])}
-        return {"checkpoint": params.checkpoint}
-
-    @classmethod
-    def weight_names(cls, params: Params) -> dict[str, WeightsName]:
-        if params.pretrained is None:
-            return {}
-        return {"pretrained": timm_weights(params.model, params.pretrained)}
 
     def load_timm_weights(self, checkpoint: Mapping[str, Any], *, source_name: str) -> None:
         """Load timm weights (any grid; classifier weights dropped) into the backbone."""

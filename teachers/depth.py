@@ -42,6 +42,7 @@ from mergekit_vision.hub import (
     snapshot_names,
 )
 from mergekit_vision.registry import PluginParams
+from mergekit_vision.weights import check_loading_info
 
 PROCESSOR_FILE = "preprocessor_config.json"
 DepthSpace = Literal["disparity", "depth"]
@@ -112,19 +113,14 @@ def load_depth_folder(folder: Path) -> nn.Module:
             expected=expected + " (Depth Anything, DPT, ...)",
             remedy="use the hf teacher for other transformers models",
         ) from error
-    if info["missing_keys"] or info["mismatched_keys"]:
-        problems = [
-            f"{key} is {tuple(saved)} in the file, {tuple(built)} for config.json"
-            for key, saved, built in sorted(info["mismatched_keys"])[:4]
-        ] + [f"{key} is missing" for key in sorted(info["missing_keys"])[:4]]
-        raise WeightsFileError(
-            folder,
-            problem=f"depth folder {folder}: its weights do not fit its config.json ("
-            f"{'; '.join(problems)}; {len(info['mismatched_keys'])} mis-shaped, "
-            f"{len(info['missing_keys'])} missing in all)",
-            expected=expected,
-            remedy="save the model again with save_pretrained, or restore its config.json",
-        )
+    check_loading_info(
+        folder,
+        info,
+        what=f"depth folder {folder}: its weights do not fit its config.json",
+        built_for="config.json",
+        expected=expected,
+        remedy="save the model again with save_pretrained, or restore its config.json",
+    )
     return model
 
 

@@ -37,6 +37,7 @@ from mergekit_vision.hub import (
     snapshot_names,
 )
 from mergekit_vision.registry import PluginParams
+from mergekit_vision.weights import check_loading_info
 
 PROCESSOR_FILE = "preprocessor_config.json"
 # SAM 2 normalises with ImageNet's statistics (its Sam2ImageProcessor and the official predictor).
@@ -103,19 +104,14 @@ def load_sam2_folder(folder: Path) -> Sam2Model:
     model, info = Sam2Model.from_pretrained(
         str(folder), local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
     )
-    if info["missing_keys"] or info["mismatched_keys"]:
-        problems = [
-            f"{key} is {tuple(saved)} in the file, {tuple(built)} for config.json"
-            for key, saved, built in sorted(info["mismatched_keys"])[:4]
-        ] + [f"{key} is missing" for key in sorted(info["missing_keys"])[:4]]
-        raise WeightsFileError(
-            folder,
-            problem=f"SAM 2 folder {folder}: its weights do not fit its config.json ("
-            f"{'; '.join(problems)}; {len(info['mismatched_keys'])} mis-shaped, "
-            f"{len(info['missing_keys'])} missing in all)",
-            expected=expected,
-            remedy="save the model again with save_pretrained, or restore its config.json",
-        )
+    check_loading_info(
+        folder,
+        info,
+        what=f"SAM 2 folder {folder}: its weights do not fit its config.json",
+        built_for="config.json",
+        expected=expected,
+        remedy="save the model again with save_pretrained, or restore its config.json",
+    )
     return model
 
 
