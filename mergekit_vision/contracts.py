@@ -230,6 +230,17 @@ class Student(nn.Module, ABC):
         """Recipe fields (relative to ``params``) that name weights by hub name or tag."""
         return {}
 
+    def image_sides(self, images: Tensor, *, why: str = "") -> tuple[int, int]:
+        """``images``' height and width, refused unless both are multiples of ``patch_size``
+        (the student's grid); ``why`` ends the message with what needs it."""
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of patch_size "
+                f"{self.patch_size}{why}"
+            )
+        return height, width
+
     @abstractmethod
     def forward(
         self,

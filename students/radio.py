@@ -196,11 +196,7 @@ class RadioStudent(Student):
             ``[B, P, C]`` (class tokens, then registers), ``depth`` intermediates and the asked
             blocks' outputs ``[B, H/p, W/p, C]`` (patch tokens) by index.
         """
-        height, width = images.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
-            )
+        height, width = self.image_sides(images)
         layers = self.transformer_blocks()
         kept = block_indices(
             self.returned_blocks if blocks is None else blocks,

@@ -164,12 +164,10 @@ class Sam2HieraStudent(Student):
             ``"stride<s>"``, feature_map the coarsest level ``[B, C_out, H/16, W/16]``, and the
             blocks' outputs ``[B, H/s_b, W/s_b, C_b]`` (at their stage's stride and width).
         """
-        height, width = images.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of {self.patch_size}, which "
-                "the sam2_hiera student needs (its last stage's stride and first window)"
-            )
+        height, width = self.image_sides(
+            images,
+            why=", which the sam2_hiera student needs (its last stage's stride and first window)",
+        )
         pixels = resize_and_normalize(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
         backbone = self.encoder.backbone
         x = backbone.patch_embed(pixels)

@@ -236,11 +236,7 @@ class TimmFeaturesStudent(TimmWeightSources, Student):
             ``[B, out_channels, H/p, W/p]``, ``num_blocks`` intermediates ``[B, H/p, W/p, C]``
             when requested, and the asked blocks' outputs ``[B, H/p, W/p, C]`` by index.
         """
-        height, width = images.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
-            )
+        height, width = self.image_sides(images)
         pixels = resize_and_normalize(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
         levels = self.backbone(pixels)[self.first_level :]
         x = self.fusion(levels).permute(0, 2, 3, 1)

@@ -185,11 +185,7 @@ class TimmViTStudent(TimmWeightSources, Student):
             ``depth`` intermediates ``[B, H/p, W/p, C]`` when requested, and the asked blocks'
             outputs ``[B, H/p, W/p, C]`` (before the final norm) by index.
         """
-        height, width = images.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
-            )
+        height, width = self.image_sides(images)
         pixels = resize_and_normalize(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
         kept = block_indices(
             self.returned_blocks if blocks is None else blocks,

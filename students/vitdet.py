@@ -338,11 +338,7 @@ class ViTDetStudent(ImageEncoderViT, Student):
             ``depth`` intermediates ``[B, H/p, W/p, C]`` when requested, and the asked blocks'
             outputs ``[B, H/p, W/p, C]`` by index.
         """
-        height, width = images.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
-            )
+        height, width = self.image_sides(images)
         images = resize_and_normalize(images, size=None, mean=self.pixel_mean, std=self.pixel_std)
         x = self.patch_embed(images)
         x = x + resample_pos_embed(self.pos_embed, x.shape[1:3], antialias=True)

@@ -59,7 +59,9 @@ def test_levels_tokens_and_blocks_follow_the_input_size(teacher):
         assert sorted(features.blocks) == [0, 4]
         assert features.blocks[0].shape == (1, side // 4, side // 4, 16)  # stage 1's width
         assert torch.equal(features.blocks[4], features.tokens)
-    with pytest.raises(ValueError, match="not a multiple of 32"):
+    with pytest.raises(
+        ValueError, match="not a multiple of patch_size 32, which the sam2_hiera student needs"
+    ):
         student(torch.rand(1, 3, 48, 48))
 
 
