@@ -337,3 +337,14 @@ class Loss(nn.Module, ABC):
 
 
 LOSSES: Registry[Loss] = Registry("losses")
+
+
+def recipe_teacher(teachers: dict[str, Teacher], name: str, *, field: str) -> Teacher:
+    """``teachers[name]``, or an error saying that ``field`` (e.g. ``"vitdet init_from"``) names
+    no teacher of the recipe, and which it has."""
+    if name not in teachers:
+        raise ValueError(
+            f"{field} {name!r} is not a teacher of this recipe; "
+            f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
+        )
+    return teachers[name]

@@ -35,6 +35,7 @@ from mergekit_vision.contracts import (
     StudentFeatures,
     Teacher,
     block_indices,
+    recipe_teacher,
     resize_and_normalize,
 )
 from mergekit_vision.registry import PluginParams, TeacherName
@@ -122,12 +123,7 @@ class Sam2HieraStudent(Student):
             config = Sam2VisionConfig(**_with_backbone_type(params.config or {}))
             native = int(config.backbone_config.image_size[0])
             return cls(encoder=Sam2VisionModel(config), native_size=native)
-        if params.init_from not in teachers:
-            raise ValueError(
-                f"sam2_hiera init_from {params.init_from!r} is not a teacher of this recipe; "
-                f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
-            )
-        teacher = teachers[params.init_from]
+        teacher = recipe_teacher(teachers, params.init_from, field="sam2_hiera init_from")
         source = _vision_encoder(teacher, name=params.init_from)
         student = cls(
             encoder=Sam2VisionModel(copy.deepcopy(source.config)),

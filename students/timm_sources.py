@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from mergekit_vision.contracts import Teacher
+from mergekit_vision.contracts import Teacher, recipe_teacher
 from mergekit_vision.hub import WeightsName, cached, resolve
 from mergekit_vision.teachers.timm import pretrained_stats, timm_weights
 from mergekit_vision.weights import read_weights
@@ -79,12 +79,8 @@ def load_sources(
     """Load the ``init_from`` teacher's ``"model"`` weights, then the ``weights`` file, through
     ``load``; ``kind`` (the student's registry name) opens the error of an unknown teacher."""
     if params.init_from is not None:
-        if params.init_from not in teachers:
-            raise ValueError(
-                f"{kind} init_from {params.init_from!r} is not a teacher of this recipe; "
-                f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
-            )
-        source = teachers[params.init_from].component("model").state_dict()
+        teacher = recipe_teacher(teachers, params.init_from, field=f"{kind} init_from")
+        source = teacher.component("model").state_dict()
         load(source, source_name=f"teacher {params.init_from!r}")
     if weights is not None:
         raw = read_weights(weights, what="student checkpoint")

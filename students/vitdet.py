@@ -42,6 +42,7 @@ from mergekit_vision.contracts import (
     StudentFeatures,
     Teacher,
     block_indices,
+    recipe_teacher,
     resize_and_normalize,
 )
 from mergekit_vision.hub import Sha256, WeightsName, cached
@@ -263,12 +264,8 @@ class ViTDetStudent(ImageEncoderViT, Student):
         )
         student = cls(**params.architecture())
         if params.init_from is not None:
-            if params.init_from not in teachers:
-                raise ValueError(
-                    f"vitdet init_from {params.init_from!r} is not a teacher of this recipe; "
-                    f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
-                )
-            encoder = teachers[params.init_from].component("image_encoder")
+            teacher = recipe_teacher(teachers, params.init_from, field="vitdet init_from")
+            encoder = teacher.component("image_encoder")
             student.load_sam_encoder(encoder.state_dict(), source=f"teacher {params.init_from!r}")
         if weights is not None:
             state = read_weights(weights, what="student checkpoint")

@@ -18,18 +18,14 @@ from mergekit_vision.contracts import (
     StudentFeatures,
     TargetSpec,
     Teacher,
+    recipe_teacher,
 )
 from mergekit_vision.registry import PluginParams, TeacherName
 
 
 def target_spec(teachers: dict[str, Teacher], teacher: str, target: str) -> TargetSpec:
     """``teachers[teacher]``'s declared ``target``, or an error naming the valid choices."""
-    if teacher not in teachers:
-        raise ValueError(
-            f"head teacher {teacher!r} is not a teacher of this recipe; "
-            f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
-        )
-    specs = teachers[teacher].target_specs()
+    specs = recipe_teacher(teachers, teacher, field="head teacher").target_specs()
     if target not in specs:
         raise ValueError(
             f"teacher {teacher!r} has no target {target!r}; its targets: {', '.join(sorted(specs))}"

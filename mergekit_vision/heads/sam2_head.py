@@ -15,6 +15,7 @@ from mergekit_vision.contracts import (
     Student,
     StudentFeatures,
     Teacher,
+    recipe_teacher,
     require_levels,
 )
 from mergekit_vision.heads.sam_head import SamHead
@@ -84,12 +85,7 @@ class Sam2Head(SamHead):
 
     @classmethod
     def build(cls, params: Params, *, student: Student, teachers: dict[str, Teacher]) -> Sam2Head:
-        if params.init_from not in teachers:
-            raise ValueError(
-                f"sam2_head init_from {params.init_from!r} is not a teacher of this recipe; "
-                f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
-            )
-        teacher = teachers[params.init_from]
+        teacher = recipe_teacher(teachers, params.init_from, field="sam2_head init_from")
         model = teacher.component("model") if "model" in teacher.component_names() else None
         if not isinstance(model, Sam2Model):
             raise ValueError(

@@ -7,7 +7,15 @@ import copy
 from segment_anything.modeling import MaskDecoder
 from torch import Tensor, nn
 
-from mergekit_vision.contracts import HEADS, Head, Prompts, Student, StudentFeatures, Teacher
+from mergekit_vision.contracts import (
+    HEADS,
+    Head,
+    Prompts,
+    Student,
+    StudentFeatures,
+    Teacher,
+    recipe_teacher,
+)
 from mergekit_vision.registry import PluginParams, TeacherName
 from mergekit_vision.sam.decoding import decode_masks
 
@@ -52,12 +60,7 @@ class SamHead(Head):
 
     @classmethod
     def build(cls, params: Params, *, student: Student, teachers: dict[str, Teacher]) -> SamHead:
-        if params.init_from not in teachers:
-            raise ValueError(
-                f"sam_head init_from {params.init_from!r} is not a teacher of this recipe; "
-                f"teachers: {', '.join(sorted(teachers)) or '(none)'}"
-            )
-        teacher = teachers[params.init_from]
+        teacher = recipe_teacher(teachers, params.init_from, field="sam_head init_from")
         if not isinstance(teacher.component("mask_decoder"), MaskDecoder):
             # SAM 2's decoder also reads the encoder's stride-4 and stride-8 maps, which a
             # single-scale student feature map does not have
