@@ -90,9 +90,13 @@ def eval_(
 def compare(
     recipe: RecipeArg,
     grid: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(help="axis=v1,v2 (replay, conflict, weighting, or any dotted key)."),
-    ],
+    ] = None,
+    variants: Annotated[
+        list[Path] | None,
+        typer.Option(help="A named-variants YAML file: one axis, each value a set of keys."),
+    ] = None,
     set_: SetOption = None,
     output: Annotated[
         Path | None, typer.Option(help="Folder (default runs/<name>-compare).")
@@ -103,7 +107,9 @@ def compare(
 
     def go() -> list[dict[str, Any]]:
         folder = output or Path("runs") / f"{load_recipe(recipe, set_).name}-compare"
-        rows = run_compare(recipe, grid=grid, overrides=set_, output=folder)
+        rows = run_compare(
+            recipe, grid=grid or [], overrides=set_, output=folder, variant_files=variants
+        )
         console.print(f"[green]wrote[/] {folder / 'compare.md'} and {folder / 'pareto.png'}")
         return rows
 

@@ -25,6 +25,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mergekit_vision.engine.performance import flush_denormals
 from mergekit_vision.engine.run_folder import CHECKPOINTS_DIR, METRICS_FILE, RECIPE_FILE
 from mergekit_vision.errors import Issue, RecipeError
@@ -42,28 +44,67 @@ class Variant:
     overrides: tuple[str, ...]
 
 
-def parse_grid(grid: list[str], recipe: Recipe) -> list[Variant]:
-    """``["conflict=sum,pcgrad", "replay=fixed_ratio,alternating"]`` -> every combination."""
-    axes: list[tuple[str, list[str]]] = []
+Axis = tuple[str, list[tuple[str, tuple[str, ...]]]]  # (name, [(value label, overrides)])
+
+
+def parse_grid(grid: list[str], recipe: Recipe, named: list[Axis] | None = None) -> list[Variant]:
+    """``["conflict=sum,pcgrad", "replay=fixed_ratio,alternating"]`` -> every combination.
+
+    ``named`` axes (from :func:`read_variants`) come after the ``--grid`` axes, each value a
+    bundle of overrides under one label; the first axis varies slowest."""
+    axes: list[Axis] = []
+    multi_task = [i for i, s in enumerate(recipe.stages) if len(s.tasks) > 1]
     for item in grid:
         key, _, values = item.partition("=")
+        key = key.strip()
         if not values:
             raise RecipeError("--grid", [Issue(item, "expected axis=value1,value2,...")])
-        axes.append((key.strip(), [v.strip() for v in values.split(",") if v.strip()]))
-    multi_task = [i for i, s in enumerate(recipe.stages) if len(s.tasks) > 1]
-    if any(key in STRATEGY_AXES for key, _ in axes) and not multi_task:
-        raise RecipeError("--grid", [Issue("stages", "no stage runs more than one task")])
+        if key in STRATEGY_AXES and not multi_task:
+            raise RecipeError("--grid", [Issue("stages", "no stage runs more than one task")])
+        labels = [v.strip() for v in values.split(",") if v.strip()]
+        axes.append((key, [(v, _axis_overrides(key, v, multi_task)) for v in labels]))
+    axes += named or []
     variants = []
     for combo in itertools.product(*[[(k, v) for v in vs] for k, vs in axes]):
-        overrides: list[str] = []
-        for key, value in combo:
-            if key in STRATEGY_AXES:
-                overrides += [f"stages.{i}.{key}={{type: {value}}}" for i in multi_task]
-            else:
-                overrides.append(f"{key}={value}")
-        name = ",".join(f"{k}={v}" for k, v in combo) or "recipe"
-        variants.append(Variant(name=name, overrides=tuple(overrides)))
+        name = ",".join(f"{k}={label}" for k, (label, _) in combo) or "recipe"
+        overrides = tuple(o for _, (_, bundle) in combo for o in bundle)
+        variants.append(Variant(name=name, overrides=overrides))
     return variants
+
+
+def _axis_overrides(key: str, value: str, multi_task: list[int]) -> tuple[str, ...]:
+    if key in STRATEGY_AXES:
+        return tuple(f"stages.{i}.{key}={{type: {value}}}" for i in multi_task)
+    return (f"{key}={value}",)
+
+
+def read_variants(path: Path) -> Axis:
+    """A named-variants file: one axis whose values each set several recipe keys at once.
+
+    ```yaml
+    axis: technique
+    variants:
+      none: {}
+      ladder: {heads.dino_adaptor: {type: ladder, params: {teacher: dino}}}
+    ```
+    """
+    where = str(path)
+    if not path.is_file():
+        raise RecipeError(where, [Issue("", "file not found; give a named-variants YAML file")])
+    data = yaml.safe_load(path.read_text())
+    hint = "expected 'axis: NAME' and 'variants: {LABEL: {dotted.key: value, ...}, ...}'"
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), dict):
+        raise RecipeError(where, [Issue("variants", hint)])
+    axis = str(data.get("axis") or path.stem)
+    values = []
+    for label, sets in data["variants"].items():
+        if not isinstance(sets, dict | None):
+            raise RecipeError(where, [Issue(f"variants.{label}", hint)])
+        bundle = tuple(f"{key}={json.dumps(value)}" for key, value in (sets or {}).items())
+        values.append((str(label), bundle))
+    if not values:
+        raise RecipeError(where, [Issue("variants", "names no variant; " + hint)])
+    return axis, values
 
 
 def conflict_noops(recipe: Recipe) -> list[str]:
@@ -191,12 +232,18 @@ def _ratio(model: dict, teacher: dict, key: str) -> float | None:
 
 
 def compare(
-    recipe_path: Path, *, grid: list[str], overrides: list[str] | None, output: Path
+    recipe_path: Path,
+    *,
+    grid: list[str],
+    overrides: list[str] | None,
+    output: Path,
+    variant_files: list[Path] | None = None,
 ) -> list[dict[str, Any]]:
     recipe = load_recipe(recipe_path, overrides)
     if recipe.eval is None:
         raise RecipeError(str(recipe_path), [Issue("eval", "compare needs an 'eval' section")])
-    variants = parse_grid(grid, recipe)
+    named = [read_variants(Path(f)) for f in variant_files or []]
+    variants = parse_grid(grid, recipe, named)
     output.mkdir(parents=True, exist_ok=True)
     rows = []
     for variant in variants:  # a bad strategy name fails here, before any training

@@ -132,3 +132,52 @@ def test_a_failing_variant_is_reported_and_the_others_still_run(
         compare(Path(recipe), grid=grid, overrides=overrides, output=tmp_path / "grid")
     rows = list(csv.DictReader((tmp_path / "grid" / "compare.csv").open()))
     assert [r["variant"] for r in rows] == [f"{key}={tiny_checkpoints['sam']}"]
+
+
+STUDY = (
+    Path(__file__).resolve().parents[2] / "recipes" / "studies" / "agglomerative_techniques.yaml"
+)
+AGGLOMERATIVE_TINY = STUDY.parents[1] / "agglomerative_tiny.yaml"
+
+
+def test_a_named_variants_file_is_one_axis_each_value_setting_several_keys():
+    from mergekit_vision.tools.compare import parse_grid, read_variants
+
+    axis = read_variants(STUDY)
+    recipe = load_recipe(AGGLOMERATIVE_TINY)
+    variants = parse_grid(["seed=0,1", "conflict=sum,pcgrad"], recipe, [axis])
+    assert len(variants) == 2 * 2 * 5  # the named axis varies fastest
+    assert variants[0].name == "seed=0,conflict=sum,technique=none"
+    assert variants[6].name == "seed=0,conflict=pcgrad,technique=teacher_drop"
+    built = {v.name: load_recipe(AGGLOMERATIVE_TINY, list(v.overrides)) for v in variants}
+    none = built["seed=1,conflict=pcgrad,technique=none"]
+    assert none.seed == 1 and [s.conflict.type for s in none.stages] == ["pcgrad", "pcgrad"]
+    multi = built["seed=1,conflict=pcgrad,technique=multi_res"]
+    changed = [
+        name for name, task in multi.tasks.items() if task.resolution != none.tasks[name].resolution
+    ]
+    assert changed == ["clip", "dino_summary", "dino_spatial", "depth"]  # SAM keeps its 128 px
+    assert built["seed=0,conflict=sum,technique=ladder"].heads["dino_adaptor"].type == "ladder"
+    assert (
+        built["seed=0,conflict=sum,technique=teacher_drop"].stages[1].replay.type == "teacher_drop"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("axis: x\n", "expected 'axis: NAME'"),
+        ("variants: {a: [1, 2]}\n", "variants.a"),
+        ("variants: {}\n", "names no variant"),
+    ],
+)
+def test_a_malformed_variants_file_says_what_is_wrong(tmp_path, text, problem):
+    from mergekit_vision.errors import RecipeError
+    from mergekit_vision.tools.compare import read_variants
+
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=problem):
+        read_variants(path)
+    with pytest.raises(RecipeError, match="file not found"):
+        read_variants(tmp_path / "missing.yaml")
