@@ -6,8 +6,10 @@ The separate teachers and the merged model, as a deployment runs them for both a
 and onnxruntime int8. For each system: parameters, FLOPs per image (torch's FLOP counter, the
 eager modules at batch 1), latency at batch 1 (median over rounds), throughput at batch 8 or
 ``throughput_batch`` (images/s, from the median round) and peak memory (a process per variant).
-Rounds are interleaved: round ``r`` runs every system in every variant once, so drift of the
-machine hits all alike. Each ratio is merged / separate.
+The PyTorch variants' rounds are interleaved in the bench's process: round ``r`` runs every
+system in both once, so drift of the machine hits all alike. The onnxruntime variants are timed
+in the process that measures their memory, one system after the other (:data:`TIMED_APART`).
+Each ratio is merged / separate.
 """
 
 from __future__ import annotations
@@ -28,12 +30,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from mergekit_vision.export.onnx import export_graph, export_sam_decoder
-from mergekit_vision.tools.inference_runners import (
-    VARIANTS,
-    Runner,
-    ort_runner,
-    torch_runner,
-)
+from mergekit_vision.tools.inference_runners import VARIANTS, Runner, torch_runner
 from mergekit_vision.tools.inference_systems import SYSTEMS, Size, System, build_systems
 from mergekit_vision.tools.quantization import emulate_int8, quantize_linear_layers, relative_error
 
@@ -41,6 +38,9 @@ LATENCY_BATCH = 1
 THROUGHPUT_BATCH = 8
 EXPORT_BATCH = 2  # the example the encoders are exported on (batch is a dynamic axis)
 MEMORY_TIMEOUT_S = 1800
+# Timed in a process of their own, one system at a time: at the reference sizes one onnxruntime
+# session holds 6-15 GB at batch 1-2, so the bench's process cannot hold them all at once.
+TIMED_APART = ("ort", "ort_int8")
 
 
 def bench_inference(
@@ -73,16 +73,15 @@ def bench_inference(
         folder = Path(work_dir) if work_dir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         systems, files = _prepare(built.systems, folder, variants, errors, throughput_batch)
-        for name in SYSTEMS:
-            for variant in variants if memory else ():
-                if (name, variant) not in errors:
-                    found = _measure_memory(
-                        variant, files[name], folder, threads, memory_timeout_s, throughput_batch
-                    )
-                    systems[name]["variants"][variant].update(found)
-                    if "error" in found:
-                        errors[name, variant] = found["error"]
-        runners = _runners(built.systems, files, variants, threads, errors)
+        in_process = [v for v in variants if v not in TIMED_APART]
+        for (name, variant), found in _measure_apart(
+            files, folder, variants, errors, threads=threads, memory=memory, rounds=rounds,
+            warmup=warmup, timeout_s=memory_timeout_s, throughput_batch=throughput_batch,
+        ).items():  # fmt: skip
+            systems[name]["variants"][variant].update(found)
+            if "error" in found:
+                errors[name, variant] = found["error"]
+        runners = _runners(built.systems, in_process, errors)
         timed = _time_all(
             runners,
             built.systems,
@@ -275,30 +274,52 @@ def int8_agreement(
     return agreement
 
 
-def _measure_memory(
-    variant: str,
-    files: dict[str, str],
+def _measure_apart(
+    files: dict[str, dict[str, str]],
     folder: Path,
+    variants: Sequence[str],
+    errors: dict[tuple[str, str], str],
+    *,
     threads: int,
+    memory: bool,
+    rounds: int,
+    warmup: int,
     timeout_s: float,
     throughput_batch: int,
-) -> dict[str, Any]:
-    """Peak memory of one system in one variant, in a process of its own."""
-    stem = f"{Path(files['system']).stem}_{variant}"
-    spec, out = folder / f"{stem}_memory.json", folder / f"{stem}_memory_out.json"
-    spec.write_text(
-        json.dumps(
-            {
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per system and variant, in a process of its own: peak memory (with ``memory``) and, for
+    the onnxruntime variants, latency and throughput (:data:`TIMED_APART`)."""
+    found = {}
+    for name in SYSTEMS:
+        for variant in variants:
+            apart = variant in TIMED_APART
+            if (name, variant) in errors or not (memory or apart):
+                continue
+            spec = {
                 "variant": variant,
-                "files": files,
+                "files": files[name],
                 "threads": threads,
                 "batches": [LATENCY_BATCH, throughput_batch],
+                "memory": memory,
+                "rounds": rounds if apart else 0,
+                "warmup": warmup,
             }
-        )
-    )
-    command = [sys.executable, "-m", "mergekit_vision.tools.inference_runners", str(spec), str(out)]
+            stem = f"{Path(files[name]['system']).stem}_{variant}"
+            found[name, variant] = _timing_fields(
+                _run_child(spec, folder / stem, timeout_s), throughput_batch
+            )
+    return found
+
+
+def _run_child(spec: dict[str, Any], stem: Path, timeout_s: float) -> dict[str, Any]:
+    """``python -m mergekit_vision.tools.inference_runners`` on ``spec``: its result, or why not."""
+    request, out = stem.with_name(f"{stem.name}.json"), stem.with_name(f"{stem.name}_out.json")
+    request.write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "mergekit_vision.tools.inference_runners", str(request)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            [*command, str(out)], capture_output=True, text=True, timeout=timeout_s
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"gave up after {timeout_s:.0f} s (compiling or running)"}
     if done.returncode != 0 or not out.is_file():
@@ -306,31 +327,35 @@ def _measure_memory(
     return json.loads(out.read_text())
 
 
+def _timing_fields(found: dict[str, Any], throughput_batch: int) -> dict[str, Any]:
+    """A child's seconds per run as the bench's fields: median latency at batch 1, images/s at
+    the throughput batch, the first calls apart."""
+    seconds = found.pop("seconds", {})
+    for batch, first in found.pop("first_call_s", {}).items():
+        if seconds.get(batch):
+            found[f"first_call_s_batch_{batch}"] = first
+    if seconds.get(str(LATENCY_BATCH)):
+        found["latency_ms"] = statistics.median(seconds[str(LATENCY_BATCH)]) * 1e3
+    if seconds.get(str(throughput_batch)):
+        found["images_per_s"] = throughput_batch / statistics.median(seconds[str(throughput_batch)])
+    return found
+
+
 def _runners(
     systems: dict[str, System],
-    files: dict[str, dict[str, str]],
     variants: Sequence[str],
-    threads: int,
     errors: dict[tuple[str, str], str],
 ) -> dict[tuple[str, str], Runner]:
+    """The PyTorch variants' runners, timed in this process."""
     runners = {}
     for name, system in systems.items():
         prompt = system.point_prompt()
         for variant in variants:
             if (name, variant) in errors:
                 continue  # its measuring process already failed (a compile error, a timeout)
-            if variant in ("eager", "compile"):
-                runners[name, variant] = torch_runner(
-                    system.encoder, system.decoder, prompt, compiled=variant == "compile"
-                )
-            else:
-                encoder, decoder = (
-                    files[name][f"{variant}_encoder"],
-                    files[name][f"{variant}_decoder"],
-                )
-                runners[name, variant] = ort_runner(
-                    Path(encoder), Path(decoder), prompt, threads=threads
-                )
+            runners[name, variant] = torch_runner(
+                system.encoder, system.decoder, prompt, compiled=variant == "compile"
+            )
     return runners
 
 

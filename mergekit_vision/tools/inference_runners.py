@@ -17,7 +17,9 @@ the process had before loading the model, so it counts the weights, the activati
 runtime's workspace, and not the interpreter, the libraries or a compiler's transient memory.
 Python's ``tracemalloc`` does not see tensors, and the bench's own process holds every variant
 at once, hence a process per variant. ``python -m mergekit_vision.tools.inference_runners SPEC``
-is that process.
+is that process. The onnxruntime variants are also timed there: at the reference sizes one
+session holds 6-15 GB at batch 1-2, and the bench's process cannot hold the four of them at once
+in 24 GiB.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import gc
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,11 +124,17 @@ def _reset_peak() -> bool:
     return True
 
 
-def measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
-    """Peak resident memory (MB) above the bare process of one system in one variant, per batch
-    size (module docstring). ``spec``: ``variant``, ``files``, ``threads``, ``batches``."""
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One system in one variant, per batch size: its peak resident memory (MB) above the bare
+    process (module docstring) and, with ``rounds``, the seconds of each timed run.
+
+    ``spec``: ``variant``, ``files``, ``threads``, ``batches``; optional ``memory`` (default
+    true), ``rounds`` (timed runs per batch, default 0) and ``warmup`` (untimed runs before
+    them, beyond the first call, default 0). The first call per batch is timed apart
+    (``first_call_s``)."""
     torch.set_num_threads(spec["threads"])
     variant, files = spec["variant"], spec["files"]
+    memory, rounds = spec.get("memory", True), spec.get("rounds", 0)
     inputs = torch.load(files["inputs"], weights_only=False)
     if variant in ("eager", "compile"):
         # unpickling imports the models' libraries: once before the baseline, so they are not
@@ -137,24 +146,37 @@ def measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         import onnxruntime  # noqa: F401
     before = _status_kb("VmRSS")
-    if before is None:
+    if memory and before is None:
         return {"memory_unmeasured": "no /proc/self/status: peak memory is measured on Linux"}
     run = make_runner(variant, files, inputs["prompt"], threads=spec["threads"])
-    peaks = {}
+    result: dict[str, Any] = {}
     for batch in spec["batches"]:
         images = tuple(t[:batch] for t in inputs["images"])
-        run(images)  # warm-up: compiles, fills the allocators' caches
-        if not _reset_peak():
-            return {"memory_unmeasured": "/proc/self/clear_refs is not writable"}
-        run(images)
-        peaks[str(batch)] = (_status_kb("VmHWM") - before) / 1024
-    return {"peak_memory_mb": peaks}
+        started = time.perf_counter()
+        run(images)  # the first call: compiles, fills the allocators' caches
+        result.setdefault("first_call_s", {})[str(batch)] = time.perf_counter() - started
+        if memory:
+            if not _reset_peak():
+                return {"memory_unmeasured": "/proc/self/clear_refs is not writable"}
+            run(images)
+            peak = (_status_kb("VmHWM") - before) / 1024
+            result.setdefault("peak_memory_mb", {})[str(batch)] = peak
+        for _ in range(spec.get("warmup", 0) if rounds else 0):
+            run(images)
+        result.setdefault("seconds", {})[str(batch)] = [_timed(run, images) for _ in range(rounds)]
+    return result
+
+
+def _timed(run: Runner, images: tuple[Tensor, ...]) -> float:
+    started = time.perf_counter()
+    run(images)
+    return time.perf_counter() - started
 
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     try:
-        result = measure_memory(spec)
+        result = measure(spec)
     except Exception as error:  # the parent records why the variant could not run
         lines = str(error).strip().splitlines()
         result = {"error": f"{type(error).__name__}: {lines[0][:300] if lines else ''}"}
