@@ -34,6 +34,7 @@ from mergekit_vision.recipe.io import load_recipe
 from mergekit_vision.recipe.schema import Recipe
 from mergekit_vision.run import run_recipe
 from mergekit_vision.strategies.replay.base import REPLAY
+from mergekit_vision.tools.compare_seeds import write_seed_tables
 
 STRATEGY_AXES = ("replay", "conflict", "weighting")  # set on every multi-task stage
 
@@ -277,6 +278,7 @@ def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
         writer.writerows(rows)
     (output / "compare.md").write_text(markdown_table(rows))
     pareto_plot(rows, output / "pareto.png")
+    write_seed_tables(rows, output)  # with a seed axis: each setting's mean and spread
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
