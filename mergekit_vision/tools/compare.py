@@ -5,7 +5,8 @@ strategies, loss weightings or any dotted key), trained and evaluated in its own
 :func:`~mergekit_vision.run.run_recipe` in a child process of its own: its peak memory is its own
 and returned to the system when it ends, and a variant that fails (or crashes the interpreter)
 does not stop the others; the failures are reported once the grid is done. Finished variants
-(with an ``eval.json``) are not rerun; interrupted ones resume. The summary reports, per variant,
+(with an ``eval.json``) are not rerun; interrupted ones resume. The tables are rewritten after
+each variant, so a grid stopped early has those that finished. The summary reports, per variant,
 how much of each teacher's ability the merged model retains, the new ability, step time and peak
 memory.
 """
@@ -264,8 +265,7 @@ def compare(
             failures.append(failure)
             continue
         rows.append(summarise(variant, folder, peak))
-    if rows:
-        write_tables(rows, output)
+        write_tables(rows, output)  # after each variant: a long grid stopped early keeps its table
     if failures:
         raise RuntimeError("; ".join(str(f) for f in failures))
     return rows
