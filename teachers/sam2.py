@@ -135,6 +135,20 @@ def _check_sizes(model: Sam2Model) -> None:
 
 
 @TEACHERS.register("sam2")
+def random_config(config: dict[str, Any]) -> Sam2Config:
+    """``Sam2Config(**config)``, or a ValueError that says which key is missing: transformers
+    reads a nested config's class from its ``model_type`` and, without one, raises a bare
+    ``KeyError('None')``."""
+    try:
+        return Sam2Config(**config)
+    except KeyError as error:
+        raise ValueError(
+            f"sam2 'config' is not a Sam2Config ({type(error).__name__}: {error}); a nested "
+            "config needs its model_type, e.g. vision_config.backbone_config.model_type: "
+            "sam2_hiera_det_model (as in a SAM 2 config.json)"
+        ) from None
+
+
 class Sam2Teacher(Teacher):
     """SAM 2 (Hiera, transformers' Sam2Model): image embeddings and prompted mask logits."""
 
@@ -169,7 +183,7 @@ class Sam2Teacher(Teacher):
         if folder is not None:
             model = load_sam2_folder(Path(folder))
         elif allow_random_init:
-            model = Sam2Model(Sam2Config(**(params.config or {})))
+            model = Sam2Model(random_config(params.config or {}))
         else:
             raise ValueError(
                 "sam2 teacher needs 'checkpoint', a local save_pretrained folder, or "

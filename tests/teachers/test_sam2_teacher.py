@@ -168,6 +168,12 @@ def test_folders_that_are_not_sam2_are_refused_with_the_reason(sam2_folder, tmp_
     bigger = {**TINY_SAM2_CONFIG, "prompt_encoder_config": {"image_size": 128, "hidden_size": 32}}
     with pytest.raises(ValueError, match=r"do not fit .*image_size 128.*\[\[32, 32\]"):
         Sam2Teacher.build(Sam2Params(config=bigger), allow_random_init=True)
+    backbone = {**TINY_SAM2_CONFIG["vision_config"]["backbone_config"]}
+    del backbone["model_type"]  # transformers alone says KeyError: 'None'
+    untyped = {**TINY_SAM2_CONFIG, "vision_config": {**TINY_SAM2_CONFIG["vision_config"],
+                                                       "backbone_config": backbone}}  # fmt: skip
+    with pytest.raises(ValueError, match="backbone_config.model_type: sam2_hiera_det_model"):
+        Sam2Teacher.build(Sam2Params(config=untyped), allow_random_init=True)
 
 
 def test_promptable_evaluation_decodes_with_sam2s_own_decoder(sam2_folder):
