@@ -101,6 +101,9 @@ def compare(
     output: Annotated[
         Path | None, typer.Option(help="Folder (default runs/<name>-compare).")
     ] = None,
+    finished_only: Annotated[
+        bool, typer.Option(help="Train nothing: table the variants that have finished.")
+    ] = False,
 ) -> None:
     """Train and evaluate every variant of a grid; write compare.csv, compare.md, pareto.png."""
     from mergekit_vision.tools.compare import compare as run_compare
@@ -108,12 +111,21 @@ def compare(
     def go() -> list[dict[str, Any]]:
         folder = output or Path("runs") / f"{load_recipe(recipe, set_).name}-compare"
         rows = run_compare(
-            recipe, grid=grid or [], overrides=set_, output=folder, variant_files=variants
+            recipe,
+            grid=grid or [],
+            overrides=set_,
+            output=folder,
+            variant_files=variants,
+            finished_only=finished_only,
         )
-        console.print(f"[green]wrote[/] {folder / 'compare.md'} and {folder / 'pareto.png'}")
+        if rows:
+            console.print(f"[green]wrote[/] {folder / 'compare.md'} and {folder / 'pareto.png'}")
         return rows
 
     rows = guarded(go)
+    if not rows:  # --finished-only before any variant finished
+        console.print("[yellow]no variant of this grid has finished yet: nothing to table[/]")
+        return
     table = Table(*rows[0].keys(), title="vmerge compare")
     for row in rows:
         table.add_row(*[_fmt(v) for v in row.values()])

@@ -240,7 +240,10 @@ def compare(
     overrides: list[str] | None,
     output: Path,
     variant_files: list[Path] | None = None,
+    finished_only: bool = False,
 ) -> list[dict[str, Any]]:
+    """Train and evaluate each variant not yet finished (in ``output/<variant>``) and table them
+    all; with ``finished_only``, train nothing: table those that finished, warn of the rest."""
     recipe = load_recipe(recipe_path, overrides)
     if recipe.eval is None:
         raise RecipeError(str(recipe_path), [Issue("eval", "compare needs an 'eval' section")])
@@ -259,6 +262,9 @@ def compare(
     failures: list[VariantFailed] = []
     for variant in variants:
         folder = output / slug(variant.name)
+        if finished_only and not (folder / "eval.json").is_file():
+            warnings.warn(f"variant {variant.name}: not finished, left out", stacklevel=2)
+            continue
         try:
             peak = run_variant(recipe_path, variant, base, folder)
         except VariantFailed as failure:

@@ -68,6 +68,14 @@ def test_compare_runs_each_variant_once_and_reuses_the_teacher_rows(
     assert main([*args, *grid]) == 0
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/eval.json")} == stamps
 
+    # --finished-only trains nothing: a variant not run yet is left out of the table
+    wider = ["--grid", "replay=fixed_ratio,alternating,teacher_drop", "--finished-only"]
+    with pytest.warns(UserWarning, match="replay=teacher_drop: not finished, left out"):
+        assert main([*args, *wider]) == 0
+    assert not (tmp_path / "replay_teacher_drop").exists()
+    rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
+    assert [r["variant"] for r in rows] == ["replay=fixed_ratio", "replay=alternating"]
+
 
 def test_teacher_fingerprint_follows_what_the_teacher_rows_depend_on(
     eval_data, tiny_recipe_args, tiny_checkpoints
