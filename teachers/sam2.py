@@ -134,7 +134,6 @@ def _check_sizes(model: Sam2Model) -> None:
         )
 
 
-@TEACHERS.register("sam2")
 def random_config(config: dict[str, Any]) -> Sam2Config:
     """``Sam2Config(**config)``, or a ValueError that says which key is missing: transformers
     reads a nested config's class from its ``model_type`` and, without one, raises a bare
@@ -149,6 +148,7 @@ def random_config(config: dict[str, Any]) -> Sam2Config:
         ) from None
 
 
+@TEACHERS.register("sam2")
 class Sam2Teacher(Teacher):
     """SAM 2 (Hiera, transformers' Sam2Model): image embeddings and prompted mask logits."""
 
