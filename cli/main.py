@@ -385,13 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Without standalone mode click returns the code of a typer.Exit instead of raising it.
         code = command.main(args=argv, prog_name="vmerge", standalone_mode=False)
-    except click.exceptions.Exit as done:
+    # newer typer raises its own copy of click's exceptions (typer.Exit, typer.Abort, and
+    # typer.TyperException for usage errors such as an unknown option); older typer, click's.
+    except (click.exceptions.Exit, typer.Exit) as done:
         return done.exit_code
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         return 130
+    except (click.ClickException, typer.TyperException) as err:
+        err.show()  # "Usage: ... Error: No such option: --x", not a traceback
+        return err.exit_code
     return code if isinstance(code, int) else 0
 
 

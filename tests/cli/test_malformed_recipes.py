@@ -204,3 +204,13 @@ def test_aliases_within_the_bound_work_and_each_place_keeps_its_own_copy(tmp_pat
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["tasks"]["sam"]["data"]["params"]["num_samples"] == 5
     assert printed["tasks"]["clip"]["data"]["params"]["num_samples"] == 8
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["compare", str(TINY), "--no-such-option"], ["run"], ["no-such-command"]],
+)
+def test_command_line_mistakes_are_usage_errors_not_tracebacks(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Error:" in err and "Usage: vmerge" in err and "Traceback" not in err
