@@ -96,7 +96,9 @@ def build_stage(
     batch_sizes = {t: recipe.tasks[t].batch_size for t in spec.tasks}
     conflict = CONFLICT.get(spec.conflict.type).build(spec.conflict.params)
     shared = [p for p in groups[BACKBONE] if p.requires_grad]
-    record = conflict.needs_task_gradients or weighting.needs_task_gradients
+    # A stage that trains no shared parameter (head probing: a frozen backbone) has no gradients
+    # for a task to conflict over; its strategies get no rows and act as 'sum'.
+    record = bool(shared) and (conflict.needs_task_gradients or weighting.needs_task_gradients)
     return StageRun(
         spec=spec,
         steps=steps,

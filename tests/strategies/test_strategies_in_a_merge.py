@@ -89,3 +89,28 @@ def test_normalizer_statistics_freeze_before_the_first_step(name, tiny_recipe_ar
     assert int(weights["normalizers.clip.updates"]) == (9 if online else 6)
     if name == "phi_s":
         assert bool(weights["normalizers.clip.solved"])
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "upgrad"])
+def test_a_conflict_strategy_in_head_probing_acts_as_sum(name, tiny_recipe_args, tmp_path):
+    """A stage with a frozen backbone has no shared gradients to record: two tasks probing
+    their own heads under a conflict strategy train as under 'sum' (this once failed with
+    torch.cat of an empty list, as `vmerge compare --grid conflict=...` sets every stage)."""
+    runs = {}
+    for conflict in ("sum", name):
+        run = tmp_path / conflict
+        args = [
+            *tiny_recipe_args,
+            "--set", "stages.0.tasks=[clip, sam]", "--set", "stages.0.train=[clip_head, sam_head]",
+            "--set", f"stages.0.conflict={{type: {conflict}}}",
+            "--set", "stages.0.steps=2", "--set", "stages.1.steps=1", "--output", str(run),
+        ]  # fmt: skip
+        assert main(["run", *args]) == 0
+        runs[conflict] = [
+            json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+        ]
+    probing = [m for m in runs[name] if m["stage"] == "head_probing"]
+    assert [m["loss/sam"] for m in probing] == pytest.approx(
+        [m["loss/sam"] for m in runs["sum"] if m["stage"] == "head_probing"], rel=1e-5
+    )
+    assert len(probing) == 2
