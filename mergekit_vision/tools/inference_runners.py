@@ -152,9 +152,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for batch in spec["batches"]:
         images = tuple(t[:batch] for t in inputs["images"])
-        started = time.perf_counter()
-        run(images)  # the first call: compiles, fills the allocators' caches
-        result.setdefault("first_call_s", {})[str(batch)] = time.perf_counter() - started
+        # the first call: compiles, fills the allocators' caches
+        result.setdefault("first_call_s", {})[str(batch)] = _timed(run, images)
         if memory:
             if not _reset_peak():
                 return {"memory_unmeasured": "/proc/self/clear_refs is not writable"}
