@@ -107,10 +107,11 @@ def compare(
 ) -> None:
     """Train and evaluate every variant of a grid; write compare.csv, compare.md, pareto.png."""
     from mergekit_vision.tools.compare import compare as run_compare
+    from mergekit_vision.tools.compare import format_cell
 
-    def go() -> list[dict[str, Any]]:
-        folder = output or Path("runs") / f"{load_recipe(recipe, set_).name}-compare"
-        rows = run_compare(
+    folder = output or Path("runs") / f"{guarded(lambda: load_recipe(recipe, set_)).name}-compare"
+    rows = guarded(
+        lambda: run_compare(
             recipe,
             grid=grid or [],
             overrides=set_,
@@ -118,24 +119,15 @@ def compare(
             variant_files=variants,
             finished_only=finished_only,
         )
-        if rows:
-            console.print(f"[green]wrote[/] {folder / 'compare.md'} and {folder / 'pareto.png'}")
-        return rows
-
-    rows = guarded(go)
+    )
     if not rows:  # --finished-only before any variant finished
         console.print("[yellow]no variant of this grid has finished yet: nothing to table[/]")
         return
+    console.print(f"[green]wrote[/] {folder / 'compare.md'} and {folder / 'pareto.png'}")
     table = Table(*rows[0].keys(), title="vmerge compare")
     for row in rows:
-        table.add_row(*[_fmt(v) for v in row.values()])
+        table.add_row(*[format_cell(v) for v in row.values()])
     console.print(table)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 app.command()(perf.bench)

@@ -291,11 +291,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+        lines.append("| " + " | ".join(format_cell(row[c]) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A table cell: floats to three decimals, a missing value as a dash."""
     if value is None:
         return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
