@@ -14,25 +14,28 @@ Each ratio is merged / separate.
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from mergekit_vision.export.onnx import export_graph, export_sam_decoder
-from mergekit_vision.tools.inference_runners import VARIANTS, Runner, torch_runner
+from mergekit_vision.tools.inference_runners import (
+    VARIANTS,
+    Runner,
+    run_child,
+    timing_fields,
+    torch_runner,
+)
 from mergekit_vision.tools.inference_systems import SYSTEMS, Size, System, build_systems
-from mergekit_vision.tools.quantization import emulate_int8, quantize_linear_layers, relative_error
+from mergekit_vision.tools.int8_eval import int8_agreement
+from mergekit_vision.tools.quantization import quantize_linear_layers
 
 LATENCY_BATCH = 1
 THROUGHPUT_BATCH = 8
@@ -228,52 +231,6 @@ def _export(
     return report
 
 
-def int8_agreement(
-    system: System, files: dict[str, str], batch: int = THROUGHPUT_BATCH
-) -> dict[str, float]:
-    """How far the int8 graphs' outputs are from the fp32 graphs' on a batch of images:
-    relative error of the zero-shot logits and of SAM's image embedding, top-1 agreement, and
-    the IoU of each image's point mask (each from its own embedding); for the merged model also
-    how far :func:`~mergekit_vision.tools.quantization.emulate_int8` is from the int8 graph."""
-    import onnxruntime
-
-    images = system.encoder_inputs(batch, seed=2)
-    feed = {name: t.numpy() for name, t in zip(system.input_names, images, strict=True)}
-    prompt = system.point_prompt()
-    outputs = {}
-    for kind in ("ort", "ort_int8"):
-        encoder = onnxruntime.InferenceSession(files[f"{kind}_encoder"])
-        decoder = onnxruntime.InferenceSession(files[f"{kind}_decoder"])
-        logits, embeddings = encoder.run(None, feed)
-        names = [node.name for node in decoder.get_inputs()]
-        prompt_feed = dict(zip(names[1:], (t.numpy() for t in prompt), strict=True))
-        masks = [
-            decoder.run(None, {names[0]: embeddings[i : i + 1], **prompt_feed})[0]
-            for i in range(len(embeddings))
-        ]
-        outputs[kind] = (logits, embeddings, np.concatenate(masks) > 0)
-    (logits, embeddings, masks), (logits8, embeddings8, masks8) = (
-        outputs["ort"],
-        outputs["ort_int8"],
-    )
-    union = (masks | masks8).reshape(len(masks), -1).sum(1)
-    inter = (masks & masks8).reshape(len(masks), -1).sum(1)
-    agreement = {
-        "logits_relative_error": relative_error(logits8, logits),
-        "top1_agreement": float((logits8.argmax(1) == logits.argmax(1)).mean()),
-        "sam_embedding_relative_error": relative_error(embeddings8, embeddings),
-        "point_mask_iou": float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0))),
-    }
-    if system.name == "merged":
-        with torch.no_grad():
-            emulated = emulate_int8(system.encoder)(*images)
-        agreement["emulation_relative_error"] = max(
-            relative_error(ours.numpy(), theirs)
-            for ours, theirs in zip(emulated, (logits8, embeddings8), strict=True)
-        )
-    return agreement
-
-
 def _measure_apart(
     files: dict[str, dict[str, str]],
     folder: Path,
@@ -305,39 +262,9 @@ def _measure_apart(
                 "warmup": warmup,
             }
             stem = f"{Path(files[name]['system']).stem}_{variant}"
-            found[name, variant] = _timing_fields(
-                _run_child(spec, folder / stem, timeout_s), throughput_batch
+            found[name, variant] = timing_fields(
+                run_child(spec, folder / stem, timeout_s), LATENCY_BATCH, throughput_batch
             )
-    return found
-
-
-def _run_child(spec: dict[str, Any], stem: Path, timeout_s: float) -> dict[str, Any]:
-    """``python -m mergekit_vision.tools.inference_runners`` on ``spec``: its result, or why not."""
-    request, out = stem.with_name(f"{stem.name}.json"), stem.with_name(f"{stem.name}_out.json")
-    request.write_text(json.dumps(spec))
-    command = [sys.executable, "-m", "mergekit_vision.tools.inference_runners", str(request)]
-    try:
-        done = subprocess.run(
-            [*command, str(out)], capture_output=True, text=True, timeout=timeout_s
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"gave up after {timeout_s:.0f} s (compiling or running)"}
-    if done.returncode != 0 or not out.is_file():
-        return {"error": f"the measuring process failed: {done.stderr.strip()[-300:]}"}
-    return json.loads(out.read_text())
-
-
-def _timing_fields(found: dict[str, Any], throughput_batch: int) -> dict[str, Any]:
-    """A child's seconds per run as the bench's fields: median latency at batch 1, images/s at
-    the throughput batch, the first calls apart."""
-    seconds = found.pop("seconds", {})
-    for batch, first in found.pop("first_call_s", {}).items():
-        if seconds.get(batch):
-            found[f"first_call_s_batch_{batch}"] = first
-    if seconds.get(str(LATENCY_BATCH)):
-        found["latency_ms"] = statistics.median(seconds[str(LATENCY_BATCH)]) * 1e3
-    if seconds.get(str(throughput_batch)):
-        found["images_per_s"] = throughput_batch / statistics.median(seconds[str(throughput_batch)])
     return found
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import gc
 import json
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -170,6 +172,38 @@ def _timed(run: Runner, images: tuple[Tensor, ...]) -> float:
     started = time.perf_counter()
     run(images)
     return time.perf_counter() - started
+
+
+def run_child(spec: dict[str, Any], stem: Path, timeout_s: float) -> dict[str, Any]:
+    """``python -m mergekit_vision.tools.inference_runners`` on ``spec``: its result, or why not."""
+    request, out = stem.with_name(f"{stem.name}.json"), stem.with_name(f"{stem.name}_out.json")
+    request.write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "mergekit_vision.tools.inference_runners", str(request)]
+    try:
+        done = subprocess.run(
+            [*command, str(out)], capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"gave up after {timeout_s:.0f} s (compiling or running)"}
+    if done.returncode != 0 or not out.is_file():
+        return {"error": f"the measuring process failed: {done.stderr.strip()[-300:]}"}
+    return json.loads(out.read_text())
+
+
+def timing_fields(
+    found: dict[str, Any], latency_batch: int, throughput_batch: int
+) -> dict[str, Any]:
+    """A child's seconds per run as the bench's fields: median latency at the latency batch,
+    images/s at the throughput batch, the first calls apart."""
+    seconds = found.pop("seconds", {})
+    for batch, first in found.pop("first_call_s", {}).items():
+        if seconds.get(batch):
+            found[f"first_call_s_batch_{batch}"] = first
+    if seconds.get(str(latency_batch)):
+        found["latency_ms"] = statistics.median(seconds[str(latency_batch)]) * 1e3
+    if seconds.get(str(throughput_batch)):
+        found["images_per_s"] = throughput_batch / statistics.median(seconds[str(throughput_batch)])
+    return found
 
 
 def main(argv: list[str]) -> int:

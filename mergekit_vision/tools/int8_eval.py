@@ -7,20 +7,26 @@ it runs through ``vmerge eval``'s own metrics and data, so the numbers are compa
 ``vmerge bench --inference``'s ``ort_int8``). Evaluating through the ONNX graphs instead would need
 every evaluation ability (batched prompts, per-patch embeddings) rebuilt around onnxruntime
 sessions; the emulation gets the same numbers from the model the evaluation already knows, and
-the bench reports how far it is from the int8 graph on the same model.
+the bench reports how far it is from the int8 graph on the same model (:func:`int8_agreement`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
 
 from mergekit_vision.errors import Issue, RecipeError
 from mergekit_vision.eval.evaluate import load_merged, locate_run
 from mergekit_vision.eval.metric import METRICS
 from mergekit_vision.eval.report import Evaluation
-from mergekit_vision.tools.quantization import emulate_int8
+from mergekit_vision.tools.quantization import emulate_int8, relative_error
+
+if TYPE_CHECKING:
+    from mergekit_vision.tools.inference_systems import System
 
 # Zero-shot top-1 (CLIP's ability) and point / box mIoU and mask AP (SAM's).
 INT8_METRICS = ("zeroshot_top1", "promptable_segmentation")
@@ -59,3 +65,47 @@ def int8_metric_change(
 
 def _values(row: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in row.items() if isinstance(value, int | float)}
+
+
+def int8_agreement(system: System, files: dict[str, str], batch: int = 8) -> dict[str, float]:
+    """How far the int8 graphs' outputs are from the fp32 graphs' on a batch of images:
+    relative error of the zero-shot logits and of SAM's image embedding, top-1 agreement, and
+    the IoU of each image's point mask (each from its own embedding); for the merged model also
+    how far :func:`~mergekit_vision.tools.quantization.emulate_int8` is from the int8 graph."""
+    import onnxruntime
+
+    images = system.encoder_inputs(batch, seed=2)
+    feed = {name: t.numpy() for name, t in zip(system.input_names, images, strict=True)}
+    prompt = system.point_prompt()
+    outputs = {}
+    for kind in ("ort", "ort_int8"):
+        encoder = onnxruntime.InferenceSession(files[f"{kind}_encoder"])
+        decoder = onnxruntime.InferenceSession(files[f"{kind}_decoder"])
+        logits, embeddings = encoder.run(None, feed)
+        names = [node.name for node in decoder.get_inputs()]
+        prompt_feed = dict(zip(names[1:], (t.numpy() for t in prompt), strict=True))
+        masks = [
+            decoder.run(None, {names[0]: embeddings[i : i + 1], **prompt_feed})[0]
+            for i in range(len(embeddings))
+        ]
+        outputs[kind] = (logits, embeddings, np.concatenate(masks) > 0)
+    (logits, embeddings, masks), (logits8, embeddings8, masks8) = (
+        outputs["ort"],
+        outputs["ort_int8"],
+    )
+    union = (masks | masks8).reshape(len(masks), -1).sum(1)
+    inter = (masks & masks8).reshape(len(masks), -1).sum(1)
+    agreement = {
+        "logits_relative_error": relative_error(logits8, logits),
+        "top1_agreement": float((logits8.argmax(1) == logits.argmax(1)).mean()),
+        "sam_embedding_relative_error": relative_error(embeddings8, embeddings),
+        "point_mask_iou": float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0))),
+    }
+    if system.name == "merged":
+        with torch.no_grad():
+            emulated = emulate_int8(system.encoder)(*images)
+        agreement["emulation_relative_error"] = max(
+            relative_error(ours.numpy(), theirs)
+            for ours, theirs in zip(emulated, (logits8, embeddings8), strict=True)
+        )
+    return agreement

@@ -145,20 +145,20 @@ def test_unknown_variants_are_a_user_error(capsys):
 
 
 def test_a_child_process_s_runs_become_latency_and_throughput_by_hand():
-    from mergekit_vision.tools.inference_bench import _timing_fields
+    from mergekit_vision.tools.inference_runners import timing_fields
 
     found = {
         "peak_memory_mb": {"1": 10.0, "4": 30.0},
         "first_call_s": {"1": 9.0, "4": 12.0},
         "seconds": {"1": [0.3, 0.1, 0.2], "4": [2.0, 1.0, 4.0]},
     }
-    row = _timing_fields(found, throughput_batch=4)
+    row = timing_fields(found, 1, throughput_batch=4)
     assert row["latency_ms"] == pytest.approx(200.0)  # the median run, in ms
     assert row["images_per_s"] == pytest.approx(4 / 2.0)
     assert row["first_call_s_batch_1"] == 9.0 and row["first_call_s_batch_4"] == 12.0
     assert row["peak_memory_mb"] == {"1": 10.0, "4": 30.0} and "seconds" not in row
     # memory only (no timed runs): no timing fields are made up
-    assert set(_timing_fields({"peak_memory_mb": {"1": 1.0}, "seconds": {"1": []}}, 4)) == {
+    assert set(timing_fields({"peak_memory_mb": {"1": 1.0}, "seconds": {"1": []}}, 1, 4)) == {
         "peak_memory_mb"
     }
 
