@@ -165,10 +165,46 @@ def test_a_named_variants_file_is_one_axis_each_value_setting_several_keys():
         name for name, task in multi.tasks.items() if task.resolution != none.tasks[name].resolution
     ]
     assert changed == ["clip", "dino_summary", "dino_spatial", "depth"]  # SAM keeps its 128 px
-    assert built["seed=0,conflict=sum,technique=ladder"].heads["dino_adaptor"].type == "ladder"
+    heads = {name: r.heads["dino_adaptor"].type for name, r in built.items() if "seed=0,c" in name}
+    assert heads == {  # every row but the ladder keeps the plain adaptor the study ran against
+        f"seed=0,conflict={c},technique={t}": "ladder" if t == "ladder" else "adaptor"
+        for c in ("sum", "pcgrad")
+        for t in ("none", "teacher_drop", "online_norm", "multi_res", "ladder")
+    }
     assert (
         built["seed=0,conflict=sum,technique=teacher_drop"].stages[1].replay.type == "teacher_drop"
     )
+
+
+@pytest.mark.parametrize("study", sorted(STUDY.parent.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_study_file_builds_each_variant_of_the_agglomerative_toy_recipe(study):
+    from mergekit_vision.tools.compare import parse_grid, read_variants
+
+    axis = read_variants(study)
+    recipe = load_recipe(AGGLOMERATIVE_TINY)
+    for variant in parse_grid([], recipe, [axis]):
+        load_recipe(AGGLOMERATIVE_TINY, list(variant.overrides))  # raises on a bad key or value
+
+
+def test_the_dino_head_study_spells_out_both_heads_whatever_the_default():
+    from mergekit_vision.tools.compare import parse_grid, read_variants
+
+    axis = read_variants(STUDY.parent / "agglomerative_dino_head.yaml")
+    ladder = "{teacher: dino, layers: [0, 1, 2, 3], hidden_dim: 64, last_hidden_dim: 256}"
+    for default in (
+        "{type: adaptor, params: {teacher: dino}}",
+        f"{{type: ladder, params: {ladder}}}",
+    ):
+        base = [f"heads.dino_adaptor={default}"]
+        recipe = load_recipe(AGGLOMERATIVE_TINY, base)
+        built = {
+            v.name: load_recipe(AGGLOMERATIVE_TINY, [*base, *v.overrides])
+            for v in parse_grid([], recipe, [axis])
+        }
+        assert {n: r.heads["dino_adaptor"].type for n, r in built.items()} == {
+            "dino_head=adaptor": "adaptor",
+            "dino_head=ladder": "ladder",
+        }
 
 
 @pytest.mark.parametrize(
