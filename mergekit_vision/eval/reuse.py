@@ -5,7 +5,8 @@ teachers or the evaluation data, so the CLIP teacher, SAM teacher and SAM-then-C
 of ``eval.json`` are the same for all of them and take about half of each evaluation. With
 ``eval.teacher_results: FILE`` those rows are stored in FILE under a fingerprint of everything they
 depend on (the teachers' recipe entries and checkpoint files, the evaluation data and settings, the
-seed) and read back, instead of recomputed, while the fingerprint matches.
+app sections that make data and teachers, the seed) and read back, instead of recomputed, while the
+fingerprint matches. The toy recipes set it, so a second run of one skips its teachers' evaluation.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def fingerprint(recipe: Recipe) -> str:
     teachers = {n: recipe.teachers[n] for n in evaluated_teachers(recipe)}
     payload = {
         "seed": recipe.seed,
+        "apps": _app_sections(recipe),
         "eval": spec.model_dump(mode="json", exclude=MERGED_ONLY),
         "teachers": {n: t.model_dump(mode="json") for n, t in teachers.items()},
         "files": {
@@ -50,12 +52,21 @@ def fingerprint(recipe: Recipe) -> str:
 
 
 def teacher_stamp(recipe: Recipe, name: str) -> dict[str, Any]:
-    """What one teacher's outputs depend on: its recipe entry, checkpoint file and the seed."""
+    """What one teacher's outputs depend on: its recipe entry, checkpoint file, apps and seed."""
     teacher = recipe.teachers[name]
     return {
         "seed": recipe.seed,
+        "apps": _app_sections(recipe),
         "teacher": teacher.model_dump(mode="json"),
         "file": _file_stamp(getattr(teacher.params, "checkpoint", None)),
+    }
+
+
+def _app_sections(recipe: Recipe) -> dict[str, Any]:
+    """The app sections that make data and teachers (``toy.eval_seed`` draws other scenes into
+    the same folders), as a whole, training settings included: safe rather than tight."""
+    return {
+        name: section.model_dump(mode="json") for name, section in recipe.app_sections().items()
     }
 
 

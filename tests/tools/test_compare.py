@@ -13,7 +13,7 @@ import pytest
 from mergekit_vision.cli.main import main
 from mergekit_vision.data.toy_world.export import export_all
 from mergekit_vision.data.toy_world.world import ToyWorldConfig
-from mergekit_vision.eval.reuse import fingerprint
+from mergekit_vision.eval.reuse import fingerprint, teacher_stamp
 from mergekit_vision.recipe.io import load_recipe
 
 
@@ -100,6 +100,16 @@ def test_teacher_fingerprint_follows_what_the_teacher_rows_depend_on(
     checkpoint = Path(tiny_checkpoints["sam"])
     checkpoint.write_bytes(checkpoint.read_bytes())  # a retrained teacher: new mtime
     assert fingerprint(load_recipe(recipe, base)) != key
+
+
+def test_the_fingerprint_follows_the_toy_section_that_draws_the_evaluation_scenes():
+    toy = Path(__file__).resolve().parents[2] / "recipes" / "sam_clip_tiny.yaml"
+    key = fingerprint(load_recipe(toy))
+    assert fingerprint(load_recipe(toy, ["stages.1.steps=9"])) == key
+    stamp = teacher_stamp(load_recipe(toy), "clip")  # the key of its stored probe features
+    for override in ("toy.eval_seed=6", "toy.eval_samples=100"):  # same folders, other scenes
+        assert fingerprint(load_recipe(toy, [override])) != key, override
+        assert teacher_stamp(load_recipe(toy, [override]), "clip") != stamp, override
 
 
 @pytest.mark.parametrize(
