@@ -71,10 +71,13 @@ def _app_sections(recipe: Recipe) -> dict[str, Any]:
 
 
 def _file_stamp(path: Any) -> list[Any] | None:
-    if path is None or not Path(path).is_file():
+    """A checkpoint file's path, size and mtime; a folder's (a save_pretrained folder, a run
+    folder) for every file in it; None for what is not on disk (a hub name)."""
+    if path is None or not Path(path).exists():
         return None
-    stat = Path(path).stat()
-    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+    root = Path(path).resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def load_teacher_rows(path: Path, key: str) -> dict[str, Any] | None:

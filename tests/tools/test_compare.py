@@ -102,6 +102,21 @@ def test_teacher_fingerprint_follows_what_the_teacher_rows_depend_on(
     assert fingerprint(load_recipe(recipe, base)) != key
 
 
+def test_the_fingerprint_sees_a_folder_checkpoint_rewritten(tmp_path):
+    folder = tmp_path / "depth_teacher"  # a save_pretrained folder, as the depth teacher loads
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"0" * 8)
+    recipe = load_recipe(
+        Path(__file__).resolve().parents[2] / "recipes" / "agglomerative_tiny.yaml",
+        [f"teachers.depth.params.checkpoint={folder}"],
+    )
+    key, stamp = fingerprint(recipe), teacher_stamp(recipe, "depth")
+    (folder / "model.safetensors").write_bytes(b"1" * 9)  # retrained in place
+    assert fingerprint(recipe) != key
+    assert teacher_stamp(recipe, "depth") != stamp
+
+
 def test_the_fingerprint_follows_the_toy_section_that_draws_the_evaluation_scenes():
     toy = Path(__file__).resolve().parents[2] / "recipes" / "sam_clip_tiny.yaml"
     key = fingerprint(load_recipe(toy))
