@@ -47,6 +47,7 @@ def shrunk(tmp_path: Path) -> list[str]:
         "eval.calibration_samples": 2,
         "eval.pipeline_grid": 2,
         "eval.pictures": 0,
+        "eval.teacher_results": tmp_path / "teacher_eval.json",  # not the repository's runs/
         "eval.classification.params.root": evaluation / "image_classes",
         "eval.semantic.params.root": evaluation / "voc",
         "eval.instances.params.images": evaluation / "coco" / "images",
