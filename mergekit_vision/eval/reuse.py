@@ -6,7 +6,8 @@ of ``eval.json`` are the same for all of them and take about half of each evalua
 ``eval.teacher_results: FILE`` those rows are stored in FILE under a fingerprint of everything they
 depend on (the teachers' recipe entries and checkpoint files, the evaluation data and settings, the
 app sections that make data and teachers, the seed) and read back, instead of recomputed, while the
-fingerprint matches. The toy recipes set it (one file per set of teachers), so a rerun skips their evaluation.
+fingerprint matches. The toy recipes set it (one file per set of teachers), so a rerun skips
+their evaluation.
 """
 
 from __future__ import annotations
