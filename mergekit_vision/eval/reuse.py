@@ -78,7 +78,7 @@ def _file_stamp(path: Any) -> list[Any] | None:
         return None
     root = Path(path).resolve()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return [[str(f), (st := f.stat()).st_size, st.st_mtime_ns] for f in files]
 
 
 def load_teacher_rows(path: Path, key: str) -> dict[str, Any] | None:
